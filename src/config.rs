@@ -1,0 +1,457 @@
+//! Typed configuration: the command line, every option also read from the environment,
+//! validated once at start-up into the settings the rest of the crate uses.
+
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+/// A configuration problem found at start-up. Its message names the setting to fix.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(String);
+
+impl ConfigError {
+    fn new(message: impl Into<String>) -> Self {
+        Self(message.into())
+    }
+}
+
+/// A string that must never be printed: API keys and the phpMyAdmin password.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret value.
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// The secret itself, for the one place that must send it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret([redacted])")
+    }
+}
+
+impl FromStr for Secret {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Self(s.to_owned()))
+    }
+}
+
+/// Serves a phpMyAdmin table as an instantly available JSON cache.
+#[derive(Debug, Parser)]
+#[command(name = "pma-cache", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the HTTP API (and, with phpMyAdmin settings, refresh the cache on request or on a schedule).
+    Serve(ServeArgs),
+    /// Convert a local CSV file (first row = column names) into the cache file, atomically, then exit.
+    Import(ImportArgs),
+    /// Run the standalone sync worker: sync at start, then every SYNC_INTERVAL.
+    Worker(WorkerArgs),
+    /// Run one sync, then exit 0 on success or non-zero with the reason.
+    Sync(SyncArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CacheArgs {
+    /// The JSON cache file that `serve` reads and the sync writes.
+    #[arg(long, env = "CACHE_FILE", default_value = "cache/data_cache.json")]
+    pub cache_file: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Port to listen on.
+    #[arg(long, env = "PORT", default_value_t = 8080)]
+    pub port: u16,
+    /// Address to listen on.
+    #[arg(long, env = "HOST", default_value = "0.0.0.0")]
+    pub host: IpAddr,
+    /// API key(s) clients must send in X-API-Key; a comma-separated list allows rotation.
+    #[arg(long, env = "API_KEY", hide_env_values = true)]
+    pub api_key: Option<Secret>,
+    /// Origins allowed to call the API from a browser (comma-separated); unset sends no CORS headers.
+    #[arg(long, env = "CORS_ALLOW_ORIGINS")]
+    pub cors_allow_origins: Option<String>,
+    /// Refresh the cache on this schedule (e.g. `1h`, `30m`); unset refreshes on request only.
+    #[arg(long, env = "SYNC_INTERVAL", value_parser = parse_duration)]
+    pub sync_interval: Option<Duration>,
+    #[command(flatten)]
+    pub cache: CacheArgs,
+    #[command(flatten)]
+    pub pma: PmaArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct ImportArgs {
+    /// The CSV file to import; its first row holds the column names.
+    pub file: PathBuf,
+    /// Fields exactly equal to this token become JSON null (default: none; an empty field stays "").
+    #[arg(long)]
+    pub null: Option<String>,
+    #[command(flatten)]
+    pub cache: CacheArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct WorkerArgs {
+    /// Time between syncs.
+    #[arg(long, env = "SYNC_INTERVAL", value_parser = parse_duration, default_value = "1h")]
+    pub sync_interval: Duration,
+    #[command(flatten)]
+    pub cache: CacheArgs,
+    #[command(flatten)]
+    pub pma: PmaArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct SyncArgs {
+    #[command(flatten)]
+    pub cache: CacheArgs,
+    #[command(flatten)]
+    pub pma: PmaArgs,
+}
+
+/// phpMyAdmin, browser and sync settings shared by `serve`, `worker` and `sync`.
+#[derive(Debug, Args)]
+pub struct PmaArgs {
+    /// phpMyAdmin's address, e.g. https://db.example.com/phpmyadmin/
+    #[arg(long, env = "PMA_URL")]
+    pub pma_url: Option<String>,
+    /// phpMyAdmin user name.
+    #[arg(long, env = "PMA_USERNAME")]
+    pub pma_username: Option<String>,
+    /// phpMyAdmin password (prefer PMA_PASSWORD_FILE).
+    #[arg(long, env = "PMA_PASSWORD", hide_env_values = true)]
+    pub pma_password: Option<Secret>,
+    /// A file holding the phpMyAdmin password (trailing newline ignored).
+    #[arg(long, env = "PMA_PASSWORD_FILE")]
+    pub pma_password_file: Option<PathBuf>,
+    /// The database that holds the table.
+    #[arg(long, env = "PMA_DATABASE")]
+    pub pma_database: Option<String>,
+    /// The table to export.
+    #[arg(long, env = "PMA_TABLE", default_value = "orders")]
+    pub pma_table: String,
+    /// Use this running WebDriver server instead of starting chromedriver.
+    #[arg(long, env = "WEBDRIVER_URL")]
+    pub webdriver_url: Option<String>,
+    /// The chromedriver program to start when WEBDRIVER_URL is unset.
+    #[arg(long, env = "CHROMEDRIVER_PATH", default_value = "chromedriver")]
+    pub chromedriver_path: PathBuf,
+    /// The Chromium/Chrome binary (default: the one chromedriver finds).
+    #[arg(long, env = "CHROME_PATH")]
+    pub chrome_path: Option<PathBuf>,
+    /// Deadline for one whole sync, retries included.
+    #[arg(long, env = "SYNC_TIMEOUT", value_parser = parse_duration, default_value = "10m")]
+    pub sync_timeout: Duration,
+    /// Refuse an export with fewer rows than this fraction of the cached rows (0 to 1).
+    #[arg(long, env = "SYNC_MIN_ROW_RATIO", default_value_t = 0.5)]
+    pub sync_min_row_ratio: f64,
+    /// Accept an export even if it is empty or much smaller than the current cache.
+    #[arg(long, env = "SYNC_FORCE")]
+    pub force: bool,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 30s, 10m, 1h)"))?;
+    if d.is_zero() {
+        return Err("must be greater than zero".into());
+    }
+    Ok(d)
+}
+
+/// How the browser is reached.
+#[derive(Debug, Clone)]
+pub struct BrowserSettings {
+    /// A running WebDriver server; `None` starts `chromedriver_path` for each sync.
+    pub webdriver_url: Option<String>,
+    pub chromedriver_path: PathBuf,
+    pub chrome_path: Option<PathBuf>,
+}
+
+/// Everything one sync needs, validated.
+#[derive(Debug, Clone)]
+pub struct SyncSettings {
+    /// phpMyAdmin's base address, always ending in `/`.
+    pub pma_url: url::Url,
+    pub username: String,
+    pub password: Secret,
+    pub database: String,
+    pub table: String,
+    pub browser: BrowserSettings,
+    /// Deadline for a whole sync.
+    pub timeout: Duration,
+    pub min_row_ratio: f64,
+    pub force: bool,
+    /// Where a failed sync leaves its screenshot and page source.
+    pub failures_dir: PathBuf,
+}
+
+/// Validated settings for `serve`.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    pub addr: SocketAddr,
+    pub api_keys: Vec<Secret>,
+    pub cache_file: PathBuf,
+    pub cors_allow_origins: Vec<String>,
+    pub sync: Option<SyncSettings>,
+    pub sync_interval: Option<Duration>,
+}
+
+impl ServeArgs {
+    /// Checks the settings and builds the server's configuration.
+    pub fn validate(self) -> Result<ServeConfig, ConfigError> {
+        let keys = self.api_key.ok_or_else(|| {
+            ConfigError::new("API_KEY is not set: pass --api-key or set the API_KEY environment variable")
+        })?;
+        let api_keys: Vec<Secret> = keys
+            .expose()
+            .split(',')
+            .map(str::trim)
+            .filter(|k| !k.is_empty())
+            .map(Secret::new)
+            .collect();
+        if api_keys.is_empty() {
+            return Err(ConfigError::new("API_KEY is empty: give at least one key"));
+        }
+        let cors_allow_origins = match self.cors_allow_origins {
+            None => Vec::new(),
+            Some(list) => parse_origins(&list)?,
+        };
+        let cache_file = validate_cache_file(self.cache.cache_file)?;
+        let sync = self.pma.validate(&cache_file, false)?;
+        if self.sync_interval.is_some() && sync.is_none() {
+            return Err(ConfigError::new(
+                "SYNC_INTERVAL is set but PMA_URL is not: the schedule needs the phpMyAdmin settings",
+            ));
+        }
+        Ok(ServeConfig {
+            addr: SocketAddr::new(self.host, self.port),
+            api_keys,
+            cache_file,
+            cors_allow_origins,
+            sync,
+            sync_interval: self.sync_interval,
+        })
+    }
+}
+
+fn parse_origins(list: &str) -> Result<Vec<String>, ConfigError> {
+    let mut origins = Vec::new();
+    for origin in list.split(',').map(str::trim).filter(|o| !o.is_empty()) {
+        if origin != "*" && !(origin.starts_with("http://") || origin.starts_with("https://")) {
+            return Err(ConfigError::new(format!(
+                "CORS_ALLOW_ORIGINS: {origin:?} is not an origin (expected e.g. https://app.example.com or *)"
+            )));
+        }
+        origins.push(origin.trim_end_matches('/').to_owned());
+    }
+    Ok(origins)
+}
+
+/// Checks that the cache file names a file in a folder that exists.
+pub fn validate_cache_file(path: PathBuf) -> Result<PathBuf, ConfigError> {
+    if path.as_os_str().is_empty() || path.file_name().is_none() {
+        return Err(ConfigError::new("CACHE_FILE must name a file"));
+    }
+    let dir = cache_dir(&path);
+    if !dir.is_dir() {
+        return Err(ConfigError::new(format!(
+            "CACHE_FILE: the folder {} does not exist",
+            dir.display()
+        )));
+    }
+    Ok(path)
+}
+
+/// The folder that holds the cache file.
+pub fn cache_dir(cache_file: &Path) -> PathBuf {
+    match cache_file.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
+impl PmaArgs {
+    /// Validates the phpMyAdmin settings. With `required` false, no PMA_URL means "no sync source".
+    pub fn validate(
+        self,
+        cache_file: &Path,
+        required: bool,
+    ) -> Result<Option<SyncSettings>, ConfigError> {
+        let Some(raw_url) = self.pma_url.filter(|u| !u.trim().is_empty()) else {
+            if required {
+                return Err(ConfigError::new(
+                    "PMA_URL is not set: pass --pma-url or set the PMA_URL environment variable",
+                ));
+            }
+            return Ok(None);
+        };
+        let pma_url = parse_base_url("PMA_URL", &raw_url)?;
+        let username = self
+            .pma_username
+            .filter(|u| !u.is_empty())
+            .ok_or_else(|| ConfigError::new("PMA_USERNAME is not set (needed with PMA_URL)"))?;
+        let password = match (self.pma_password, self.pma_password_file) {
+            (Some(_), Some(_)) => {
+                return Err(ConfigError::new(
+                    "PMA_PASSWORD and PMA_PASSWORD_FILE are both set: use one",
+                ))
+            }
+            (Some(p), None) => p,
+            (None, Some(file)) => read_password_file(&file)?,
+            (None, None) => {
+                return Err(ConfigError::new(
+                    "PMA_PASSWORD (or PMA_PASSWORD_FILE) is not set (needed with PMA_URL)",
+                ))
+            }
+        };
+        if password.expose().is_empty() {
+            return Err(ConfigError::new(
+                "PMA_PASSWORD is empty: phpMyAdmin refuses empty passwords by default",
+            ));
+        }
+        let database = self
+            .pma_database
+            .filter(|d| !d.is_empty())
+            .ok_or_else(|| ConfigError::new("PMA_DATABASE is not set (needed with PMA_URL)"))?;
+        if self.pma_table.is_empty() {
+            return Err(ConfigError::new("PMA_TABLE is empty"));
+        }
+        if !(0.0..=1.0).contains(&self.sync_min_row_ratio) {
+            return Err(ConfigError::new("SYNC_MIN_ROW_RATIO must be between 0 and 1"));
+        }
+        let webdriver_url = match self.webdriver_url.filter(|u| !u.trim().is_empty()) {
+            Some(u) => Some(parse_base_url("WEBDRIVER_URL", &u)?.to_string()),
+            None => None,
+        };
+        Ok(Some(SyncSettings {
+            pma_url,
+            username,
+            password,
+            database,
+            table: self.pma_table,
+            browser: BrowserSettings {
+                webdriver_url,
+                chromedriver_path: self.chromedriver_path,
+                chrome_path: self.chrome_path,
+            },
+            timeout: self.sync_timeout,
+            min_row_ratio: self.sync_min_row_ratio,
+            force: self.force,
+            failures_dir: cache_dir(cache_file).join("failures"),
+        }))
+    }
+}
+
+fn parse_base_url(name: &str, raw: &str) -> Result<url::Url, ConfigError> {
+    let mut url = url::Url::parse(raw.trim())
+        .map_err(|e| ConfigError::new(format!("{name}: {raw:?} is not a URL ({e})")))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(ConfigError::new(format!("{name}: must start with http:// or https://")));
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(ConfigError::new(format!(
+            "{name}: must not carry credentials; use PMA_USERNAME and PMA_PASSWORD"
+        )));
+    }
+    // Keep the folder, drop a trailing `index.php` and any query, so relative routes join onto it.
+    if url.path().ends_with("index.php") {
+        let path = url.path().trim_end_matches("index.php").to_owned();
+        url.set_path(&path);
+    }
+    if !url.path().ends_with('/') {
+        let path = format!("{}/", url.path());
+        url.set_path(&path);
+    }
+    url.set_query(None);
+    url.set_fragment(None);
+    Ok(url)
+}
+
+fn read_password_file(path: &Path) -> Result<Secret, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        ConfigError::new(format!("PMA_PASSWORD_FILE: cannot read {}: {e}", path.display()))
+    })?;
+    Ok(Secret::new(text.trim_end_matches(['\r', '\n'])))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn serve(args: &[&str]) -> Result<ServeConfig, ConfigError> {
+        let mut argv = vec!["pma-cache", "serve"];
+        argv.extend_from_slice(args);
+        match Cli::try_parse_from(argv).expect("arguments parse").command {
+            Command::Serve(s) => s.validate(),
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn a_missing_api_key_names_the_variable() {
+        let err = serve(&["--cache-file", "x.json"]).unwrap_err();
+        assert!(err.to_string().contains("API_KEY"), "{err}");
+    }
+
+    #[test]
+    fn api_keys_split_on_commas_for_rotation() {
+        let cfg = serve(&["--api-key", "old, new,", "--cache-file", "x.json"]).unwrap();
+        let keys: Vec<&str> = cfg.api_keys.iter().map(Secret::expose).collect();
+        assert_eq!(keys, ["old", "new"]);
+    }
+
+    #[test]
+    fn secrets_do_not_print() {
+        let s = Secret::new("hunter2");
+        assert!(!format!("{s:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn pma_url_without_password_is_refused() {
+        let err = serve(&["--api-key", "k", "--cache-file", "x.json", "--pma-url", "http://h/pma"])
+            .unwrap_err();
+        assert!(err.to_string().contains("PMA_USERNAME"), "{err}");
+    }
+
+    #[test]
+    fn pma_url_is_normalised_to_its_folder() {
+        let url = parse_base_url("PMA_URL", "http://h:8/pma/index.php?route=/").unwrap();
+        assert_eq!(url.as_str(), "http://h:8/pma/");
+        let url = parse_base_url("PMA_URL", "http://h:8").unwrap();
+        assert_eq!(url.as_str(), "http://h:8/");
+        assert!(parse_base_url("PMA_URL", "ftp://h").is_err());
+        assert!(parse_base_url("PMA_URL", "http://u:p@h/").is_err());
+    }
+
+    #[test]
+    fn a_cache_file_in_a_missing_folder_is_refused() {
+        let err = serve(&["--api-key", "k", "--cache-file", "/no/such/dir/c.json"]).unwrap_err();
+        assert!(err.to_string().contains("CACHE_FILE"), "{err}");
+    }
+
+    #[test]
+    fn cors_origins_must_look_like_origins() {
+        assert!(parse_origins("https://a.example, http://b:3000/").is_ok());
+        assert!(parse_origins("a.example").is_err());
+    }
+}

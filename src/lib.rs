@@ -1,0 +1,11 @@
+//! pma-cache serves a phpMyAdmin table as an instantly available JSON cache.
+//!
+//! - [`config`]: the command line and environment, validated at start-up.
+//! - [`cache`]: the cache file format, its atomic store, the CSV conversion and the in-memory
+//!   snapshot that the API serves.
+//! - [`sync`]: the worker that logs into phpMyAdmin through a headless browser, exports the table
+//!   and replaces the cache.
+//! - [`api`]: the HTTP API: auth, `/fetch-data`, SSE, `/refresh`, `/status`.
+
+pub mod config;
+pub mod sync;
