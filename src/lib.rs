@@ -6,6 +6,13 @@
 //! - [`sync`]: the worker that logs into phpMyAdmin through a headless browser, exports the table
 //!   and replaces the cache.
 //! - [`api`]: the HTTP API: auth, `/fetch-data`, SSE, `/refresh`, `/status`.
+//! - [`app`]: the `serve` application that ties them together; [`commands`]: every subcommand.
 
+pub mod api;
+pub mod app;
+pub mod cache;
+pub mod commands;
 pub mod config;
+pub mod shutdown;
 pub mod sync;
+pub mod telemetry;

@@ -1,0 +1,201 @@
+//! `GET /fetch-data`: the cached table, sent from ready-made bytes in the encoding the client
+//! accepts, with validators so unchanged data costs a 304.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{RawQuery, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+
+use super::error::ApiError;
+use super::{sse, AppState};
+use crate::cache::{Encoding, Snapshot};
+use crate::sync::Trigger;
+
+/// The query parameters of `/fetch-data`.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct FetchParams {
+    pub refresh: bool,
+    pub stream: bool,
+}
+
+impl FetchParams {
+    /// Parses the query; unknown parameters are ignored, malformed booleans are refused.
+    pub fn parse(query: Option<&str>) -> Result<Self, ApiError> {
+        let mut params = Self::default();
+        for (key, value) in url::form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+            let slot = match key.as_ref() {
+                "refresh" => &mut params.refresh,
+                "stream" => &mut params.stream,
+                _ => continue,
+            };
+            *slot = match value.to_ascii_lowercase().as_str() {
+                "true" | "1" | "yes" => true,
+                "false" | "0" | "no" => false,
+                _ => {
+                    return Err(ApiError::BadRequest(format!(
+                        "Invalid value for '{key}': expected true or false"
+                    )))
+                }
+            };
+        }
+        Ok(params)
+    }
+}
+
+/// `GET /fetch-data[?refresh=true][&stream=true]`.
+pub async fn fetch_data(
+    State(state): State<AppState>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let params = FetchParams::parse(query.as_deref())?;
+    if params.stream {
+        return Ok(sse::stream(state, params.refresh));
+    }
+    let info = params.refresh.then(|| match state.syncer.trigger() {
+        Trigger::Started => "Background refresh triggered",
+        Trigger::AlreadyRunning => "Background refresh already in progress",
+        // This server only serves the file (a standalone worker may be refreshing it).
+        Trigger::NotConfigured => "Refresh not available: this server has no sync source configured",
+    });
+    let snapshot = current_snapshot(&state)?;
+    Ok(match info {
+        None => cached_response(&snapshot, &headers),
+        Some(info) => response_with_info(&snapshot, info),
+    })
+}
+
+/// The served snapshot, or the error that explains why there is none.
+pub fn current_snapshot(state: &AppState) -> Result<Arc<Snapshot>, ApiError> {
+    match state.cache.current() {
+        Some(s) => Ok(s),
+        None if state.cache.load_error().is_some() => Err(ApiError::CacheUnreadable),
+        None => Err(ApiError::NoCache),
+    }
+}
+
+fn cached_response(snapshot: &Snapshot, request: &HeaderMap) -> Response {
+    let encoding = choose_encoding(request.get(header::ACCEPT_ENCODING), snapshot);
+    let etag = etag_for(&snapshot.etag, encoding);
+    let mut headers = HeaderMap::new();
+    headers.insert(header::VARY, HeaderValue::from_static("Accept-Encoding"));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("private, no-cache"));
+    if let Ok(v) = HeaderValue::from_str(&etag) {
+        headers.insert(header::ETAG, v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&httpdate::fmt_http_date(snapshot.last_modified)) {
+        headers.insert(header::LAST_MODIFIED, v);
+    }
+    if not_modified(request, &snapshot.etag) {
+        return (StatusCode::NOT_MODIFIED, headers).into_response();
+    }
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    if encoding != Encoding::Identity {
+        headers.insert(header::CONTENT_ENCODING, HeaderValue::from_static(encoding.token()));
+    }
+    let body = snapshot
+        .encoded(encoding)
+        .cloned()
+        .unwrap_or_else(|| snapshot.body.clone());
+    (headers, body).into_response()
+}
+
+/// The cached body with `"_info"` in front, sent as two chunks that share the snapshot's bytes.
+fn response_with_info(snapshot: &Snapshot, info: &str) -> Response {
+    let prefix = Bytes::from(format!("{{\"_info\":{},", serde_json::Value::from(info)));
+    let rest = snapshot.body.slice(1..);
+    let chunks = [prefix, rest].map(Ok::<_, std::convert::Infallible>);
+    (
+        [
+            (header::CONTENT_TYPE, "application/json"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        Body::from_stream(futures_util::stream::iter(chunks)),
+    )
+        .into_response()
+}
+
+/// Picks the best ready encoding the client accepts (by q-value; zstd, then gzip, on ties).
+fn choose_encoding(accept: Option<&HeaderValue>, snapshot: &Snapshot) -> Encoding {
+    let Some(accept) = accept.and_then(|v| v.to_str().ok()) else {
+        return Encoding::Identity;
+    };
+    let q_of = |token: &str| -> f32 {
+        let mut wildcard = None;
+        for item in accept.split(',') {
+            let mut parts = item.split(';').map(str::trim);
+            let name = parts.next().unwrap_or("");
+            let q = parts
+                .find_map(|p| p.strip_prefix("q="))
+                .and_then(|q| q.parse::<f32>().ok())
+                .unwrap_or(1.0);
+            if name.eq_ignore_ascii_case(token) {
+                return q;
+            }
+            if name == "*" {
+                wildcard = Some(q);
+            }
+        }
+        wildcard.unwrap_or(0.0)
+    };
+    let mut best = (Encoding::Identity, 0.0f32);
+    for encoding in [Encoding::Zstd, Encoding::Gzip] {
+        let q = q_of(encoding.token());
+        if q > best.1 && snapshot.encoded(encoding).is_some() {
+            best = (encoding, q);
+        }
+    }
+    best.0
+}
+
+/// The strong ETag of one representation: the identity tag, marked with the encoding.
+fn etag_for(base: &str, encoding: Encoding) -> String {
+    match encoding {
+        Encoding::Identity => base.to_owned(),
+        other => format!("{}-{}\"", base.trim_end_matches('"'), other.token()),
+    }
+}
+
+/// Whether `If-None-Match` names this version of the data, in any encoding.
+fn not_modified(request: &HeaderMap, base: &str) -> bool {
+    let base = base.trim_matches('"');
+    request
+        .get_all(header::IF_NONE_MATCH)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|tag| tag.trim().trim_start_matches("W/").trim_matches('"'))
+        .any(|tag| {
+            tag == "*"
+                || tag == base
+                || tag
+                    .strip_prefix(base)
+                    .is_some_and(|rest| rest == "-gzip" || rest == "-zstd")
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn booleans_parse_and_garbage_is_refused() {
+        let p = FetchParams::parse(Some("refresh=true&stream=1&api_key=x")).unwrap();
+        assert_eq!(p, FetchParams { refresh: true, stream: true });
+        assert_eq!(FetchParams::parse(None).unwrap(), FetchParams::default());
+        let err = FetchParams::parse(Some("refresh=maybe")).unwrap_err();
+        assert_eq!(err.to_string(), "Invalid value for 'refresh': expected true or false");
+    }
+
+    #[test]
+    fn if_none_match_accepts_every_encoding_of_the_same_version() {
+        let mut h = HeaderMap::new();
+        h.insert(header::IF_NONE_MATCH, HeaderValue::from_static("\"other\", W/\"abc-12-gzip\""));
+        assert!(not_modified(&h, "\"abc-12\""));
+        assert!(!not_modified(&h, "\"abc-13\""));
+        assert_eq!(etag_for("\"abc-12\"", Encoding::Zstd), "\"abc-12-zstd\"");
+    }
+}

@@ -1,0 +1,117 @@
+//! The HTTP API.
+//!
+//! - [`auth`]: API keys.
+//! - [`fetch`]: `/fetch-data` from ready-made bytes.
+//! - [`sse`]: `/fetch-data?stream=true`.
+//! - [`status`]: `/health`, `/status`, `/refresh`.
+//! - [`error`]: the one error type clients see.
+
+pub mod auth;
+pub mod error;
+pub mod fetch;
+pub mod sse;
+pub mod status;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::Request;
+use axum::http::{header, HeaderName, HeaderValue, Method};
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::routing::{get, post};
+use axum::Router;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+
+use crate::cache::Cache;
+use crate::config::Secret;
+use crate::sync::Syncer;
+
+/// Shared context of every handler.
+#[derive(Clone, Debug)]
+pub struct AppState {
+    pub cache: Arc<Cache>,
+    pub syncer: Arc<Syncer>,
+    pub api_keys: Arc<[Secret]>,
+    /// Ends open event streams when the server stops.
+    pub shutdown: CancellationToken,
+    /// Time between SSE keep-alive comments.
+    pub sse_keepalive: Duration,
+    pub sync_interval: Option<Duration>,
+}
+
+/// The API's routes; `cors_origins` empty sends no CORS headers.
+pub fn router(state: AppState, cors_origins: &[String]) -> Router {
+    let authed = Router::new()
+        .route("/status", get(status::status))
+        .route("/fetch-data", get(fetch::fetch_data))
+        .route("/refresh", post(status::refresh))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_api_key,
+        ));
+    let mut app = Router::new()
+        .route("/health", get(status::health))
+        .merge(authed)
+        .fallback(|| async { error::ApiError::NotFound })
+        .layer(middleware::from_fn(log_request))
+        .with_state(state);
+    if !cors_origins.is_empty() {
+        app = app.layer(cors_layer(cors_origins));
+    }
+    app
+}
+
+fn cors_layer(origins: &[String]) -> CorsLayer {
+    let allow_origin = if origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(
+            origins
+                .iter()
+                .filter_map(|o| HeaderValue::from_str(o).ok()),
+        )
+    };
+    CorsLayer::new()
+        .allow_origin(allow_origin)
+        .allow_methods([Method::GET, Method::HEAD, Method::POST])
+        .allow_headers([
+            HeaderName::from_static(auth::API_KEY_HEADER),
+            header::CONTENT_TYPE,
+            header::IF_NONE_MATCH,
+            header::CACHE_CONTROL,
+            HeaderName::from_static("last-event-id"),
+        ])
+        .expose_headers([header::ETAG, header::LAST_MODIFIED, header::RETRY_AFTER])
+        .max_age(Duration::from_secs(3600))
+}
+
+/// Logs each request's method, path (never the query: it may hold `api_key`), status and time.
+async fn log_request(request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    let response = next.run(request).await;
+    tracing::info!(
+        %method,
+        path,
+        status = response.status().as_u16(),
+        ms = format_args!("{:.1}", started.elapsed().as_secs_f64() * 1000.0),
+        "request"
+    );
+    response
+}
+
+/// Serves the API on `listener` until `shutdown` completes, then finishes open requests.
+pub async fn serve(
+    listener: TcpListener,
+    app: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+}
