@@ -1,0 +1,240 @@
+//! Spawns the real `pma-cache` binary on port 0, each test with its own cache folder.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub const KEY: &str = "test-key-3f9a6c1e";
+pub const OTHER_KEY: &str = "rotated-key-77b2d0";
+
+pub const SMALL_CSV: &str = "id,name,note\n1,\"Ada \"\"the\"\" first\",NULL\n2,,\"multi\nline\"\n";
+
+pub fn binary() -> &'static str {
+    env!("CARGO_BIN_EXE_pma-cache")
+}
+
+/// A running server.
+pub struct TestApp {
+    pub base: String,
+    pub dir: tempfile::TempDir,
+    pub cache_file: PathBuf,
+    pub client: reqwest::Client,
+    /// A client that leaves `Content-Encoding` alone, to see what was sent.
+    pub raw_client: reqwest::Client,
+    child: Child,
+    log: Arc<Mutex<String>>,
+}
+
+/// Options for [`spawn_app_with`].
+#[derive(Default)]
+pub struct Options {
+    /// CSV imported before the server starts.
+    pub seed: Option<&'static str>,
+    /// Raw bytes written as the cache file before the server starts.
+    pub cache_contents: Option<Vec<u8>>,
+    pub env: Vec<(&'static str, String)>,
+}
+
+/// A server with a small cache imported.
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(Options {
+        seed: Some(SMALL_CSV),
+        ..Options::default()
+    })
+    .await
+}
+
+pub async fn spawn_app_with(options: Options) -> TestApp {
+    let dir = tempfile::tempdir().unwrap();
+    let cache_file = dir.path().join("data_cache.json");
+    if let Some(csv) = options.seed {
+        import_csv(&cache_file, csv).expect("seed import");
+    }
+    if let Some(bytes) = &options.cache_contents {
+        std::fs::write(&cache_file, bytes).unwrap();
+    }
+    let mut cmd = Command::new(binary());
+    cmd.arg("serve")
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("PORT", "0")
+        .env("HOST", "127.0.0.1")
+        .env("API_KEY", format!("{KEY},{OTHER_KEY}"))
+        .env("CACHE_FILE", &cache_file)
+        .env("RUST_LOG", "debug")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    for (k, v) in &options.env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("start pma-cache serve");
+    let log = Arc::new(Mutex::new(String::new()));
+    let stderr = child.stderr.take().unwrap();
+    let sink = Arc::clone(&log);
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let mut log = sink.lock().unwrap();
+            log.push_str(&line);
+            log.push('\n');
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let addr = loop {
+        if let Some(addr) = log
+            .lock()
+            .unwrap()
+            .lines()
+            .find_map(|l| l.split_once("listening on http://").map(|(_, a)| a.trim().to_owned()))
+        {
+            break addr;
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("pma-cache serve exited with {status}:\n{}", log.lock().unwrap());
+        }
+        assert!(Instant::now() < deadline, "server did not start:\n{}", log.lock().unwrap());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    TestApp {
+        base: format!("http://{addr}"),
+        dir,
+        cache_file,
+        client: reqwest::Client::new(),
+        raw_client: reqwest::Client::builder()
+            .no_gzip()
+            .no_zstd()
+            .no_brotli()
+            .build()
+            .unwrap(),
+        child,
+        log,
+    }
+}
+
+/// Runs `pma-cache import` as its own process; returns its stderr on failure.
+pub fn import_csv(cache_file: &Path, csv: &str) -> Result<(), String> {
+    let csv_path = cache_file.with_extension(format!("{}.csv", rand_suffix()));
+    std::fs::write(&csv_path, csv).unwrap();
+    let out = Command::new(binary())
+        .arg("import")
+        .arg(&csv_path)
+        .arg("--cache-file")
+        .arg(cache_file)
+        .output()
+        .unwrap();
+    std::fs::remove_file(&csv_path).ok();
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+fn rand_suffix() -> u64 {
+    use std::hash::{BuildHasher, RandomState};
+    RandomState::new().hash_one(Instant::now())
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub async fn get_fetch_data(&self, query: &str) -> reqwest::Response {
+        self.client
+            .get(self.url(&format!("/fetch-data{query}")))
+            .header("X-API-Key", KEY)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn post_refresh(&self) -> reqwest::Response {
+        self.client
+            .post(self.url("/refresh"))
+            .header("X-API-Key", KEY)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn get_status(&self) -> serde_json::Value {
+        self.client
+            .get(self.url("/status"))
+            .header("X-API-Key", KEY)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    /// Waits until the compressed variants of the current cache are built.
+    pub async fn wait_for_encodings(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let status = self.get_status().await;
+            if status["cache"]["encodings"].as_array().map_or(0, Vec::len) == 3 {
+                return;
+            }
+            assert!(Instant::now() < deadline, "encodings never ready: {status}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Everything the server logged so far.
+    pub fn logs(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Sends SIGTERM and waits for a clean exit.
+    pub fn stop(mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "server did not stop on SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Reads server-sent events until `done` or `limit`; returns each event's `data` as JSON.
+pub async fn read_events(response: reqwest::Response, limit: Duration) -> Vec<serde_json::Value> {
+    use futures_util::StreamExt;
+    let mut stream = response.bytes_stream();
+    let mut buf = Vec::new();
+    let mut events = Vec::new();
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let chunk = match tokio::time::timeout_at(deadline, stream.next()).await {
+            Ok(Some(chunk)) => chunk.unwrap(),
+            Ok(None) | Err(_) => return events,
+        };
+        buf.extend_from_slice(&chunk);
+        while let Some(end) = buf.windows(2).position(|w| w == b"\n\n") {
+            let block: Vec<u8> = buf.drain(..end + 2).collect();
+            let text = String::from_utf8(block).unwrap();
+            if let Some(data) = text.lines().find_map(|l| l.strip_prefix("data: ")) {
+                let event: serde_json::Value = serde_json::from_str(data).unwrap();
+                let done = event["type"] == "done";
+                events.push(event);
+                if done {
+                    return events;
+                }
+            }
+        }
+    }
+}

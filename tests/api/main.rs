@@ -1,0 +1,449 @@
+//! The HTTP API, against the real binary on port 0 with a cache written by `pma-cache import`.
+
+mod helpers;
+
+use std::io::Read;
+use std::time::Duration;
+
+use helpers::*;
+use serde_json::{json, Value};
+
+#[tokio::test]
+async fn health_answers_without_a_key() {
+    let app = spawn_app().await;
+    let r = app.client.get(app.url("/health")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.json::<Value>().await.unwrap(), json!({"status": "ok"}));
+}
+
+#[tokio::test]
+async fn fetch_data_returns_the_imported_table_exactly() {
+    let app = spawn_app().await;
+    let r = app.get_fetch_data("").await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-type"], "application/json");
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["status"], "success");
+    assert_eq!(body["count"], 2);
+    assert_eq!(body["columns"], json!(["id", "name", "note"]));
+    assert_eq!(
+        body["data"],
+        json!([
+            {"id": "1", "name": "Ada \"the\" first", "note": "NULL"},
+            {"id": "2", "name": "", "note": "multi\nline"},
+        ])
+    );
+    assert!(body["last_updated"].as_str().unwrap().ends_with('Z'));
+}
+
+#[tokio::test]
+async fn a_missing_or_wrong_key_is_unauthorized() {
+    let app = spawn_app().await;
+    for key in [None, Some("wrong"), Some(""), Some(&KEY[..KEY.len() - 1])] {
+        let mut req = app.client.get(app.url("/fetch-data"));
+        if let Some(key) = key {
+            req = req.header("X-API-Key", key);
+        }
+        let r = req.send().await.unwrap();
+        assert_eq!(r.status(), 401, "key {key:?}");
+        assert!(r.headers().contains_key("www-authenticate"));
+        assert_eq!(
+            r.json::<Value>().await.unwrap(),
+            json!({"status": "error", "message": "Unauthorized"})
+        );
+    }
+    for path in ["/status", "/fetch-data?stream=true"] {
+        let r = app.client.get(app.url(path)).send().await.unwrap();
+        assert_eq!(r.status(), 401, "{path}");
+    }
+    let r = app.client.post(app.url("/refresh")).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+}
+
+#[tokio::test]
+async fn every_rotated_key_and_the_query_parameter_are_accepted() {
+    let app = spawn_app().await;
+    for key in [KEY, OTHER_KEY] {
+        let r = app
+            .client
+            .get(app.url("/fetch-data"))
+            .header("X-API-Key", key)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    let r = app
+        .client
+        .get(app.url(&format!("/fetch-data?api_key={OTHER_KEY}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+}
+
+#[tokio::test]
+async fn no_cache_yet_is_503_with_retry_after() {
+    let app = spawn_app_with(Options::default()).await;
+    let r = app.get_fetch_data("").await;
+    assert_eq!(r.status(), 503);
+    assert!(r.headers().contains_key("retry-after"));
+    assert_eq!(
+        r.json::<Value>().await.unwrap(),
+        json!({"status": "error", "message": "No cached data"})
+    );
+    let status = app.get_status().await;
+    assert_eq!(status["cache"]["exists"], false);
+}
+
+#[tokio::test]
+async fn a_corrupt_cache_file_at_start_is_reported_and_kept_until_a_complete_one_replaces_it() {
+    let corrupt = br#"{"last_updated":"2026-01-01T00:00:00Z","count":3,"columns":["id"],"data":[{"id":"1"}"#;
+    let app = spawn_app_with(Options {
+        cache_contents: Some(corrupt.to_vec()),
+        ..Options::default()
+    })
+    .await;
+    let r = app.get_fetch_data("").await;
+    assert_eq!(r.status(), 500);
+    assert_eq!(
+        r.json::<Value>().await.unwrap(),
+        json!({"status": "error", "message": "Error reading cache"})
+    );
+    let status = app.get_status().await;
+    assert!(
+        status["cache"]["error"].as_str().unwrap().contains("not a valid cache file"),
+        "{status}"
+    );
+    assert!(app.logs().contains("not a valid cache file"));
+    assert_eq!(std::fs::read(&app.cache_file).unwrap(), corrupt, "the file is left alone");
+
+    import_csv(&app.cache_file, SMALL_CSV).unwrap();
+    let body = poll_until_ok(&app).await;
+    assert_eq!(body["count"], 2);
+}
+
+async fn poll_until_ok(app: &TestApp) -> Value {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let r = app.get_fetch_data("").await;
+        if r.status() == 200 {
+            return r.json().await.unwrap();
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never served");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn an_import_from_another_process_is_served_within_two_seconds() {
+    let app = spawn_app().await;
+    import_csv(&app.cache_file, "id,name\n9,new\n").unwrap();
+    let started = tokio::time::Instant::now();
+    loop {
+        let body: Value = app.get_fetch_data("").await.json().await.unwrap();
+        if body["count"] == 1 {
+            assert_eq!(body["data"], json!([{"id": "9", "name": "new"}]));
+            break;
+        }
+        // Generous bound for a loaded machine; the server polls every 0.5 s.
+        assert!(started.elapsed() < Duration::from_secs(10), "new cache not picked up");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn an_unchanged_cache_answers_304_to_its_etag_in_any_encoding() {
+    let app = spawn_app().await;
+    app.wait_for_encodings().await;
+    for encoding in ["identity", "gzip", "zstd"] {
+        let r = app
+            .raw_client
+            .get(app.url("/fetch-data"))
+            .header("X-API-Key", KEY)
+            .header("Accept-Encoding", encoding)
+            .send()
+            .await
+            .unwrap();
+        let etag = r.headers()["etag"].to_str().unwrap().to_owned();
+        assert!(etag.starts_with('"') && etag.ends_with('"'), "strong etag: {etag}");
+        assert!(r.headers().contains_key("last-modified"));
+        let r = app
+            .raw_client
+            .get(app.url("/fetch-data"))
+            .header("X-API-Key", KEY)
+            .header("If-None-Match", &etag)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 304, "{encoding}");
+        assert!(r.bytes().await.unwrap().is_empty());
+    }
+    let r = app
+        .raw_client
+        .get(app.url("/fetch-data"))
+        .header("X-API-Key", KEY)
+        .header("If-None-Match", "\"something-else\"")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+}
+
+#[tokio::test]
+async fn gzip_and_zstd_bodies_decode_to_the_identity_body() {
+    let app = spawn_app().await;
+    app.wait_for_encodings().await;
+    let get = |accept: &'static str| {
+        app.raw_client
+            .get(app.url("/fetch-data"))
+            .header("X-API-Key", KEY)
+            .header("Accept-Encoding", accept)
+            .send()
+    };
+    let identity = get("identity").await.unwrap();
+    assert!(identity.headers().get("content-encoding").is_none());
+    let identity = identity.bytes().await.unwrap();
+
+    let gz = get("gzip").await.unwrap();
+    assert_eq!(gz.headers()["content-encoding"], "gzip");
+    assert_eq!(gz.headers()["vary"], "Accept-Encoding");
+    let mut decoded = Vec::new();
+    flate2::read::GzDecoder::new(&gz.bytes().await.unwrap()[..])
+        .read_to_end(&mut decoded)
+        .unwrap();
+    assert_eq!(decoded, identity);
+
+    let zs = get("gzip;q=0.5, zstd").await.unwrap();
+    assert_eq!(zs.headers()["content-encoding"], "zstd");
+    let decoded = zstd::decode_all(&zs.bytes().await.unwrap()[..]).unwrap();
+    assert_eq!(decoded, identity);
+
+    let none = get("br").await.unwrap();
+    assert!(none.headers().get("content-encoding").is_none(), "unknown coding falls back");
+    let none = get("gzip;q=0, zstd;q=0").await.unwrap();
+    assert!(none.headers().get("content-encoding").is_none(), "q=0 refuses a coding");
+}
+
+#[tokio::test]
+async fn malformed_parameters_and_unknown_routes_get_clear_errors() {
+    let app = spawn_app().await;
+    let r = app.get_fetch_data("?refresh=perhaps").await;
+    assert_eq!(r.status(), 400);
+    assert_eq!(
+        r.json::<Value>().await.unwrap(),
+        json!({"status": "error", "message": "Invalid value for 'refresh': expected true or false"})
+    );
+    let r = app.get_fetch_data("?stream=2").await;
+    assert_eq!(r.status(), 400);
+    let r = app.client.get(app.url("/nope")).send().await.unwrap();
+    assert_eq!(r.status(), 404);
+    assert_eq!(r.json::<Value>().await.unwrap()["status"], "error");
+}
+
+#[tokio::test]
+async fn refresh_without_a_sync_source_says_so() {
+    let app = spawn_app().await;
+    let r = app.post_refresh().await;
+    assert_eq!(r.status(), 503);
+    let body: Value = r.json().await.unwrap();
+    assert!(body["message"].as_str().unwrap().contains("PMA_URL"), "{body}");
+
+    // fetch-data still answers with the cache and explains.
+    let r = app.get_fetch_data("?refresh=true").await;
+    assert_eq!(r.status(), 200);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["count"], 2);
+    assert!(body["_info"].as_str().unwrap().contains("no sync source"), "{body}");
+}
+
+#[tokio::test]
+async fn sse_sends_cached_then_updated_then_done_when_another_process_imports() {
+    let app = spawn_app().await;
+    let r = app
+        .client
+        .get(app.url(&format!("/fetch-data?stream=true&api_key={KEY}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-type"], "text/event-stream");
+    assert_eq!(r.headers()["x-accel-buffering"], "no");
+    let cache_file = app.cache_file.clone();
+    let importer = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        import_csv(&cache_file, "id,name\n7,fresh\n").unwrap();
+    });
+    let events = read_events(r, Duration::from_secs(15)).await;
+    importer.await.unwrap();
+    let types: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert_eq!(types, ["cached", "updated", "done"], "{events:?}");
+    assert_eq!(events[0]["payload"]["count"], 2);
+    assert_eq!(events[0]["payload"]["status"], "success");
+    assert_eq!(events[1]["payload"]["data"], json!([{"id": "7", "name": "fresh"}]));
+}
+
+#[tokio::test]
+async fn sse_events_carry_ids_and_the_first_says_when_nothing_is_cached() {
+    let app = spawn_app_with(Options::default()).await;
+    let r = app.get_fetch_data("?stream=true&refresh=true").await;
+    let raw = String::from_utf8(r.bytes().await.unwrap().to_vec()).unwrap();
+    assert!(raw.starts_with("id: 1\ndata: "), "{raw}");
+    assert!(raw.contains("id: 2\n"), "{raw}");
+    let events: Vec<Value> = raw
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .map(|d| serde_json::from_str(d).unwrap())
+        .collect();
+    assert_eq!(events[0], json!({"type": "cached", "payload": null, "message": "No cached data"}));
+    // No sync source: the refresh it asked for is reported as an error, then the stream ends.
+    assert_eq!(events[1]["type"], "error");
+    assert_eq!(events[2], json!({"type": "done"}));
+}
+
+#[tokio::test]
+async fn keys_never_reach_the_logs() {
+    let app = spawn_app().await;
+    app.get_fetch_data("").await;
+    app.client
+        .get(app.url(&format!("/fetch-data?api_key={OTHER_KEY}")))
+        .send()
+        .await
+        .unwrap();
+    app.client
+        .get(app.url("/status?api_key=guessed-key-123"))
+        .send()
+        .await
+        .unwrap();
+    let logs = app.logs();
+    assert!(logs.contains("/fetch-data"), "requests are logged: {logs}");
+    for secret in [KEY, OTHER_KEY, "guessed-key-123"] {
+        assert!(!logs.contains(secret), "{secret} leaked into:\n{logs}");
+    }
+    let status = app.get_status().await.to_string();
+    assert!(!status.contains(KEY) && !status.contains(OTHER_KEY));
+}
+
+#[tokio::test]
+async fn status_reports_the_cache_and_an_idle_unconfigured_sync() {
+    let app = spawn_app().await;
+    let status = app.get_status().await;
+    assert_eq!(status["cache"]["exists"], true);
+    assert_eq!(status["cache"]["count"], 2);
+    assert_eq!(
+        status["cache"]["size_bytes"],
+        std::fs::metadata(&app.cache_file).unwrap().len()
+    );
+    assert!(status["cache"]["age_seconds"].as_u64().unwrap() < 60);
+    assert_eq!(status["sync"]["state"], "idle");
+    assert_eq!(status["sync"]["configured"], false);
+    for field in ["phase", "started_at", "last_success", "last_failure", "last_error", "next_run"] {
+        assert!(status["sync"].get(field).is_some(), "sync.{field} is part of the shape");
+    }
+}
+
+#[tokio::test]
+async fn cors_headers_only_for_configured_origins() {
+    let app = spawn_app_with(Options {
+        seed: Some(SMALL_CSV),
+        env: vec![("CORS_ALLOW_ORIGINS", "https://dash.example".into())],
+        ..Options::default()
+    })
+    .await;
+    let preflight = app
+        .client
+        .request(reqwest::Method::OPTIONS, app.url("/fetch-data"))
+        .header("Origin", "https://dash.example")
+        .header("Access-Control-Request-Method", "GET")
+        .header("Access-Control-Request-Headers", "x-api-key")
+        .send()
+        .await
+        .unwrap();
+    assert!(preflight.status().is_success());
+    assert_eq!(
+        preflight.headers()["access-control-allow-origin"],
+        "https://dash.example"
+    );
+    let allowed = preflight.headers()["access-control-allow-headers"]
+        .to_str()
+        .unwrap()
+        .to_ascii_lowercase();
+    assert!(allowed.contains("x-api-key"), "{allowed}");
+
+    let other = app
+        .client
+        .get(app.url("/health"))
+        .header("Origin", "https://evil.example")
+        .send()
+        .await
+        .unwrap();
+    assert!(other.headers().get("access-control-allow-origin").is_none());
+
+    let plain = spawn_app().await;
+    let r = plain
+        .client
+        .get(plain.url("/health"))
+        .header("Origin", "https://dash.example")
+        .send()
+        .await
+        .unwrap();
+    assert!(r.headers().get("access-control-allow-origin").is_none());
+}
+
+#[tokio::test]
+async fn sigterm_stops_the_server_cleanly_even_with_an_open_event_stream() {
+    let app = spawn_app().await;
+    let stream = app.get_fetch_data("?stream=true").await;
+    assert_eq!(stream.status(), 200);
+    let status = app.stop();
+    assert!(status.success(), "{status}");
+    drop(stream);
+}
+
+#[test]
+fn a_missing_api_key_exits_with_one_line_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(binary())
+        .arg("serve")
+        .env_remove("API_KEY")
+        .env("CACHE_FILE", dir.path().join("c.json"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("API_KEY"), "{stderr}");
+}
+
+#[test]
+fn import_refuses_a_ragged_csv_naming_the_line_and_keeps_the_cache() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache_file = dir.path().join("c.json");
+    import_csv(&cache_file, SMALL_CSV).unwrap();
+    let before = std::fs::read(&cache_file).unwrap();
+    let err = import_csv(&cache_file, "a,b\n1,2\n3\n").unwrap_err();
+    assert!(err.contains("line 3: expected 2 fields"), "{err}");
+    assert_eq!(std::fs::read(&cache_file).unwrap(), before);
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(leftovers.len(), 1, "no temporary files left: {leftovers:?}");
+}
+
+#[test]
+fn import_null_token_turns_only_exact_matches_into_null() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache_file = dir.path().join("c.json");
+    let csv_path = dir.path().join("in.csv");
+    std::fs::write(&csv_path, "a,b\n\\N,NULL\n").unwrap();
+    let out = std::process::Command::new(binary())
+        .args(["import", "--null", "\\N", "--cache-file"])
+        .arg(&cache_file)
+        .arg(&csv_path)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: Value = serde_json::from_slice(&std::fs::read(&cache_file).unwrap()).unwrap();
+    assert_eq!(v["data"], json!([{"a": null, "b": "NULL"}]));
+}
