@@ -1,0 +1,75 @@
+# pma-cache: the API (`serve`), the standalone worker (`worker`) and one-off syncs (`sync`) in one image.
+# Build:  docker build -t pma-cache .
+# Run:    docker run -p 8080:8080 -e API_KEY=... -v pma-cache:/app/cache pma-cache
+# See docs/deploy.md for the three deployments (serve + worker, serve + cron, serve alone).
+
+# ---------------------------------------------------------------------------------------------
+# Build stage: compile the release binary. The Rust version is pinned so builds are repeatable;
+# bookworm matches the runtime stage's glibc.
+FROM rust:1.95-bookworm AS build
+WORKDIR /src
+
+# Dependencies first, in their own layer: a change under src/ does not rebuild them. A placeholder
+# lib.rs and main.rs let cargo compile every dependency from Cargo.toml and Cargo.lock alone.
+COPY Cargo.toml Cargo.lock ./
+RUN mkdir src \
+    && echo 'fn main() {}' > src/main.rs \
+    && touch src/lib.rs \
+    && cargo build --release --locked \
+    && rm -rf src
+
+# The real sources. Touching the crate roots makes cargo rebuild the crate itself even when the
+# copied files are older than the placeholders it just compiled.
+COPY src ./src
+RUN touch src/lib.rs src/main.rs \
+    && cargo build --release --locked \
+    && cp target/release/pma-cache /usr/local/bin/pma-cache
+
+# ---------------------------------------------------------------------------------------------
+# Runtime stage: Debian's Chromium and ChromeDriver, installed in one apt-get line from the same
+# release so their versions always match (a drift between them fails every session with "This
+# version of ChromeDriver only supports Chrome version N"). tini runs as PID 1 and reaps the
+# processes Chromium leaves behind. bin/setup installs the same packages for the tests.
+FROM debian:bookworm-slim AS runtime
+
+SHELL ["/bin/bash", "-o", "pipefail", "-c"]
+
+# Package versions come from the bookworm release the base image pins; Debian's security updates
+# for Chromium replace older versions, so an exact version pin would break the build within weeks.
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
+        chromium chromium-driver ca-certificates tini \
+    && rm -rf /var/lib/apt/lists/*
+
+# A non-root user. Chromium needs a writable home for its profile; the sync already passes
+# --no-sandbox, which Chromium needs in a container without user namespaces.
+RUN groupadd --gid 10001 pma \
+    && useradd --uid 10001 --gid pma --create-home --home-dir /home/pma --shell /usr/sbin/nologin pma \
+    && mkdir -p /app/cache \
+    && chown pma:pma /app/cache
+
+COPY --from=build /usr/local/bin/pma-cache /usr/local/bin/pma-cache
+
+ENV CACHE_FILE=/app/cache/data_cache.json \
+    PORT=8080 \
+    HOST=0.0.0.0 \
+    CHROMEDRIVER_PATH=/usr/bin/chromedriver \
+    CHROME_PATH=/usr/bin/chromium \
+    HOME=/home/pma
+
+WORKDIR /app
+# The cache file and the failure screenshots (cache/failures/) live here; mount a volume so they
+# survive a restart and, in deployment A, so `serve` and `worker` share them. Docker copies this
+# folder's owner into a new named volume, so the non-root user can write to it.
+VOLUME ["/app/cache"]
+USER 10001:10001
+EXPOSE 8080
+
+# GET /health with bash's /dev/tcp: no curl or wget in the image. Only `serve` answers it; the
+# worker's container disables this check (see examples/docker-compose.yml).
+HEALTHCHECK --interval=30s --timeout=5s --start-period=15s --retries=3 \
+    CMD ["bash", "-c", "exec 3<>/dev/tcp/127.0.0.1/${PORT:-8080} && printf 'GET /health HTTP/1.0\\r\\nHost: localhost\\r\\n\\r\\n' >&3 && grep -q '\"ok\"' <&3"]
+
+ENTRYPOINT ["/usr/bin/tini", "--", "pma-cache"]
+CMD ["serve"]
