@@ -1,10 +1,10 @@
 //! The HTTP API.
 //!
-//! - [`auth`]: API keys.
-//! - [`fetch`]: `/fetch-data` from ready-made bytes.
-//! - [`sse`]: `/fetch-data?stream=true`.
-//! - [`status`]: `/health`, `/status`, `/refresh`.
-//! - [`error`]: the one error type clients see.
+//! - [`auth`] — API keys.
+//! - [`fetch`] — `/fetch-data` from ready-made bytes.
+//! - [`sse`] — `/fetch-data?stream=true`.
+//! - [`status`] — `/health`, `/status`, `/refresh`.
+//! - [`error`] — the one error type clients see.
 
 pub mod auth;
 pub mod error;

@@ -1,8 +1,8 @@
 //! The cache: the file on disk, the snapshot in memory, and the news of its replacement.
 //!
-//! - [`convert`]: CSV to cache JSON.
-//! - [`store`]: atomic writes and reads of the cache file.
-//! - [`snapshot`]: the ready-to-send bodies the API serves.
+//! - [`convert`] — CSV to cache JSON.
+//! - [`store`] — atomic writes and reads of the cache file.
+//! - [`snapshot`] — the ready-to-send bodies the API serves.
 //!
 //! Readers never wait: the current snapshot sits behind an [`ArcSwapOption`], so a request takes a
 //! reference-counted handle and a new cache is swapped in without blocking anyone.

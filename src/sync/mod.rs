@@ -1,6 +1,6 @@
 //! The sync: fetch the table through phpMyAdmin in a real browser, convert it, and replace the cache.
 //!
-//! - [`sync_once`]: one sync, start to finish; what `pma-cache sync` runs and tests call.
+//! - [`sync_once`] — one sync, start to finish; what `pma-cache sync` runs and tests call.
 //! - [`Syncer`]: runs syncs in the background, one at a time, on request or on a schedule, and
 //!   keeps the [`status::SyncStatus`] that `/status` shows.
 //! - [`browser`] and [`phpmyadmin`]: the browser session and the phpMyAdmin flow.

@@ -1,11 +1,12 @@
 //! The HTTP API, against the real binary on port 0 with a cache written by `pma-cache import`.
 
-mod helpers;
+#[path = "../support/mod.rs"]
+mod support;
 
 use std::io::Read;
 use std::time::Duration;
 
-use helpers::*;
+use support::app::*;
 use serde_json::{json, Value};
 
 #[tokio::test]

@@ -1,5 +1,7 @@
 //! Spawns the real `pma-cache` binary on port 0, each test with its own cache folder.
 
+#![allow(dead_code)]
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -137,6 +139,11 @@ fn rand_suffix() -> u64 {
 }
 
 impl TestApp {
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }

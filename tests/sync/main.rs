@@ -1,0 +1,344 @@
+//! End to end: the real binary, the real phpMyAdmin on the test bed, real Chromium.
+//!
+//! These tests run one at a time (one browser at a time on a 2-core machine, and exact counts of
+//! exports in phpMyAdmin's log).
+
+#[path = "../support/mod.rs"]
+mod support;
+
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use serde_json::Value;
+use support::app::*;
+use support::testbed::{testbed, Testbed};
+
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// The environment that points a `pma-cache` process at the test bed.
+fn pma_env(bed: &Testbed, tmp: &Path) -> Vec<(&'static str, String)> {
+    vec![
+        ("PMA_URL", bed.pma_url.clone()),
+        ("PMA_USERNAME", bed.username.clone()),
+        ("PMA_PASSWORD", bed.password.clone()),
+        ("PMA_DATABASE", bed.database.clone()),
+        ("PMA_TABLE", bed.table.clone()),
+        // Every process this sync starts inherits it: the leak check looks for it.
+        ("TMPDIR", tmp.display().to_string()),
+        ("SYNC_TIMEOUT", "3m".into()),
+    ]
+}
+
+/// Runs `pma-cache sync` with `env` on top of the test bed's settings.
+fn run_sync(cache_file: &Path, env: &[(&'static str, String)]) -> Output {
+    let out = Command::new(binary())
+        .arg("sync")
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("CACHE_FILE", cache_file)
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .output()
+        .unwrap();
+    out
+}
+
+/// Processes (other than `except`) started under the private temp folder `tmp`: a browser or
+/// driver the sync left behind.
+fn processes_under(tmp: &Path, except: Option<u32>) -> Vec<String> {
+    let needle = format!("TMPDIR={}", tmp.display());
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        if Some(pid) == except || pid == std::process::id() {
+            continue;
+        }
+        let Ok(environ) = std::fs::read(entry.path().join("environ")) else {
+            continue;
+        };
+        if environ.split(|b| *b == 0).any(|v| v == needle.as_bytes()) {
+            let cmd = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+            found.push(format!("{pid}: {}", String::from_utf8_lossy(&cmd).replace('\0', " ")));
+        }
+    }
+    found
+}
+
+/// The cache's rows in the table's column order, sorted by id, NULL as `None`.
+fn cache_rows(cache: &Value) -> (Vec<String>, Vec<Vec<Option<String>>>) {
+    let columns: Vec<String> = cache["columns"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_str().unwrap().to_owned())
+        .collect();
+    let mut rows: Vec<Vec<Option<String>>> = cache["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|record| {
+            let keys: Vec<&String> = record.as_object().unwrap().keys().collect();
+            assert_eq!(keys.len(), columns.len());
+            columns
+                .iter()
+                .map(|c| match &record[c] {
+                    Value::Null => None,
+                    Value::String(s) => Some(s.clone()),
+                    other => panic!("values are strings or null, got {other}"),
+                })
+                .collect()
+        })
+        .collect();
+    rows.sort_by_key(|r| r[0].as_deref().unwrap_or("").parse::<i64>().unwrap_or(i64::MAX));
+    (columns, rows)
+}
+
+fn assert_cache_equals_table(cache: &Value, bed: &Testbed) {
+    let (columns, rows) = cache_rows(cache);
+    let (table_columns, table_rows) = bed.table_as_rows(&bed.database, &bed.table);
+    assert_eq!(columns, table_columns, "columns in the table's order");
+    assert_eq!(rows.len(), table_rows.len(), "row count");
+    for (got, want) in rows.iter().zip(&table_rows) {
+        assert_eq!(got, want, "row with id {:?}", want[0]);
+    }
+    assert_eq!(cache["count"], table_rows.len());
+}
+
+fn read_json(path: &Path) -> Value {
+    serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+}
+
+/// How many exports phpMyAdmin has served so far (from its request log).
+fn exports_served(bed: &Testbed) -> usize {
+    let log = std::fs::read_to_string(bed.dir.join("php.log")).unwrap_or_default();
+    log.lines().filter(|l| l.contains("route=/export") || l.contains("export.php")).count()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sync_writes_a_cache_equal_to_the_table_and_leaves_no_browser_behind() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let bed = testbed();
+    let dir = tempfile::tempdir().unwrap();
+    let cache_file = dir.path().join("data_cache.json");
+    let out = run_sync(&cache_file, &pma_env(bed, dir.path()));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "sync failed:\n{stderr}");
+    let cache = read_json(&cache_file);
+    assert_cache_equals_table(&cache, bed);
+    // The seeded edge cases survive: the text NULL is not a null, and a real NULL is.
+    let values: Vec<&Value> = cache["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|r| r.as_object().unwrap().values())
+        .collect();
+    assert!(values.iter().any(|v| v.as_str() == Some("NULL")), "text NULL kept");
+    assert!(values.iter().any(|v| v.is_null()), "SQL NULL is null");
+    for phase in ["starting_browser", "logging_in", "exporting", "downloading", "converting", "writing"] {
+        assert!(stderr.contains(phase), "phase {phase} logged:\n{stderr}");
+    }
+    assert!(!stderr.contains(&bed.password), "the password never reaches the log");
+    assert_eq!(processes_under(dir.path(), None), Vec::<String>::new());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_wrong_password_fails_clearly_without_retrying_and_keeps_the_cache() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let bed = testbed();
+    let dir = tempfile::tempdir().unwrap();
+    let cache_file = dir.path().join("data_cache.json");
+    import_csv(&cache_file, SMALL_CSV).unwrap();
+    let before = std::fs::read(&cache_file).unwrap();
+    let wrong = "not-the-password-5521";
+    let mut env = pma_env(bed, dir.path());
+    env.retain(|(k, _)| *k != "PMA_PASSWORD");
+    env.push(("PMA_PASSWORD", wrong.into()));
+    let out = run_sync(&cache_file, &env);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("rejected the login"), "{stderr}");
+    assert!(stderr.contains("Cannot log in to the MySQL server"), "phpMyAdmin's own words:\n{stderr}");
+    assert!(!stderr.contains("will retry"), "a rejected login is not retried:\n{stderr}");
+    assert!(!stderr.contains(wrong), "the password never reaches the log");
+    assert_eq!(std::fs::read(&cache_file).unwrap(), before);
+    let failures = dir.path().join("failures");
+    let kept: Vec<_> = std::fs::read_dir(&failures).map(|d| d.count()).into_iter().collect();
+    assert!(kept.first().copied().unwrap_or(0) >= 2, "screenshot and page source kept in {}", failures.display());
+    assert_eq!(processes_under(dir.path(), None), Vec::<String>::new());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn phpmyadmin_down_fails_clearly_and_keeps_the_cache() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let bed = testbed();
+    let dir = tempfile::tempdir().unwrap();
+    let cache_file = dir.path().join("data_cache.json");
+    import_csv(&cache_file, SMALL_CSV).unwrap();
+    let before = std::fs::read(&cache_file).unwrap();
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/", closed.local_addr().unwrap());
+    drop(closed);
+    let mut env = pma_env(bed, dir.path());
+    env.retain(|(k, _)| *k != "PMA_URL");
+    env.push(("PMA_URL", url));
+    let out = run_sync(&cache_file, &env);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("unreachable"), "{stderr}");
+    assert!(stderr.contains("failed 3 times"), "transient failures are retried:\n{stderr}");
+    assert_eq!(std::fs::read(&cache_file).unwrap(), before);
+    assert_eq!(processes_under(dir.path(), None), Vec::<String>::new());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_export_far_smaller_than_the_cache_is_refused_unless_forced() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let bed = testbed();
+    let dir = tempfile::tempdir().unwrap();
+    let cache_file = dir.path().join("data_cache.json");
+    let table_rows = bed.table_as_rows(&bed.database, &bed.table).1.len();
+    let mut big = String::from("id\n");
+    for i in 0..table_rows * 3 {
+        big.push_str(&format!("{i}\n"));
+    }
+    import_csv(&cache_file, &big).unwrap();
+    let before = std::fs::read(&cache_file).unwrap();
+    let env = pma_env(bed, dir.path());
+    let out = run_sync(&cache_file, &env);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("far fewer"), "{stderr}");
+    assert_eq!(std::fs::read(&cache_file).unwrap(), before);
+
+    let mut forced = env.clone();
+    forced.push(("SYNC_FORCE", "true".into()));
+    let out = run_sync(&cache_file, &forced);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(read_json(&cache_file)["count"], table_rows);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_empty_table_is_refused() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let bed = testbed();
+    bed.sql(
+        "CREATE DATABASE IF NOT EXISTS e2e_empty; \
+         CREATE TABLE IF NOT EXISTS e2e_empty.orders (id INT PRIMARY KEY, name TEXT); \
+         DELETE FROM e2e_empty.orders;",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let cache_file = dir.path().join("data_cache.json");
+    let mut env = pma_env(bed, dir.path());
+    env.retain(|(k, _)| *k != "PMA_DATABASE");
+    env.push(("PMA_DATABASE", "e2e_empty".into()));
+    let out = run_sync(&cache_file, &env);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("no rows"), "{stderr}");
+    assert!(!cache_file.exists(), "nothing written");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sse_subscribers_get_the_cache_then_the_refreshed_table() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let bed = testbed();
+    let tmp = tempfile::tempdir().unwrap();
+    let mut env = pma_env(bed, tmp.path());
+    // Through the bed's own ChromeDriver: the WEBDRIVER_URL path.
+    env.push(("WEBDRIVER_URL", bed.webdriver_url.clone()));
+    let app = spawn_app_with(Options {
+        seed: Some(SMALL_CSV),
+        env,
+        ..Options::default()
+    })
+    .await;
+    let r = app.get_fetch_data("?stream=true&refresh=true").await;
+    assert_eq!(r.status(), 200);
+    let events = read_events(r, Duration::from_secs(180)).await;
+    let types: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert_eq!(types, ["cached", "updated", "done"], "{}", app.logs());
+    assert_eq!(events[0]["payload"]["count"], 2);
+    assert_cache_equals_table(&events[1]["payload"], bed);
+    let served: Value = app.get_fetch_data("").await.json().await.unwrap();
+    assert_eq!(served, events[1]["payload"]);
+    let status = app.get_status().await;
+    assert_eq!(status["sync"]["state"], "idle");
+    assert!(status["sync"]["last_success"].is_string(), "{status}");
+    assert!(!app.logs().contains(&bed.password));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn fifty_concurrent_refreshes_start_exactly_one_export() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let bed = testbed();
+    let tmp = tempfile::tempdir().unwrap();
+    let app = spawn_app_with(Options {
+        seed: Some(SMALL_CSV),
+        env: pma_env(bed, tmp.path()),
+        ..Options::default()
+    })
+    .await;
+    let exports_before = exports_served(bed);
+    let requests = (0..50).map(|_| app.post_refresh());
+    let answers = futures_util::future::join_all(requests).await;
+    let mut triggered = 0;
+    for r in answers {
+        assert_eq!(r.status(), 202);
+        let body: Value = r.json().await.unwrap();
+        match body["status"].as_str().unwrap() {
+            "triggered" => triggered += 1,
+            "already in progress" => {}
+            other => panic!("unexpected answer {other}"),
+        }
+    }
+    assert_eq!(triggered, 1);
+    let status = wait_for_sync_end(&app).await;
+    assert!(status["sync"]["last_success"].is_string(), "{status}\n{}", app.logs());
+    assert_eq!(exports_served(bed) - exports_before, 1, "exactly one export reached phpMyAdmin");
+    assert_eq!(processes_under(tmp.path(), Some(app.pid())), Vec::<String>::new());
+    let body: Value = app.get_fetch_data("").await.json().await.unwrap();
+    assert_cache_equals_table(&body, bed);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failed_refresh_is_reported_to_subscribers_and_in_status() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let bed = testbed();
+    let tmp = tempfile::tempdir().unwrap();
+    let mut env = pma_env(bed, tmp.path());
+    env.retain(|(k, _)| *k != "PMA_PASSWORD");
+    env.push(("PMA_PASSWORD", "wrong-password-9931".into()));
+    let app = spawn_app_with(Options {
+        seed: Some(SMALL_CSV),
+        env,
+        ..Options::default()
+    })
+    .await;
+    let before = app.get_fetch_data("").await.bytes().await.unwrap();
+    let r = app.get_fetch_data("?stream=true&refresh=true").await;
+    let events = read_events(r, Duration::from_secs(180)).await;
+    let types: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert_eq!(types, ["cached", "error", "done"], "{}", app.logs());
+    assert!(events[1]["message"].as_str().unwrap().contains("rejected the login"));
+    let status = wait_for_sync_end(&app).await;
+    let error = status["sync"]["last_error"].as_str().unwrap();
+    assert!(error.contains("rejected the login"), "{status}");
+    assert!(!status.to_string().contains("wrong-password-9931"));
+    assert!(!app.logs().contains("wrong-password-9931"));
+    assert_eq!(app.get_fetch_data("").await.bytes().await.unwrap(), before, "old cache still served");
+}
+
+async fn wait_for_sync_end(app: &TestApp) -> Value {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(180);
+    loop {
+        let status = app.get_status().await;
+        let ended = status["sync"]["last_success"].is_string() || status["sync"]["last_failure"].is_string();
+        if status["sync"]["state"] == "idle" && ended {
+            return status;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "sync never ended: {status}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
