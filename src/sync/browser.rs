@@ -63,7 +63,10 @@ pub struct Browser {
 impl Browser {
     /// Starts a session that downloads into `download_dir`: through `settings.webdriver_url` when
     /// set, otherwise through a ChromeDriver started here on a free loopback port.
-    pub async fn start(settings: &BrowserSettings, download_dir: &Path) -> Result<Self, ExportError> {
+    pub async fn start(
+        settings: &BrowserSettings,
+        download_dir: &Path,
+    ) -> Result<Self, ExportError> {
         let download_dir = std::fs::create_dir_all(download_dir)
             .and_then(|()| download_dir.canonicalize())
             .with_context(|| format!("cannot use {} as download folder", download_dir.display()))
@@ -105,7 +108,9 @@ impl Browser {
         let client = step(
             "starting a Chromium session",
             SESSION_TIMEOUT,
-            ClientBuilder::new(HttpConnector::new()).capabilities(caps).connect(&webdriver_url),
+            ClientBuilder::new(HttpConnector::new())
+                .capabilities(caps)
+                .connect(&webdriver_url),
         )
         .await
         .with_context(|| format!("WebDriver at {webdriver_url}"))
@@ -116,7 +121,9 @@ impl Browser {
 
     /// The WebDriver client of the running session.
     pub fn client(&self) -> &Client {
-        self.client.as_ref().expect("the session is open until close")
+        self.client
+            .as_ref()
+            .expect("the session is open until close")
     }
 
     /// The folder downloads land in (absolute).
@@ -125,7 +132,10 @@ impl Browser {
     }
 
     fn capabilities(&self, chrome_path: Option<&Path>) -> Capabilities {
-        let profile = self.profile.as_ref().map(|p| p.path().display().to_string());
+        let profile = self
+            .profile
+            .as_ref()
+            .map(|p| p.path().display().to_string());
         let mut args = vec![
             "--headless=new".to_owned(),
             "--no-sandbox".to_owned(),
@@ -187,8 +197,12 @@ impl Browser {
                 "eventsEnabled": true,
             }),
         };
-        step("allowing downloads (CDP Browser.setDownloadBehavior)", STEP_TIMEOUT, self.client().issue_cmd(command))
-            .await?;
+        step(
+            "allowing downloads (CDP Browser.setDownloadBehavior)",
+            STEP_TIMEOUT,
+            self.client().issue_cmd(command),
+        )
+        .await?;
         Ok(())
     }
 
@@ -197,14 +211,29 @@ impl Browser {
     pub async fn save_failure(&self, dir: &Path) {
         let Some(client) = &self.client else { return };
         let stem = failure_stem(time::OffsetDateTime::now_utc());
-        let shot = step("taking a screenshot", Duration::from_secs(10), client.screenshot()).await;
-        let source = step("reading the page source", Duration::from_secs(10), client.source()).await;
-        let url = step("reading the page address", Duration::from_secs(5), client.current_url())
-            .await
-            .map(|u| u.to_string())
-            .unwrap_or_default();
+        let shot = step(
+            "taking a screenshot",
+            Duration::from_secs(10),
+            client.screenshot(),
+        )
+        .await;
+        let source = step(
+            "reading the page source",
+            Duration::from_secs(10),
+            client.source(),
+        )
+        .await;
+        let url = step(
+            "reading the page address",
+            Duration::from_secs(5),
+            client.current_url(),
+        )
+        .await
+        .map(|u| u.to_string())
+        .unwrap_or_default();
         let saved = (|| -> anyhow::Result<()> {
-            std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
             if let Ok(png) = &shot {
                 std::fs::write(dir.join(format!("{stem}.png")), png)?;
             }
@@ -229,7 +258,12 @@ impl Browser {
     /// Ends the session, then ChromeDriver (and with it Chromium), then removes the profile.
     pub async fn close(mut self) {
         if let Some(client) = self.client.take() {
-            if let Err(e) = step("closing the browser session", Duration::from_secs(15), client.close()).await
+            if let Err(e) = step(
+                "closing the browser session",
+                Duration::from_secs(15),
+                client.close(),
+            )
+            .await
             {
                 tracing::warn!("{e:#}");
             }
@@ -268,7 +302,8 @@ fn failure_stem(t: time::OffsetDateTime) -> String {
         "[year]-[month]-[day]T[hour]-[minute]-[second].[subsecond digits:3]Z"
     );
     let t = t.to_offset(time::UtcOffset::UTC);
-    t.format(&f).unwrap_or_else(|_| t.unix_timestamp().to_string())
+    t.format(&f)
+        .unwrap_or_else(|_| t.unix_timestamp().to_string())
 }
 
 fn is_failure_stem(stem: &str) -> bool {
@@ -313,8 +348,15 @@ struct CdpCommand {
 }
 
 impl WebDriverCompatibleCommand for CdpCommand {
-    fn endpoint(&self, base_url: &url::Url, session_id: Option<&str>) -> Result<url::Url, url::ParseError> {
-        base_url.join(&format!("session/{}/goog/cdp/execute", session_id.unwrap_or_default()))
+    fn endpoint(
+        &self,
+        base_url: &url::Url,
+        session_id: Option<&str>,
+    ) -> Result<url::Url, url::ParseError> {
+        base_url.join(&format!(
+            "session/{}/goog/cdp/execute",
+            session_id.unwrap_or_default()
+        ))
     }
 
     fn method_and_body(&self, _request_url: &url::Url) -> (Method, Option<String>) {
@@ -395,8 +437,11 @@ impl ChromeDriver {
                     self.addr.port()
                 )));
             }
-            if let Ok(Ok((200, body))) =
-                tokio::time::timeout(Duration::from_secs(2), http_local(self.addr, "GET", "/status")).await
+            if let Ok(Ok((200, body))) = tokio::time::timeout(
+                Duration::from_secs(2),
+                http_local(self.addr, "GET", "/status"),
+            )
+            .await
             {
                 if status_is_ready(&body) {
                     return Ok(());
@@ -440,7 +485,9 @@ impl ChromeDriver {
 
 impl Drop for ChromeDriver {
     fn drop(&mut self) {
-        let Some(mut child) = self.child.take() else { return };
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
         // Cancelled mid-sync: no `.await` here, so shut down with a short blocking request.
         // A SIGKILL alone would orphan Chromium.
         shutdown_blocking(self.addr);
@@ -480,10 +527,39 @@ fn status_is_ready(body: &str) -> bool {
 /// One plain HTTP/1.1 request to ChromeDriver on loopback; returns the status code and body.
 async fn http_local(addr: SocketAddr, method: &str, path: &str) -> std::io::Result<(u16, String)> {
     let mut stream = tokio::net::TcpStream::connect(addr).await?;
-    stream.write_all(request_bytes(addr, method, path).as_bytes()).await?;
+    stream
+        .write_all(request_bytes(addr, method, path).as_bytes())
+        .await?;
+    // ChromeDriver keeps the connection open despite `Connection: close`: read by Content-Length.
     let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).await?;
+    let mut chunk = [0u8; 4096];
+    loop {
+        let n = stream.read(&mut chunk).await?;
+        if n == 0 {
+            break;
+        }
+        raw.extend_from_slice(&chunk[..n]);
+        if response_complete(&raw) {
+            break;
+        }
+    }
     Ok(parse_response(&raw))
+}
+
+/// True once `raw` holds the headers and as many body bytes as Content-Length announces.
+fn response_complete(raw: &[u8]) -> bool {
+    let Some(end) = raw.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return false;
+    };
+    let headers = String::from_utf8_lossy(&raw[..end]).to_ascii_lowercase();
+    let length = headers
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse::<usize>().ok());
+    match length {
+        Some(length) => raw.len() >= end + 4 + length,
+        None => false,
+    }
 }
 
 fn shutdown_blocking(addr: SocketAddr) {
@@ -492,9 +568,18 @@ fn shutdown_blocking(addr: SocketAddr) {
     };
     let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
     let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
-    if stream.write_all(request_bytes(addr, "POST", "/shutdown").as_bytes()).is_ok() {
-        let mut sink = Vec::new();
-        let _ = stream.read_to_end(&mut sink);
+    if stream
+        .write_all(request_bytes(addr, "POST", "/shutdown").as_bytes())
+        .is_ok()
+    {
+        let mut raw = Vec::new();
+        let mut chunk = [0u8; 4096];
+        while let Ok(n @ 1..) = stream.read(&mut chunk) {
+            raw.extend_from_slice(&chunk[..n]);
+            if response_complete(&raw) {
+                break;
+            }
+        }
     }
 }
 
@@ -514,7 +599,10 @@ fn parse_response(raw: &[u8]) -> (u16, String) {
         .nth(1)
         .and_then(|s| s.parse().ok())
         .unwrap_or(0);
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or_default();
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b)
+        .unwrap_or_default();
     (status, body.to_owned())
 }
 
@@ -567,7 +655,9 @@ mod tests {
 
     #[test]
     fn chromedriver_status_must_say_ready() {
-        assert!(status_is_ready(r#"{"value":{"ready":true,"message":"ok"}}"#));
+        assert!(status_is_ready(
+            r#"{"value":{"ready":true,"message":"ok"}}"#
+        ));
         assert!(!status_is_ready(r#"{"value":{"ready":false}}"#));
         assert!(!status_is_ready("not json"));
     }
@@ -577,6 +667,12 @@ mod tests {
         let (status, body) = parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}");
         assert_eq!((status, body.as_str()), (200, "{}"));
         assert_eq!(parse_response(b"").0, 0);
+        assert!(response_complete(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}"
+        ));
+        assert!(!response_complete(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n{}"
+        ));
     }
 
     #[test]
@@ -593,7 +689,9 @@ mod tests {
     fn pruning_keeps_the_newest_pairs_and_other_files() {
         let dir = tempfile::tempdir().unwrap();
         for second in 0..8 {
-            let stem = failure_stem(time::macros::datetime!(2024-01-01 00:00:00 UTC) + Duration::from_secs(second));
+            let stem = failure_stem(
+                time::macros::datetime!(2024-01-01 00:00:00 UTC) + Duration::from_secs(second),
+            );
             std::fs::write(dir.path().join(format!("{stem}.png")), b"png").unwrap();
             std::fs::write(dir.path().join(format!("{stem}.html")), b"html").unwrap();
         }
@@ -607,6 +705,9 @@ mod tests {
         assert_eq!(names.len(), 11, "{names:?}");
         assert!(names.contains(&"README.txt".to_owned()));
         assert!(names.contains(&"2024-01-01T00-00-07.000Z.png".to_owned()));
-        assert!(!names.iter().any(|n| n.starts_with("2024-01-01T00-00-02")), "{names:?}");
+        assert!(
+            !names.iter().any(|n| n.starts_with("2024-01-01T00-00-02")),
+            "{names:?}"
+        );
     }
 }

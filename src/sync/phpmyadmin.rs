@@ -95,7 +95,13 @@ async fn open_login_page(client: &Client, url: &url::Url) -> Result<(), ExportEr
     let unreachable = |detail: String| {
         ExportError::Transient(anyhow!("phpMyAdmin at {url} is unreachable: {detail}"))
     };
-    if let Err(e) = step("opening phpMyAdmin", PAGE_TIMEOUT, client.goto(url.as_str())).await {
+    if let Err(e) = step(
+        "opening phpMyAdmin",
+        PAGE_TIMEOUT,
+        client.goto(url.as_str()),
+    )
+    .await
+    {
         let detail = format!("{e:#}");
         if detail.contains("net::ERR_") {
             return Err(unreachable(detail));
@@ -116,9 +122,13 @@ async fn open_login_page(client: &Client, url: &url::Url) -> Result<(), ExportEr
         .await
         .map_err(ExportError::Transient)?;
         if let Some(field) = found.first() {
-            let shown = step("checking the login form", STEP_TIMEOUT, field.is_displayed())
-                .await
-                .map_err(ExportError::Transient)?;
+            let shown = step(
+                "checking the login form",
+                STEP_TIMEOUT,
+                field.is_displayed(),
+            )
+            .await
+            .map_err(ExportError::Transient)?;
             if shown {
                 return Ok(());
             }
@@ -138,9 +148,13 @@ async fn open_login_page(client: &Client, url: &url::Url) -> Result<(), ExportEr
 
 /// The error of a Chromium error page (connection refused, DNS failure), if that is what shows.
 async fn chrome_error(client: &Client) -> Result<Option<String>, ExportError> {
-    let url = step("reading the page address", STEP_TIMEOUT, client.current_url())
-        .await
-        .map_err(ExportError::Transient)?;
+    let url = step(
+        "reading the page address",
+        STEP_TIMEOUT,
+        client.current_url(),
+    )
+    .await
+    .map_err(ExportError::Transient)?;
     if url.scheme() != "chrome-error" {
         return Ok(None);
     }
@@ -155,13 +169,19 @@ async fn chrome_error(client: &Client) -> Result<Option<String>, ExportError> {
     .ok()
     .and_then(|v| v.as_str().map(str::to_owned))
     .unwrap_or_default();
-    Ok(Some(if code.is_empty() { "Chromium error page".to_owned() } else { code }))
+    Ok(Some(if code.is_empty() {
+        "Chromium error page".to_owned()
+    } else {
+        code
+    }))
 }
 
 /// Reads the page's state in one round trip. Texts are whitespace-collapsed.
 const PAGE_STATE_JS: &str = r#"
 const q = s => document.querySelector(s);
-const texts = s => Array.from(document.querySelectorAll(s))
+// Only shown messages count: phpMyAdmin keeps some (the HTTPS mismatch warning) hidden in the page.
+const shown = e => e.getClientRects().length > 0 && getComputedStyle(e).visibility !== 'hidden';
+const texts = s => Array.from(document.querySelectorAll(s)).filter(shown)
   .map(e => e.textContent.replace(/\s+/g, ' ').trim()).filter(t => t);
 const all = [...texts('.alert-danger[role=alert]'), ...texts('div.error'), ...texts('#pma_errors')];
 const errors = all.filter((t, i) => all.indexOf(t) === i && !all.some((o, j) => j !== i && o !== t && o.includes(t)));
@@ -203,7 +223,12 @@ async fn page_state(client: &Client) -> Result<PageState, ExportError> {
         .map_err(ExportError::Transient)
 }
 
-async fn run_js(client: &Client, what: &str, script: &str, args: Vec<Value>) -> anyhow::Result<Value> {
+async fn run_js(
+    client: &Client,
+    what: &str,
+    script: &str,
+    args: Vec<Value>,
+) -> anyhow::Result<Value> {
     step(what, STEP_TIMEOUT, client.execute(script, args)).await
 }
 
@@ -216,16 +241,29 @@ async fn log_in(client: &Client, username: &str, password: &str) -> Result<(), E
         let field = step(what, STEP_TIMEOUT, client.find(Locator::Css(selector)))
             .await
             .map_err(ExportError::Transient)?;
-        step(what, STEP_TIMEOUT, field.clear()).await.map_err(ExportError::Transient)?;
-        step(what, STEP_TIMEOUT, field.send_keys(value)).await.map_err(ExportError::Transient)?;
+        step(what, STEP_TIMEOUT, field.clear())
+            .await
+            .map_err(ExportError::Transient)?;
+        step(what, STEP_TIMEOUT, field.send_keys(value))
+            .await
+            .map_err(ExportError::Transient)?;
     }
     // Marks this document, so that the wait below only reads the page that answers the login.
-    run_js(client, "marking the login page", "window.__pmaCacheSubmitted = true; return null;", vec![])
-        .await
-        .map_err(ExportError::Transient)?;
-    let go = step("finding the login button", STEP_TIMEOUT, client.find(Locator::Css("#input_go")))
-        .await
-        .map_err(ExportError::Transient)?;
+    run_js(
+        client,
+        "marking the login page",
+        "window.__pmaCacheSubmitted = true; return null;",
+        vec![],
+    )
+    .await
+    .map_err(ExportError::Transient)?;
+    let go = step(
+        "finding the login button",
+        STEP_TIMEOUT,
+        client.find(Locator::Css("#input_go")),
+    )
+    .await
+    .map_err(ExportError::Transient)?;
     step("submitting the login form", PAGE_TIMEOUT, go.click())
         .await
         .map_err(ExportError::Transient)?;
@@ -262,7 +300,9 @@ fn login_failure(message: String) -> ExportError {
         "server has gone away",
     ];
     if SERVER_DOWN.iter().any(|s| message.contains(s)) {
-        ExportError::Transient(anyhow!("phpMyAdmin cannot reach its MySQL server: {message}"))
+        ExportError::Transient(anyhow!(
+            "phpMyAdmin cannot reach its MySQL server: {message}"
+        ))
     } else {
         ExportError::LoginRejected(message)
     }
@@ -292,9 +332,13 @@ async fn open_export_page(client: &Client, settings: &SyncSettings) -> Result<()
 
     let mut last = PageState::default();
     for url in [&modern, &legacy] {
-        step("opening the export page", PAGE_TIMEOUT, client.goto(url.as_str()))
-            .await
-            .map_err(ExportError::Transient)?;
+        step(
+            "opening the export page",
+            PAGE_TIMEOUT,
+            client.goto(url.as_str()),
+        )
+        .await
+        .map_err(ExportError::Transient)?;
         if let Some(error) = chrome_error(client).await? {
             return Err(ExportError::Transient(anyhow!(
                 "phpMyAdmin at {} is unreachable: {error}",
@@ -360,15 +404,28 @@ return {
 "#;
 
 async fn choose_csv_options(client: &Client, null_token: &str) -> Result<(), ExportError> {
-    let format = step("finding the format list", STEP_TIMEOUT, client.find(Locator::Css("#plugins")))
-        .await
-        .map_err(ExportError::Transient)?;
-    step("choosing the CSV format", STEP_TIMEOUT, format.select_by_value("csv"))
-        .await
-        .map_err(|e| ExportError::Fatal(e.context("phpMyAdmin offers no CSV export")))?;
-    let result = run_js(client, "setting the CSV options", CSV_OPTIONS_JS, vec![json!(null_token)])
-        .await
-        .map_err(ExportError::Transient)?;
+    let format = step(
+        "finding the format list",
+        STEP_TIMEOUT,
+        client.find(Locator::Css("#plugins")),
+    )
+    .await
+    .map_err(ExportError::Transient)?;
+    step(
+        "choosing the CSV format",
+        STEP_TIMEOUT,
+        format.select_by_value("csv"),
+    )
+    .await
+    .map_err(|e| ExportError::Fatal(e.context("phpMyAdmin offers no CSV export")))?;
+    let result = run_js(
+        client,
+        "setting the CSV options",
+        CSV_OPTIONS_JS,
+        vec![json!(null_token)],
+    )
+    .await
+    .map_err(ExportError::Transient)?;
     let missing = result["missing"].as_array().cloned().unwrap_or_default();
     if !missing.is_empty() {
         return Err(ExportError::Fatal(anyhow!(
@@ -387,9 +444,13 @@ async fn choose_csv_options(client: &Client, null_token: &str) -> Result<(), Exp
 }
 
 async fn click_export(client: &Client) -> Result<(), ExportError> {
-    let go = step("finding the Export button", STEP_TIMEOUT, client.find(Locator::Css("#buttonGo")))
-        .await
-        .map_err(ExportError::Transient)?;
+    let go = step(
+        "finding the Export button",
+        STEP_TIMEOUT,
+        client.find(Locator::Css("#buttonGo")),
+    )
+    .await
+    .map_err(ExportError::Transient)?;
     // At small window sizes other elements can cover the button; bring it to the middle first.
     run_js(
         client,
@@ -498,7 +559,9 @@ async fn wait_for_download(
             // No download yet: phpMyAdmin may have answered with a page instead of a file.
             next_page_check = Instant::now() + Duration::from_secs(2);
             if let Some(error) = chrome_error(client).await? {
-                return Err(ExportError::Transient(anyhow!("the export request failed: {error}")));
+                return Err(ExportError::Transient(anyhow!(
+                    "the export request failed: {error}"
+                )));
             }
             let state = page_state(client).await?;
             if state.ready && !state.export_form && !state.errors.is_empty() {
@@ -544,12 +607,55 @@ fn check_is_csv(file: &Path) -> Result<(), ExportError> {
         )));
     }
     if looks_like_html(&head) {
+        let page = std::fs::read(file).unwrap_or_default();
+        let said = html_error_text(&String::from_utf8_lossy(&page))
+            .map(|m| format!(": phpMyAdmin said: {m}"))
+            .unwrap_or_default();
         return Err(ExportError::Fatal(anyhow!(
-            "phpMyAdmin returned an HTML page instead of CSV (session expired?): {}",
+            "phpMyAdmin returned an HTML page instead of CSV (session expired, or a missing table?) \
+             in {}{said}",
             file.display()
         )));
     }
     Ok(())
+}
+
+/// The text of the first error box in a phpMyAdmin page, tags stripped, shortened; the MySQL
+/// error itself when the box quotes one.
+fn html_error_text(html: &str) -> Option<String> {
+    let start = ["alert-danger", "class=\"error\""]
+        .iter()
+        .filter_map(|marker| html.find(marker))
+        .min()?;
+    let from = html[start..].find('>').map(|i| start + i + 1)?;
+    let chunk: String = html[from..].chars().take(4000).collect();
+    let mut text = String::new();
+    let mut in_tag = false;
+    for c in chunk.chars() {
+        match c {
+            '<' => in_tag = true,
+            '>' if in_tag => {
+                in_tag = false;
+                text.push(' ');
+            }
+            _ if !in_tag => text.push(c),
+            _ => {}
+        }
+    }
+    let text = text
+        .replace("&nbsp;", " ")
+        .replace("&#039;", "'")
+        .replace("&quot;", "\"")
+        .replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&amp;", "&");
+    let text = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    let text = match text.split_once("MySQL said:") {
+        Some((_, said)) => said.trim().to_owned(),
+        None => text,
+    };
+    let short: String = text.chars().take(300).collect();
+    (!short.is_empty()).then_some(short)
 }
 
 /// True when the start of a file looks like an HTML page rather than CSV.
@@ -586,26 +692,51 @@ mod tests {
     #[test]
     fn html_pages_are_told_from_csv() {
         assert!(looks_like_html(b"<!DOCTYPE HTML>\n<html lang=\"en\">"));
-        assert!(looks_like_html(b"\n\n  <html><body>Your session has expired"));
+        assert!(looks_like_html(
+            b"\n\n  <html><body>Your session has expired"
+        ));
         assert!(looks_like_html("\u{feff}<!doctype html>".as_bytes()));
         assert!(!looks_like_html(b"\"id\",\"name\"\n\"1\",\"#1001\"\n"));
         assert!(!looks_like_html(b"id,note\n1,\"a < b\"\n"));
     }
 
     #[test]
+    fn the_error_box_of_an_html_page_is_quoted() {
+        let page = r#"<!DOCTYPE html><html><body><div class="alert alert-danger" role="alert">
+            <h1>Error</h1><p>SQL query:</p><code>SELECT 1</code><p>MySQL said: </p>
+            <code>#1146 - Table &#039;shop.x&#039; doesn&#039;t exist</code></div></body></html>"#;
+        assert_eq!(
+            html_error_text(page).as_deref(),
+            Some("#1146 - Table 'shop.x' doesn't exist")
+        );
+        assert_eq!(html_error_text("<html><body>fine</body></html>"), None);
+    }
+
+    #[test]
     fn a_refused_login_is_final_but_a_down_server_is_not() {
         let denied = "Cannot log in to the MySQL server mysqli::real_connect(): (HY000/1045): \
                       Access denied for user 'pma'@'localhost' (using password: YES)";
-        assert!(matches!(login_failure(denied.into()), ExportError::LoginRejected(m) if m == denied));
+        assert!(
+            matches!(login_failure(denied.into()), ExportError::LoginRejected(m) if m == denied)
+        );
         let down = "Cannot log in to the MySQL server mysqli::real_connect(): (HY000/2002): \
                     Connection refused";
-        assert!(matches!(login_failure(down.into()), ExportError::Transient(_)));
+        assert!(matches!(
+            login_failure(down.into()),
+            ExportError::Transient(_)
+        ));
     }
 
     #[test]
     fn the_password_never_survives_in_an_error() {
-        let e = redact(ExportError::LoginRejected("bad s3cret here".into()), "s3cret");
-        assert_eq!(e.to_string(), "phpMyAdmin rejected the login: bad [redacted] here");
+        let e = redact(
+            ExportError::LoginRejected("bad s3cret here".into()),
+            "s3cret",
+        );
+        assert_eq!(
+            e.to_string(),
+            "phpMyAdmin rejected the login: bad [redacted] here"
+        );
         let e = redact(
             ExportError::Transient(anyhow!("typed s3cret").context("step")),
             "s3cret",
@@ -623,8 +754,19 @@ mod tests {
         let found = new_downloads(dir.path(), &before).unwrap();
         assert_eq!(found.len(), 1);
         assert!(found[0].partial);
-        std::fs::rename(dir.path().join("orders.csv.crdownload"), dir.path().join("orders.csv")).unwrap();
+        std::fs::rename(
+            dir.path().join("orders.csv.crdownload"),
+            dir.path().join("orders.csv"),
+        )
+        .unwrap();
         let found = new_downloads(dir.path(), &before).unwrap();
-        assert_eq!(found, vec![Download { path: dir.path().join("orders.csv"), size: 3, partial: false }]);
+        assert_eq!(
+            found,
+            vec![Download {
+                path: dir.path().join("orders.csv"),
+                size: 3,
+                partial: false
+            }]
+        );
     }
 }

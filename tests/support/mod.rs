@@ -1,0 +1,4 @@
+//! Helpers shared by the integration tests.
+
+pub mod app;
+pub mod testbed;
