@@ -299,3 +299,31 @@ async fn an_export_cancelled_by_its_deadline_leaves_no_browser_behind() {
     );
     assert_no_browser_left(&download).await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_missing_chromedriver_is_fatal_and_says_how_to_install_it() {
+    let bed = testbed();
+    let work = tempfile::tempdir().unwrap();
+    let mut settings = settings(
+        bed,
+        &bed.pma_url,
+        &bed.password,
+        None,
+        &work.path().join("failures"),
+    );
+    settings.browser.chromedriver_path = work.path().join("no-such-chromedriver");
+
+    let err = export_table_csv(
+        &settings,
+        &work.path().join("download"),
+        &null_token(),
+        &Progress::new(None),
+    )
+    .await
+    .expect_err("no chromedriver, no export");
+    assert!(
+        matches!(err, ExportError::Fatal(_)),
+        "expected Fatal, got {err:#}"
+    );
+    assert!(format!("{err:#}").contains("bin/setup"), "{err:#}");
+}
