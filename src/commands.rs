@@ -10,9 +10,9 @@ use tokio_util::sync::CancellationToken;
 use crate::app::Application;
 use crate::cache::{csv_to_cache_json, store, Cache};
 use crate::config::{validate_cache_file, Command, ImportArgs, SyncArgs, WorkerArgs};
+use crate::shutdown;
 use crate::sync::status::{rfc3339, Progress};
 use crate::sync::{sync_once, Syncer};
-use crate::shutdown;
 
 /// Runs `command` to completion.
 pub async fn run(command: Command) -> anyhow::Result<()> {
@@ -41,7 +41,11 @@ async fn import(args: ImportArgs) -> anyhow::Result<()> {
             let converted = csv_to_cache_json(file, null.as_deref(), &now, size)
                 .with_context(|| format!("{} was not imported", csv_path.display()))?;
             store::write_atomic(&cache_file, converted.cache_bytes())?;
-            Ok((converted.count, converted.columns.len(), converted.cache_bytes().len()))
+            Ok((
+                converted.count,
+                converted.columns.len(),
+                converted.cache_bytes().len(),
+            ))
         }
     })
     .await??;
@@ -91,11 +95,14 @@ async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
         file = %cache_file.display(),
         "worker started"
     );
-    let schedule = tokio::spawn(Arc::clone(&syncer).run_schedule(args.sync_interval, Duration::ZERO));
+    let schedule =
+        tokio::spawn(Arc::clone(&syncer).run_schedule(args.sync_interval, Duration::ZERO));
     shutdown::signal().await;
     tracing::info!("shutting down");
     stop.cancel();
     syncer.wait_idle().await;
-    schedule.await.context("the schedule stopped unexpectedly")?;
+    schedule
+        .await
+        .context("the schedule stopped unexpectedly")?;
     Ok(())
 }

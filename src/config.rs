@@ -220,7 +220,9 @@ impl ServeArgs {
     /// Checks the settings and builds the server's configuration.
     pub fn validate(self) -> Result<ServeConfig, ConfigError> {
         let keys = self.api_key.ok_or_else(|| {
-            ConfigError::new("API_KEY is not set: pass --api-key or set the API_KEY environment variable")
+            ConfigError::new(
+                "API_KEY is not set: pass --api-key or set the API_KEY environment variable",
+            )
         })?;
         let api_keys: Vec<Secret> = keys
             .expose()
@@ -337,7 +339,9 @@ impl PmaArgs {
             return Err(ConfigError::new("PMA_TABLE is empty"));
         }
         if !(0.0..=1.0).contains(&self.sync_min_row_ratio) {
-            return Err(ConfigError::new("SYNC_MIN_ROW_RATIO must be between 0 and 1"));
+            return Err(ConfigError::new(
+                "SYNC_MIN_ROW_RATIO must be between 0 and 1",
+            ));
         }
         let webdriver_url = match self.webdriver_url.filter(|u| !u.trim().is_empty()) {
             Some(u) => Some(parse_base_url("WEBDRIVER_URL", &u)?.to_string()),
@@ -366,7 +370,9 @@ fn parse_base_url(name: &str, raw: &str) -> Result<url::Url, ConfigError> {
     let mut url = url::Url::parse(raw.trim())
         .map_err(|e| ConfigError::new(format!("{name}: {raw:?} is not a URL ({e})")))?;
     if !matches!(url.scheme(), "http" | "https") {
-        return Err(ConfigError::new(format!("{name}: must start with http:// or https://")));
+        return Err(ConfigError::new(format!(
+            "{name}: must start with http:// or https://"
+        )));
     }
     if !url.username().is_empty() || url.password().is_some() {
         return Err(ConfigError::new(format!(
@@ -389,7 +395,10 @@ fn parse_base_url(name: &str, raw: &str) -> Result<url::Url, ConfigError> {
 
 fn read_password_file(path: &Path) -> Result<Secret, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|e| {
-        ConfigError::new(format!("PMA_PASSWORD_FILE: cannot read {}: {e}", path.display()))
+        ConfigError::new(format!(
+            "PMA_PASSWORD_FILE: cannot read {}: {e}",
+            path.display()
+        ))
     })?;
     Ok(Secret::new(text.trim_end_matches(['\r', '\n'])))
 }
@@ -428,8 +437,15 @@ mod tests {
 
     #[test]
     fn pma_url_without_password_is_refused() {
-        let err = serve(&["--api-key", "k", "--cache-file", "x.json", "--pma-url", "http://h/pma"])
-            .unwrap_err();
+        let err = serve(&[
+            "--api-key",
+            "k",
+            "--cache-file",
+            "x.json",
+            "--pma-url",
+            "http://h/pma",
+        ])
+        .unwrap_err();
         assert!(err.to_string().contains("PMA_USERNAME"), "{err}");
     }
 

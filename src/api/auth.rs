@@ -59,7 +59,10 @@ mod tests {
 
     #[test]
     fn the_query_key_is_url_decoded() {
-        assert_eq!(query_key(Some("stream=true&api_key=a%2Bb")), Some(b"a+b".to_vec()));
+        assert_eq!(
+            query_key(Some("stream=true&api_key=a%2Bb")),
+            Some(b"a+b".to_vec())
+        );
         assert_eq!(query_key(Some("stream=true")), None);
     }
 }

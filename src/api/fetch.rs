@@ -59,7 +59,9 @@ pub async fn fetch_data(
         Trigger::Started => "Background refresh triggered",
         Trigger::AlreadyRunning => "Background refresh already in progress",
         // This server only serves the file (a standalone worker may be refreshing it).
-        Trigger::NotConfigured => "Refresh not available: this server has no sync source configured",
+        Trigger::NotConfigured => {
+            "Refresh not available: this server has no sync source configured"
+        }
     });
     let snapshot = current_snapshot(&state)?;
     Ok(match info {
@@ -82,7 +84,10 @@ fn cached_response(snapshot: &Snapshot, request: &HeaderMap) -> Response {
     let etag = etag_for(&snapshot.etag, encoding);
     let mut headers = HeaderMap::new();
     headers.insert(header::VARY, HeaderValue::from_static("Accept-Encoding"));
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("private, no-cache"));
+    headers.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("private, no-cache"),
+    );
     if let Ok(v) = HeaderValue::from_str(&etag) {
         headers.insert(header::ETAG, v);
     }
@@ -92,9 +97,15 @@ fn cached_response(snapshot: &Snapshot, request: &HeaderMap) -> Response {
     if not_modified(request, &snapshot.etag) {
         return (StatusCode::NOT_MODIFIED, headers).into_response();
     }
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     if encoding != Encoding::Identity {
-        headers.insert(header::CONTENT_ENCODING, HeaderValue::from_static(encoding.token()));
+        headers.insert(
+            header::CONTENT_ENCODING,
+            HeaderValue::from_static(encoding.token()),
+        );
     }
     let body = snapshot
         .encoded(encoding)
@@ -184,16 +195,28 @@ mod tests {
     #[test]
     fn booleans_parse_and_garbage_is_refused() {
         let p = FetchParams::parse(Some("refresh=true&stream=1&api_key=x")).unwrap();
-        assert_eq!(p, FetchParams { refresh: true, stream: true });
+        assert_eq!(
+            p,
+            FetchParams {
+                refresh: true,
+                stream: true
+            }
+        );
         assert_eq!(FetchParams::parse(None).unwrap(), FetchParams::default());
         let err = FetchParams::parse(Some("refresh=maybe")).unwrap_err();
-        assert_eq!(err.to_string(), "Invalid value for 'refresh': expected true or false");
+        assert_eq!(
+            err.to_string(),
+            "Invalid value for 'refresh': expected true or false"
+        );
     }
 
     #[test]
     fn if_none_match_accepts_every_encoding_of_the_same_version() {
         let mut h = HeaderMap::new();
-        h.insert(header::IF_NONE_MATCH, HeaderValue::from_static("\"other\", W/\"abc-12-gzip\""));
+        h.insert(
+            header::IF_NONE_MATCH,
+            HeaderValue::from_static("\"other\", W/\"abc-12-gzip\""),
+        );
         assert!(not_modified(&h, "\"abc-12\""));
         assert!(!not_modified(&h, "\"abc-13\""));
         assert_eq!(etag_for("\"abc-12\"", Encoding::Zstd), "\"abc-12-zstd\"");

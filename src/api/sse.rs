@@ -26,12 +26,15 @@ struct EventStream {
 
 impl EventStream {
     fn push_event(&mut self, json_before: &str, payload: Option<&Bytes>, json_after: &str) {
-        self.queue
-            .push_back(Bytes::from(format!("id: {}\ndata: {json_before}", self.next_id)));
+        self.queue.push_back(Bytes::from(format!(
+            "id: {}\ndata: {json_before}",
+            self.next_id
+        )));
         if let Some(payload) = payload {
             self.queue.push_back(payload.clone());
         }
-        self.queue.push_back(Bytes::from(format!("{json_after}\n\n")));
+        self.queue
+            .push_back(Bytes::from(format!("{json_after}\n\n")));
         self.next_id += 1;
     }
 
@@ -126,4 +129,3 @@ pub fn stream(state: AppState, refresh: bool) -> Response {
     )
         .into_response()
 }
-

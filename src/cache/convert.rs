@@ -244,7 +244,8 @@ mod tests {
 
     #[test]
     fn quotes_commas_newlines_and_crlf_survive() {
-        let csv = "id,text\r\n1,\"say \"\"hi\"\", ok\"\r\n2,\"two\nlines\"\r\n3,\"crlf\r\ninside\"\r\n";
+        let csv =
+            "id,text\r\n1,\"say \"\"hi\"\", ok\"\r\n2,\"two\nlines\"\r\n3,\"crlf\r\ninside\"\r\n";
         let v = convert(csv, None).unwrap();
         assert_eq!(v["data"][0]["text"], "say \"hi\", ok");
         assert_eq!(v["data"][1]["text"], "two\nlines");
@@ -276,10 +277,20 @@ mod tests {
     fn a_row_with_the_wrong_number_of_fields_names_its_line() {
         let err = convert("a,b\n1,2\n3\n", None).unwrap_err();
         assert!(
-            matches!(err, ConvertError::WrongFieldCount { line: 3, expected: 2, found: 1 }),
+            matches!(
+                err,
+                ConvertError::WrongFieldCount {
+                    line: 3,
+                    expected: 2,
+                    found: 1
+                }
+            ),
             "{err}"
         );
-        assert_eq!(err.to_string(), "line 3: expected 2 fields (one per column), found 1");
+        assert_eq!(
+            err.to_string(),
+            "line 3: expected 2 fields (one per column), found 1"
+        );
     }
 
     #[test]
@@ -291,7 +302,10 @@ mod tests {
     #[test]
     fn an_empty_file_and_duplicate_columns_are_refused() {
         assert!(matches!(convert("", None), Err(ConvertError::NoHeader)));
-        assert!(matches!(convert("a,a\n1,2\n", None), Err(ConvertError::DuplicateColumn(_))));
+        assert!(matches!(
+            convert("a,a\n1,2\n", None),
+            Err(ConvertError::DuplicateColumn(_))
+        ));
     }
 
     #[test]

@@ -88,9 +88,15 @@ impl Snapshot {
 
     /// Builds a snapshot from a table this process just converted: already known to be valid.
     pub fn from_converted(converted: Converted) -> Self {
-        let last_modified = parse_rfc3339(&converted.last_updated).unwrap_or_else(|_| SystemTime::now());
-        Self::assemble(converted.buf, converted.last_updated, last_modified, converted.count)
-            .expect("a converted table is a complete cache document")
+        let last_modified =
+            parse_rfc3339(&converted.last_updated).unwrap_or_else(|_| SystemTime::now());
+        Self::assemble(
+            converted.buf,
+            converted.last_updated,
+            last_modified,
+            converted.count,
+        )
+        .expect("a converted table is a complete cache document")
     }
 
     fn assemble(
@@ -187,7 +193,8 @@ mod tests {
         buf
     }
 
-    const GOOD: &str = r#"{"last_updated":"2026-01-02T03:04:05Z","count":1,"columns":["id"],"data":[{"id":"1"}]}"#;
+    const GOOD: &str =
+        r#"{"last_updated":"2026-01-02T03:04:05Z","count":1,"columns":["id"],"data":[{"id":"1"}]}"#;
 
     #[test]
     fn the_body_is_the_cache_file_with_a_status_in_front() {
@@ -209,7 +216,10 @@ mod tests {
     #[test]
     fn truncated_or_inconsistent_files_are_refused() {
         assert!(Snapshot::from_cache_buffer(buffer(&GOOD[..GOOD.len() - 3])).is_err());
-        assert!(Snapshot::from_cache_buffer(buffer(&GOOD.replace("\"count\":1", "\"count\":2"))).is_err());
+        assert!(
+            Snapshot::from_cache_buffer(buffer(&GOOD.replace("\"count\":1", "\"count\":2")))
+                .is_err()
+        );
         assert!(Snapshot::from_cache_buffer(buffer("")).is_err());
         assert!(Snapshot::from_cache_buffer(buffer("[1,2]")).is_err());
     }

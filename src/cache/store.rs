@@ -113,7 +113,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c.json");
         assert_eq!(read_row_count(&path), None);
-        fs::write(&path, r#"{"last_updated":"T","count":102052,"columns":[],"data":[]}"#).unwrap();
+        fs::write(
+            &path,
+            r#"{"last_updated":"T","count":102052,"columns":[],"data":[]}"#,
+        )
+        .unwrap();
         assert_eq!(read_row_count(&path), Some(102052));
         fs::write(&path, "garbage").unwrap();
         assert_eq!(read_row_count(&path), None);
@@ -127,6 +131,10 @@ mod tests {
         write_atomic(&path, b"one").unwrap();
         let first = FileStamp::of(&path).unwrap();
         write_atomic(&path, b"one").unwrap();
-        assert_ne!(FileStamp::of(&path).unwrap(), first, "a rename makes a new inode");
+        assert_ne!(
+            FileStamp::of(&path).unwrap(),
+            first,
+            "a rename makes a new inode"
+        );
     }
 }

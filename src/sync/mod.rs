@@ -74,7 +74,8 @@ async fn sync_steps(
         .context("cannot create a download folder")?;
     // SQL NULL is exported as this token, so it cannot be confused with the text `NULL`.
     let null_token = format!("PMA_CACHE_NULL_{:032x}", rand::random::<u128>());
-    let csv_path = export_with_retries(settings, download_dir.path(), &null_token, progress).await?;
+    let csv_path =
+        export_with_retries(settings, download_dir.path(), &null_token, progress).await?;
 
     progress.enter(Phase::Converting);
     let converted = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {

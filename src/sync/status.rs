@@ -120,7 +120,11 @@ impl Progress {
 
     /// Ends the current phase, logging its duration.
     pub fn finish_current(&self) -> Option<(Phase, Duration)> {
-        let done = self.current.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let done = self
+            .current
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
         done.map(|(phase, started)| {
             let took = started.elapsed();
             tracing::info!(

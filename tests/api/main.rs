@@ -6,8 +6,8 @@ mod support;
 use std::io::Read;
 use std::time::Duration;
 
-use support::app::*;
 use serde_json::{json, Value};
+use support::app::*;
 
 #[tokio::test]
 async fn health_answers_without_a_key() {
@@ -99,7 +99,8 @@ async fn no_cache_yet_is_503_with_retry_after() {
 
 #[tokio::test]
 async fn a_corrupt_cache_file_at_start_is_reported_and_kept_until_a_complete_one_replaces_it() {
-    let corrupt = br#"{"last_updated":"2026-01-01T00:00:00Z","count":3,"columns":["id"],"data":[{"id":"1"}"#;
+    let corrupt =
+        br#"{"last_updated":"2026-01-01T00:00:00Z","count":3,"columns":["id"],"data":[{"id":"1"}"#;
     let app = spawn_app_with(Options {
         cache_contents: Some(corrupt.to_vec()),
         ..Options::default()
@@ -113,11 +114,18 @@ async fn a_corrupt_cache_file_at_start_is_reported_and_kept_until_a_complete_one
     );
     let status = app.get_status().await;
     assert!(
-        status["cache"]["error"].as_str().unwrap().contains("not a valid cache file"),
+        status["cache"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("not a valid cache file"),
         "{status}"
     );
     assert!(app.logs().contains("not a valid cache file"));
-    assert_eq!(std::fs::read(&app.cache_file).unwrap(), corrupt, "the file is left alone");
+    assert_eq!(
+        std::fs::read(&app.cache_file).unwrap(),
+        corrupt,
+        "the file is left alone"
+    );
 
     import_csv(&app.cache_file, SMALL_CSV).unwrap();
     let body = poll_until_ok(&app).await;
@@ -148,7 +156,10 @@ async fn an_import_from_another_process_is_served_within_two_seconds() {
             break;
         }
         // Generous bound for a loaded machine; the server polls every 0.5 s.
-        assert!(started.elapsed() < Duration::from_secs(10), "new cache not picked up");
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "new cache not picked up"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -167,7 +178,10 @@ async fn an_unchanged_cache_answers_304_to_its_etag_in_any_encoding() {
             .await
             .unwrap();
         let etag = r.headers()["etag"].to_str().unwrap().to_owned();
-        assert!(etag.starts_with('"') && etag.ends_with('"'), "strong etag: {etag}");
+        assert!(
+            etag.starts_with('"') && etag.ends_with('"'),
+            "strong etag: {etag}"
+        );
         assert!(r.headers().contains_key("last-modified"));
         let r = app
             .raw_client
@@ -221,9 +235,15 @@ async fn gzip_and_zstd_bodies_decode_to_the_identity_body() {
     assert_eq!(decoded, identity);
 
     let none = get("br").await.unwrap();
-    assert!(none.headers().get("content-encoding").is_none(), "unknown coding falls back");
+    assert!(
+        none.headers().get("content-encoding").is_none(),
+        "unknown coding falls back"
+    );
     let none = get("gzip;q=0, zstd;q=0").await.unwrap();
-    assert!(none.headers().get("content-encoding").is_none(), "q=0 refuses a coding");
+    assert!(
+        none.headers().get("content-encoding").is_none(),
+        "q=0 refuses a coding"
+    );
 }
 
 #[tokio::test]
@@ -248,14 +268,20 @@ async fn refresh_without_a_sync_source_says_so() {
     let r = app.post_refresh().await;
     assert_eq!(r.status(), 503);
     let body: Value = r.json().await.unwrap();
-    assert!(body["message"].as_str().unwrap().contains("PMA_URL"), "{body}");
+    assert!(
+        body["message"].as_str().unwrap().contains("PMA_URL"),
+        "{body}"
+    );
 
     // fetch-data still answers with the cache and explains.
     let r = app.get_fetch_data("?refresh=true").await;
     assert_eq!(r.status(), 200);
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["count"], 2);
-    assert!(body["_info"].as_str().unwrap().contains("no sync source"), "{body}");
+    assert!(
+        body["_info"].as_str().unwrap().contains("no sync source"),
+        "{body}"
+    );
 }
 
 #[tokio::test]
@@ -281,7 +307,10 @@ async fn sse_sends_cached_then_updated_then_done_when_another_process_imports() 
     assert_eq!(types, ["cached", "updated", "done"], "{events:?}");
     assert_eq!(events[0]["payload"]["count"], 2);
     assert_eq!(events[0]["payload"]["status"], "success");
-    assert_eq!(events[1]["payload"]["data"], json!([{"id": "7", "name": "fresh"}]));
+    assert_eq!(
+        events[1]["payload"]["data"],
+        json!([{"id": "7", "name": "fresh"}])
+    );
 }
 
 #[tokio::test]
@@ -296,7 +325,10 @@ async fn sse_events_carry_ids_and_the_first_says_when_nothing_is_cached() {
         .filter_map(|l| l.strip_prefix("data: "))
         .map(|d| serde_json::from_str(d).unwrap())
         .collect();
-    assert_eq!(events[0], json!({"type": "cached", "payload": null, "message": "No cached data"}));
+    assert_eq!(
+        events[0],
+        json!({"type": "cached", "payload": null, "message": "No cached data"})
+    );
     // No sync source: the refresh it asked for is reported as an error, then the stream ends.
     assert_eq!(events[1]["type"], "error");
     assert_eq!(events[2], json!({"type": "done"}));
@@ -338,8 +370,18 @@ async fn status_reports_the_cache_and_an_idle_unconfigured_sync() {
     assert!(status["cache"]["age_seconds"].as_u64().unwrap() < 60);
     assert_eq!(status["sync"]["state"], "idle");
     assert_eq!(status["sync"]["configured"], false);
-    for field in ["phase", "started_at", "last_success", "last_failure", "last_error", "next_run"] {
-        assert!(status["sync"].get(field).is_some(), "sync.{field} is part of the shape");
+    for field in [
+        "phase",
+        "started_at",
+        "last_success",
+        "last_failure",
+        "last_error",
+        "next_run",
+    ] {
+        assert!(
+            status["sync"].get(field).is_some(),
+            "sync.{field} is part of the shape"
+        );
     }
 }
 
@@ -444,7 +486,11 @@ fn import_null_token_turns_only_exact_matches_into_null() {
         .arg(&csv_path)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: Value = serde_json::from_slice(&std::fs::read(&cache_file).unwrap()).unwrap();
     assert_eq!(v["data"], json!([{"a": null, "b": "NULL"}]));
 }

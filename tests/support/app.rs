@@ -84,18 +84,23 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
     });
     let deadline = Instant::now() + Duration::from_secs(20);
     let addr = loop {
-        if let Some(addr) = log
-            .lock()
-            .unwrap()
-            .lines()
-            .find_map(|l| l.split_once("listening on http://").map(|(_, a)| a.trim().to_owned()))
-        {
+        if let Some(addr) = log.lock().unwrap().lines().find_map(|l| {
+            l.split_once("listening on http://")
+                .map(|(_, a)| a.trim().to_owned())
+        }) {
             break addr;
         }
         if let Ok(Some(status)) = child.try_wait() {
-            panic!("pma-cache serve exited with {status}:\n{}", log.lock().unwrap());
+            panic!(
+                "pma-cache serve exited with {status}:\n{}",
+                log.lock().unwrap()
+            );
         }
-        assert!(Instant::now() < deadline, "server did not start:\n{}", log.lock().unwrap());
+        assert!(
+            Instant::now() < deadline,
+            "server did not start:\n{}",
+            log.lock().unwrap()
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     TestApp {

@@ -60,7 +60,10 @@ fn processes_under(tmp: &Path, except: Option<u32>) -> Vec<String> {
         };
         if environ.split(|b| *b == 0).any(|v| v == needle.as_bytes()) {
             let cmd = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
-            found.push(format!("{pid}: {}", String::from_utf8_lossy(&cmd).replace('\0', " ")));
+            found.push(format!(
+                "{pid}: {}",
+                String::from_utf8_lossy(&cmd).replace('\0', " ")
+            ));
         }
     }
     found
@@ -91,7 +94,12 @@ fn cache_rows(cache: &Value) -> (Vec<String>, Vec<Vec<Option<String>>>) {
                 .collect()
         })
         .collect();
-    rows.sort_by_key(|r| r[0].as_deref().unwrap_or("").parse::<i64>().unwrap_or(i64::MAX));
+    rows.sort_by_key(|r| {
+        r[0].as_deref()
+            .unwrap_or("")
+            .parse::<i64>()
+            .unwrap_or(i64::MAX)
+    });
     (columns, rows)
 }
 
@@ -113,7 +121,9 @@ fn read_json(path: &Path) -> Value {
 /// How many exports phpMyAdmin has served so far (from its request log).
 fn exports_served(bed: &Testbed) -> usize {
     let log = std::fs::read_to_string(bed.dir.join("php.log")).unwrap_or_default();
-    log.lines().filter(|l| l.contains("route=/export") || l.contains("export.php")).count()
+    log.lines()
+        .filter(|l| l.contains("route=/export") || l.contains("export.php"))
+        .count()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -134,12 +144,25 @@ async fn sync_writes_a_cache_equal_to_the_table_and_leaves_no_browser_behind() {
         .iter()
         .flat_map(|r| r.as_object().unwrap().values())
         .collect();
-    assert!(values.iter().any(|v| v.as_str() == Some("NULL")), "text NULL kept");
+    assert!(
+        values.iter().any(|v| v.as_str() == Some("NULL")),
+        "text NULL kept"
+    );
     assert!(values.iter().any(|v| v.is_null()), "SQL NULL is null");
-    for phase in ["starting_browser", "logging_in", "exporting", "downloading", "converting", "writing"] {
+    for phase in [
+        "starting_browser",
+        "logging_in",
+        "exporting",
+        "downloading",
+        "converting",
+        "writing",
+    ] {
         assert!(stderr.contains(phase), "phase {phase} logged:\n{stderr}");
     }
-    assert!(!stderr.contains(&bed.password), "the password never reaches the log");
+    assert!(
+        !stderr.contains(&bed.password),
+        "the password never reaches the log"
+    );
     assert_eq!(processes_under(dir.path(), None), Vec::<String>::new());
 }
 
@@ -159,13 +182,29 @@ async fn a_wrong_password_fails_clearly_without_retrying_and_keeps_the_cache() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(stderr.contains("rejected the login"), "{stderr}");
-    assert!(stderr.contains("Cannot log in to the MySQL server"), "phpMyAdmin's own words:\n{stderr}");
-    assert!(!stderr.contains("will retry"), "a rejected login is not retried:\n{stderr}");
-    assert!(!stderr.contains(wrong), "the password never reaches the log");
+    assert!(
+        stderr.contains("Cannot log in to the MySQL server"),
+        "phpMyAdmin's own words:\n{stderr}"
+    );
+    assert!(
+        !stderr.contains("will retry"),
+        "a rejected login is not retried:\n{stderr}"
+    );
+    assert!(
+        !stderr.contains(wrong),
+        "the password never reaches the log"
+    );
     assert_eq!(std::fs::read(&cache_file).unwrap(), before);
     let failures = dir.path().join("failures");
-    let kept: Vec<_> = std::fs::read_dir(&failures).map(|d| d.count()).into_iter().collect();
-    assert!(kept.first().copied().unwrap_or(0) >= 2, "screenshot and page source kept in {}", failures.display());
+    let kept: Vec<_> = std::fs::read_dir(&failures)
+        .map(|d| d.count())
+        .into_iter()
+        .collect();
+    assert!(
+        kept.first().copied().unwrap_or(0) >= 2,
+        "screenshot and page source kept in {}",
+        failures.display()
+    );
     assert_eq!(processes_under(dir.path(), None), Vec::<String>::new());
 }
 
@@ -187,7 +226,10 @@ async fn phpmyadmin_down_fails_clearly_and_keeps_the_cache() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(stderr.contains("unreachable"), "{stderr}");
-    assert!(stderr.contains("failed 3 times"), "transient failures are retried:\n{stderr}");
+    assert!(
+        stderr.contains("failed 3 times"),
+        "transient failures are retried:\n{stderr}"
+    );
     assert_eq!(std::fs::read(&cache_file).unwrap(), before);
     assert_eq!(processes_under(dir.path(), None), Vec::<String>::new());
 }
@@ -215,7 +257,11 @@ async fn an_export_far_smaller_than_the_cache_is_refused_unless_forced() {
     let mut forced = env.clone();
     forced.push(("SYNC_FORCE", "true".into()));
     let out = run_sync(&cache_file, &forced);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(read_json(&cache_file)["count"], table_rows);
 }
 
@@ -295,9 +341,20 @@ async fn fifty_concurrent_refreshes_start_exactly_one_export() {
     }
     assert_eq!(triggered, 1);
     let status = wait_for_sync_end(&app).await;
-    assert!(status["sync"]["last_success"].is_string(), "{status}\n{}", app.logs());
-    assert_eq!(exports_served(bed) - exports_before, 1, "exactly one export reached phpMyAdmin");
-    assert_eq!(processes_under(tmp.path(), Some(app.pid())), Vec::<String>::new());
+    assert!(
+        status["sync"]["last_success"].is_string(),
+        "{status}\n{}",
+        app.logs()
+    );
+    assert_eq!(
+        exports_served(bed) - exports_before,
+        1,
+        "exactly one export reached phpMyAdmin"
+    );
+    assert_eq!(
+        processes_under(tmp.path(), Some(app.pid())),
+        Vec::<String>::new()
+    );
     let body: Value = app.get_fetch_data("").await.json().await.unwrap();
     assert_cache_equals_table(&body, bed);
 }
@@ -321,24 +378,35 @@ async fn a_failed_refresh_is_reported_to_subscribers_and_in_status() {
     let events = read_events(r, Duration::from_secs(180)).await;
     let types: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
     assert_eq!(types, ["cached", "error", "done"], "{}", app.logs());
-    assert!(events[1]["message"].as_str().unwrap().contains("rejected the login"));
+    assert!(events[1]["message"]
+        .as_str()
+        .unwrap()
+        .contains("rejected the login"));
     let status = wait_for_sync_end(&app).await;
     let error = status["sync"]["last_error"].as_str().unwrap();
     assert!(error.contains("rejected the login"), "{status}");
     assert!(!status.to_string().contains("wrong-password-9931"));
     assert!(!app.logs().contains("wrong-password-9931"));
-    assert_eq!(app.get_fetch_data("").await.bytes().await.unwrap(), before, "old cache still served");
+    assert_eq!(
+        app.get_fetch_data("").await.bytes().await.unwrap(),
+        before,
+        "old cache still served"
+    );
 }
 
 async fn wait_for_sync_end(app: &TestApp) -> Value {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(180);
     loop {
         let status = app.get_status().await;
-        let ended = status["sync"]["last_success"].is_string() || status["sync"]["last_failure"].is_string();
+        let ended = status["sync"]["last_success"].is_string()
+            || status["sync"]["last_failure"].is_string();
         if status["sync"]["state"] == "idle" && ended {
             return status;
         }
-        assert!(tokio::time::Instant::now() < deadline, "sync never ended: {status}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "sync never ended: {status}"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
