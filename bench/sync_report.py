@@ -1,0 +1,110 @@
+#!/usr/bin/env python3
+"""Turns bench/sync's measurements (WORK dir) into the Markdown report on stdout.
+
+    sync_report.py WORK COMMAND NPROC RUNS ROWS"""
+import glob, json, os, re, statistics, sys
+
+work, command, nproc, runs, rows = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
+PHASES = ["starting_browser", "logging_in", "exporting", "downloading", "converting", "writing"]
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def read(name):
+    with open(os.path.join(work, name)) as f:
+        return f.read()
+
+
+def sync_run(i):
+    text = ANSI.sub("", read("run-%d.log" % i))
+    r = {p: float(s) for p, s in re.findall(r'sync phase done phase="(\w+)" seconds=([0-9.]+)', text)}
+    m = re.search(r"sync succeeded rows=(\d+) bytes=(\d+) seconds=([0-9.]+)", text)
+    r["rows"], r["json"], r["logged"] = int(m.group(1)), int(m.group(2)), float(m.group(3))
+    d = re.search(r"downloaded bytes: (\d+)", text)
+    r["csv"] = int(d.group(1)) if d else 0
+    wall, rss = read("run-%d.time" % i).split()[-2:]
+    r["wall"], r["time_rss_kb"] = float(wall), int(rss)
+    try:
+        r.update(json.loads(read("run-%d.rss" % i)))
+    except (OSError, ValueError):
+        r["self_hwm_kb"] = r["tree_peak_kb"] = 0
+    php = read("run-%d.php.log" % i)
+    reqs = re.findall(r"\]: (GET|POST) (\S+)", php)
+    r["requests"] = len(reqs)
+    r["static"] = sum(1 for _, p in reqs if re.search(r"\.(js|css|png|gif|svg|ico|woff2?|ttf)(\?|$)", p))
+    return r
+
+
+cold = sync_run(0)
+warm = [sync_run(i) for i in range(1, runs)]
+med = lambda key, rs=warm: statistics.median(r[key] for r in rs)
+plain = [json.loads(read("plain-%d.json" % i)) for i in range(runs)]
+plainnull = [json.loads(read("plainnull-%d.json" % i)) for i in range(runs)]
+pmed = lambda key, rs: statistics.median(r[key] for r in rs[1:])
+imports = [tuple(map(float, read("import-%d.time" % i).split()[-2:])) for i in range(1, 6)]
+imp_s = statistics.median(t for t, _ in imports)
+imp_rss = max(m for _, m in imports)
+json_bytes = int(read("json.bytes"))
+plain_bytes, plainnull_bytes = int(read("plain.bytes")), int(read("plain-null.bytes"))
+MB = lambda b: b / 1e6
+KB_MB = lambda kb: kb * 1024 / 1e6
+
+sync_total = med("wall")
+floor_total = pmed("total_seconds", plain)
+conv_write = med("converting") + med("writing")
+self_peak = max(r["self_hwm_kb"] for r in warm)
+time_peak = max(r["time_rss_kb"] for r in warm)
+ok = lambda c: "**met**" if c else "**not met**"
+
+out = []
+w = out.append
+w("## Sync benchmark: %s rows on the local test bed" % format(rows, ","))
+w("")
+w("Command: `%s` · `nproc` = %s · %d sync runs (run 0 cold, medians over the %d warm runs) · "
+  "phpMyAdmin 5.2.1 on `php -S` (4 workers), MariaDB, Chromium + ChromeDriver started by the sync itself."
+  % (command, nproc, runs, runs - 1))
+w("")
+w("| | cold run | warm median |")
+w("|---|---:|---:|")
+for p in PHASES:
+    w("| %s (s) | %.3f | %.3f |" % (p, cold.get(p, 0), med(p)))
+w("| sync total, as logged (s) | %.3f | %.3f |" % (cold["logged"], med("logged")))
+w("| **sync total, process wall (s)** | %.2f | **%.2f** |" % (cold["wall"], sync_total))
+w("| peak RSS, `/usr/bin/time %%M` (MB) | %.0f | %.0f |" % (KB_MB(cold["time_rss_kb"]), KB_MB(med("time_rss_kb"))))
+w("| peak RSS of pma-cache itself, VmHWM (MB) | %.0f | %.0f |" % (KB_MB(cold["self_hwm_kb"]), KB_MB(med("self_hwm_kb"))))
+w("| peak RSS, pma-cache + ChromeDriver + Chromium summed (MB) | %.0f | %.0f |" % (KB_MB(cold["tree_peak_kb"]), KB_MB(med("tree_peak_kb"))))
+w("| HTTP requests to phpMyAdmin per sync (static files) | %d (%d) | %d (%d) |" % (cold["requests"], cold["static"], med("requests"), med("static")))
+w("")
+w("| floor: plain HTTP export (`bench/plain_export.py`) | first run | median of the other %d |" % (runs - 1))
+w("|---|---:|---:|")
+w("| login: GET login page + POST credentials + home page (s) | %.3f | %.3f |" % (plain[0]["login_seconds"], pmed("login_seconds", plain)))
+w("| export: POST + download to file (s) | %.3f | %.3f |" % (plain[0]["export_seconds"], pmed("export_seconds", plain)))
+w("| **total (s)** | %.3f | **%.3f** |" % (plain[0]["total_seconds"], floor_total))
+w("| total with phpMyAdmin's default `NULL` token (s) | %.3f | %.3f |" % (plainnull[0]["total_seconds"], pmed("total_seconds", plainnull)))
+w("")
+w("| sizes | |")
+w("|---|---:|")
+w("| CSV downloaded by the browser (sync's 47-byte NULL token) | %.1f MB |" % MB(med("csv")))
+w("| CSV of the plain export, same token length | %.1f MB |" % MB(plain_bytes))
+w("| CSV of the plain export, `NULL` token | %.1f MB |" % MB(plainnull_bytes))
+w("| JSON cache file | %.1f MB |" % MB(json_bytes))
+w("")
+w("| conversion alone: `pma-cache import` of the floor's CSV, 5 runs | |")
+w("|---|---:|")
+w("| process wall, median (conversion + atomic write + start/exit) (s) | %.3f |" % imp_s)
+w("| peak RSS, max (MB) | %.0f |" % KB_MB(imp_rss))
+w("")
+w("| ratios and targets (issue 3) | value | target | |")
+w("|---|---:|---:|---|")
+w("| sync total / plain export total | %.2f× | | |" % (sync_total / floor_total))
+w("| browser overhead = sync total − floor | %.2f s | | |" % (sync_total - floor_total))
+w("| conversion + write in the sync (converting + writing, median) | %.3f s | < 0.3 s | %s |" % (conv_write, ok(conv_write < 0.3)))
+w("| conversion + write alone (`import`, median wall) | %.3f s | < 0.3 s | %s |" % (imp_s, ok(imp_s < 0.3)))
+w("| whole sync (process wall, warm median) | %.2f s | < 4 s | %s |" % (sync_total, ok(sync_total < 4)))
+w("| whole sync, cold run | %.2f s | < 4 s | %s |" % (cold["wall"], ok(cold["wall"] < 4)))
+w("| peak RSS of pma-cache / JSON size (VmHWM, max of warm runs) | %.2f× | < 2× | %s |" % (KB_MB(self_peak) / MB(json_bytes), ok(KB_MB(self_peak) < 2 * MB(json_bytes))))
+w("| peak RSS `/usr/bin/time %%M` / JSON size (max of warm runs; counts Chromium, see note) | %.2f× | < 2× | %s |" % (KB_MB(time_peak) / MB(json_bytes), ok(KB_MB(time_peak) < 2 * MB(json_bytes))))
+w("")
+w("`/usr/bin/time %M` is the largest RSS of pma-cache *or of any descendant it reaped* (ChromeDriver, "
+  "and Chromium processes ChromeDriver reaped), so it is not pma-cache's own peak; VmHWM is pma-cache's "
+  "own, read every 20 ms until it exits. MB = 10^6 bytes.")
+print("\n".join(out))
