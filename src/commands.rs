@@ -38,9 +38,16 @@ async fn import(args: ImportArgs) -> anyhow::Result<()> {
                 .with_context(|| format!("cannot read {}", csv_path.display()))?;
             let size = file.metadata().map(|m| m.len() as usize).unwrap_or(0);
             let now = rfc3339(OffsetDateTime::now_utc().replace_nanosecond(0)?);
+            let started = std::time::Instant::now();
             let converted = csv_to_cache_json(file, null.as_deref(), &now, size)
                 .with_context(|| format!("{} was not imported", csv_path.display()))?;
+            let converted_in = started.elapsed();
             store::write_atomic(&cache_file, converted.cache_bytes())?;
+            tracing::debug!(
+                convert_seconds = converted_in.as_secs_f64(),
+                write_seconds = (started.elapsed() - converted_in).as_secs_f64(),
+                "import timings"
+            );
             Ok((
                 converted.count,
                 converted.columns.len(),

@@ -147,9 +147,11 @@ async fn the_exported_csv_equals_the_table_exactly() {
     );
 
     let started = Instant::now();
-    let file = export_table_csv(&settings, &download, &token, &Progress::new(None))
+    let export = export_table_csv(&settings, &download, &token, &Progress::new(None))
         .await
         .unwrap_or_else(|e| panic!("export failed: {e:#}"));
+    export.browser_closed.await.unwrap();
+    let file = export.csv;
     eprintln!("export took {:.2}s", started.elapsed().as_secs_f64());
 
     let (columns, expected) = bed.table_as_rows(&bed.database, &bed.table);

@@ -81,6 +81,7 @@ pub fn csv_to_cache_json(
             k
         })
         .collect();
+    let keys_len: usize = keys.iter().map(Vec::len).sum();
 
     // JSON is about 2.3x the CSV for typical tables: one allocation up front for most inputs.
     let mut buf = Vec::with_capacity(BODY_ROOM + size_hint.saturating_mul(5) / 2 + 4096);
@@ -114,6 +115,13 @@ pub fn csv_to_cache_json(
                 found: record.len(),
             });
         }
+        if let Some(i) = first_invalid_utf8_field(&record) {
+            return Err(ConvertError::InvalidUtf8 {
+                line,
+                column: columns[i].clone(),
+            });
+        }
+        buf.reserve(record.as_slice().len() + keys_len + 2 * record.len() + 8);
         if count > 0 {
             buf.push(b',');
         }
@@ -125,13 +133,8 @@ pub fn csv_to_cache_json(
             buf.extend_from_slice(key);
             if Some(field) == null {
                 buf.extend_from_slice(b"null");
-            } else if std::str::from_utf8(field).is_ok() {
-                push_json_string(&mut buf, field);
             } else {
-                return Err(ConvertError::InvalidUtf8 {
-                    line,
-                    column: columns[i].clone(),
-                });
+                push_json_string(&mut buf, field);
             }
         }
         buf.push(b'}');
@@ -185,6 +188,24 @@ fn header_columns(record: &csv::ByteRecord) -> Result<Vec<String>, ConvertError>
     Ok(columns)
 }
 
+/// The index of the first field that is not valid UTF-8, if any. Validates the record's bytes
+/// at once: when they are valid, a field can only be invalid by starting inside a character
+/// split across two fields, that is, with a continuation byte.
+fn first_invalid_utf8_field(record: &csv::ByteRecord) -> Option<usize> {
+    let all_valid = std::str::from_utf8(record.as_slice()).is_ok()
+        && record
+            .iter()
+            .all(|f| f.first().is_none_or(|&b| !is_continuation(b)));
+    if all_valid {
+        return None;
+    }
+    record.iter().position(|f| std::str::from_utf8(f).is_err())
+}
+
+fn is_continuation(byte: u8) -> bool {
+    byte & 0xC0 == 0x80
+}
+
 /// Writes `count` into the room reserved for it and closes the gap.
 fn close_count_room(buf: &mut Vec<u8>, at: usize, count: usize) {
     let digits = count.to_string();
@@ -194,9 +215,27 @@ fn close_count_room(buf: &mut Vec<u8>, at: usize, count: usize) {
     buf.truncate(buf.len() - (COUNT_ROOM - digits.len()));
 }
 
+/// Bytes that cannot stand as themselves in a JSON string.
+const NEEDS_ESCAPE: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 0x20 {
+        table[b] = true;
+        b += 1;
+    }
+    table[b'"' as usize] = true;
+    table[b'\\' as usize] = true;
+    table
+};
+
 /// Appends `s` (valid UTF-8) as a JSON string literal.
 pub fn push_json_string(buf: &mut Vec<u8>, s: &[u8]) {
     buf.push(b'"');
+    if !s.iter().any(|&b| NEEDS_ESCAPE[b as usize]) {
+        buf.extend_from_slice(s);
+        buf.push(b'"');
+        return;
+    }
     let mut start = 0;
     for (i, &b) in s.iter().enumerate() {
         let escape: &[u8] = match b {
@@ -314,6 +353,17 @@ mod tests {
         csv.extend_from_slice(&[0xff, 0xfe, b'\n']);
         let err = csv_to_cache_json(&csv[..], None, "T", 0).unwrap_err();
         assert!(matches!(err, ConvertError::InvalidUtf8 { line: 2, ref column } if column == "b"));
+    }
+
+    #[test]
+    fn a_character_split_across_two_fields_is_invalid() {
+        // "é" is C3 A9: each half alone is invalid, though the record's bytes together are not.
+        let csv = b"a,b\n\xc3,\xa9\n";
+        let err = csv_to_cache_json(&csv[..], None, "T", 0).unwrap_err();
+        assert!(
+            matches!(err, ConvertError::InvalidUtf8 { line: 2, ref column } if column == "a"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -72,10 +72,9 @@ async fn sync_steps(
         .prefix("pma-cache-download-")
         .tempdir()
         .context("cannot create a download folder")?;
-    // SQL NULL is exported as this token, so it cannot be confused with the text `NULL`.
-    let null_token = format!("PMA_CACHE_NULL_{:032x}", rand::random::<u128>());
-    let csv_path =
-        export_with_retries(settings, download_dir.path(), &null_token, progress).await?;
+    let null_token = null_token();
+    let export = export_with_retries(settings, download_dir.path(), &null_token, progress).await?;
+    let csv_path = export.csv;
 
     progress.enter(Phase::Converting);
     let converted = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
@@ -90,6 +89,9 @@ async fn sync_steps(
     .context("the converter stopped")??;
     progress.note("rows", converted.count);
     progress.note("json bytes", converted.cache_bytes().len());
+    if let Err(e) = export.browser_closed.await {
+        tracing::warn!("closing the browser failed: {e}");
+    }
 
     check_row_count(settings, cache, converted.count)?;
 
@@ -102,12 +104,22 @@ async fn sync_steps(
     Ok((rows, bytes))
 }
 
+/// A token made for one sync that SQL NULL is exported as, so it cannot be confused with the
+/// text `NULL`. Short (it is written once per NULL field) but random: 60 bits.
+fn null_token() -> String {
+    use rand::distributions::{Alphanumeric, DistString};
+    format!(
+        "NULL~{}",
+        Alphanumeric.sample_string(&mut rand::thread_rng(), 10)
+    )
+}
+
 async fn export_with_retries(
     settings: &SyncSettings,
     download_dir: &std::path::Path,
     null_token: &str,
     progress: &Progress,
-) -> anyhow::Result<std::path::PathBuf> {
+) -> anyhow::Result<phpmyadmin::Export> {
     let what = format!(
         "exporting {}.{} from phpMyAdmin at {}",
         settings.database, settings.table, settings.pma_url
@@ -115,7 +127,7 @@ async fn export_with_retries(
     let mut backoff = FIRST_BACKOFF;
     for attempt in 1..=EXPORT_ATTEMPTS {
         match phpmyadmin::export_table_csv(settings, download_dir, null_token, progress).await {
-            Ok(path) => return Ok(path),
+            Ok(export) => return Ok(export),
             Err(ExportError::Transient(e)) if attempt < EXPORT_ATTEMPTS => {
                 tracing::warn!(
                     attempt,

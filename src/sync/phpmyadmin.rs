@@ -41,27 +41,41 @@ const EXPORT_FORM_GRACE: Duration = Duration::from_secs(3);
 /// A download that has not grown for this long is given up.
 const DOWNLOAD_STALL_TIMEOUT: Duration = Duration::from_secs(120);
 /// How often a wait looks at the page or the download folder.
-const POLL: Duration = Duration::from_millis(150);
+const POLL: Duration = Duration::from_millis(50);
 
-/// Exports `settings.table` as CSV into `download_dir` and returns the file's path. SQL NULL is
-/// written as `null_token`. The browser session, and any process started for it, is ended on
-/// every path.
+/// A finished export: the CSV file, and the browser shutting down in the background.
+#[derive(Debug)]
+pub struct Export {
+    pub csv: PathBuf,
+    /// Completes when the browser session, ChromeDriver and Chromium have ended. Await it: the
+    /// sync converts the CSV meanwhile instead of waiting for the browser to close.
+    pub browser_closed: tokio::task::JoinHandle<()>,
+}
+
+/// Exports `settings.table` as CSV into `download_dir`. SQL NULL is written as `null_token`. The
+/// browser session, and any process started for it, is ended on every path: before returning an
+/// error, and in the background (see [`Export::browser_closed`]) after a success.
 pub async fn export_table_csv(
     settings: &SyncSettings,
     download_dir: &Path,
     null_token: &str,
     progress: &Progress,
-) -> Result<PathBuf, ExportError> {
+) -> Result<Export, ExportError> {
     progress.enter(Phase::StartingBrowser);
     let browser = Browser::start(&settings.browser, download_dir)
         .await
         .map_err(|e| redact(e, settings.password.expose()))?;
-    let result = run(&browser, settings, null_token, progress).await;
-    if result.is_err() {
-        browser.save_failure(&settings.failures_dir).await;
+    match run(&browser, settings, null_token, progress).await {
+        Ok(csv) => Ok(Export {
+            csv,
+            browser_closed: tokio::spawn(browser.close()),
+        }),
+        Err(e) => {
+            browser.save_failure(&settings.failures_dir).await;
+            browser.close().await;
+            Err(redact(e, settings.password.expose()))
+        }
     }
-    browser.close().await;
-    result.map_err(|e| redact(e, settings.password.expose()))
 }
 
 async fn run(
