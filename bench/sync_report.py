@@ -83,7 +83,7 @@ w("| total with phpMyAdmin's default `NULL` token (s) | %.3f | %.3f |" % (plainn
 w("")
 w("| sizes | |")
 w("|---|---:|")
-w("| CSV downloaded by the browser (sync's 47-byte NULL token) | %.1f MB |" % MB(med("csv")))
+w("| CSV downloaded by the browser (the sync's random NULL token) | %.1f MB |" % MB(med("csv")))
 w("| CSV of the plain export, same token length | %.1f MB |" % MB(plain_bytes))
 w("| CSV of the plain export, `NULL` token | %.1f MB |" % MB(plainnull_bytes))
 w("| JSON cache file | %.1f MB |" % MB(json_bytes))
