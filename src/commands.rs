@@ -1,5 +1,6 @@
 //! What each subcommand does.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -9,7 +10,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::app::Application;
 use crate::cache::{csv_to_cache_json, store, Cache};
-use crate::config::{validate_cache_file, Command, ImportArgs, SyncArgs, WorkerArgs};
+use crate::config::{
+    validate_cache_file, CacheArgs, Command, ImportArgs, PmaArgs, SyncArgs, SyncSettings,
+    WorkerArgs,
+};
 use crate::shutdown;
 use crate::sync::status::{rfc3339, Progress};
 use crate::sync::{sync_once, Syncer};
@@ -66,12 +70,17 @@ async fn import(args: ImportArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn sync(args: SyncArgs) -> anyhow::Result<()> {
-    let cache_file = validate_cache_file(args.cache.cache_file)?;
-    let settings = args
-        .pma
+/// The cache file and sync settings of `sync` and `worker`, both required.
+fn sync_settings(cache: CacheArgs, pma: PmaArgs) -> anyhow::Result<(PathBuf, SyncSettings)> {
+    let cache_file = validate_cache_file(cache.cache_file)?;
+    let settings = pma
         .validate(&cache_file, true)?
         .context("PMA_URL is not set")?;
+    Ok((cache_file, settings))
+}
+
+async fn sync(args: SyncArgs) -> anyhow::Result<()> {
+    let (cache_file, settings) = sync_settings(args.cache, args.pma)?;
     let cache = Cache::file_only(&cache_file);
     let progress = Progress::new(None);
     let report = tokio::select! {
@@ -89,11 +98,7 @@ async fn sync(args: SyncArgs) -> anyhow::Result<()> {
 }
 
 async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
-    let cache_file = validate_cache_file(args.cache.cache_file)?;
-    let settings = args
-        .pma
-        .validate(&cache_file, true)?
-        .context("PMA_URL is not set")?;
+    let (cache_file, settings) = sync_settings(args.cache, args.pma)?;
     let cache = Cache::file_only(&cache_file);
     let stop = CancellationToken::new();
     let syncer = Syncer::new(Some(settings), cache, stop.clone());

@@ -30,6 +30,12 @@ fn pma_env(bed: &Testbed, tmp: &Path) -> Vec<(&'static str, String)> {
     ]
 }
 
+/// Replaces one setting of `env`.
+fn set_env(env: &mut Vec<(&'static str, String)>, key: &'static str, value: impl Into<String>) {
+    env.retain(|(k, _)| *k != key);
+    env.push((key, value.into()));
+}
+
 /// Runs `pma-cache sync` with `env` on top of the test bed's settings.
 fn run_sync(cache_file: &Path, env: &[(&'static str, String)]) -> Output {
     let out = Command::new(binary())
@@ -176,8 +182,7 @@ async fn a_wrong_password_fails_clearly_without_retrying_and_keeps_the_cache() {
     let before = std::fs::read(&cache_file).unwrap();
     let wrong = "not-the-password-5521";
     let mut env = pma_env(bed, dir.path());
-    env.retain(|(k, _)| *k != "PMA_PASSWORD");
-    env.push(("PMA_PASSWORD", wrong.into()));
+    set_env(&mut env, "PMA_PASSWORD", wrong);
     let out = run_sync(&cache_file, &env);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
@@ -196,12 +201,9 @@ async fn a_wrong_password_fails_clearly_without_retrying_and_keeps_the_cache() {
     );
     assert_eq!(std::fs::read(&cache_file).unwrap(), before);
     let failures = dir.path().join("failures");
-    let kept: Vec<_> = std::fs::read_dir(&failures)
-        .map(|d| d.count())
-        .into_iter()
-        .collect();
+    let kept = std::fs::read_dir(&failures).map_or(0, Iterator::count);
     assert!(
-        kept.first().copied().unwrap_or(0) >= 2,
+        kept >= 2,
         "screenshot and page source kept in {}",
         failures.display()
     );
@@ -220,8 +222,7 @@ async fn phpmyadmin_down_fails_clearly_and_keeps_the_cache() {
     let url = format!("http://{}/", closed.local_addr().unwrap());
     drop(closed);
     let mut env = pma_env(bed, dir.path());
-    env.retain(|(k, _)| *k != "PMA_URL");
-    env.push(("PMA_URL", url));
+    set_env(&mut env, "PMA_URL", url);
     let out = run_sync(&cache_file, &env);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
@@ -277,8 +278,7 @@ async fn an_empty_table_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let cache_file = dir.path().join("data_cache.json");
     let mut env = pma_env(bed, dir.path());
-    env.retain(|(k, _)| *k != "PMA_DATABASE");
-    env.push(("PMA_DATABASE", "e2e_empty".into()));
+    set_env(&mut env, "PMA_DATABASE", "e2e_empty");
     let out = run_sync(&cache_file, &env);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
@@ -365,8 +365,7 @@ async fn a_failed_refresh_is_reported_to_subscribers_and_in_status() {
     let bed = testbed();
     let tmp = tempfile::tempdir().unwrap();
     let mut env = pma_env(bed, tmp.path());
-    env.retain(|(k, _)| *k != "PMA_PASSWORD");
-    env.push(("PMA_PASSWORD", "wrong-password-9931".into()));
+    set_env(&mut env, "PMA_PASSWORD", "wrong-password-9931");
     let app = spawn_app_with(Options {
         seed: Some(SMALL_CSV),
         env,
@@ -409,4 +408,73 @@ async fn wait_for_sync_end(app: &TestApp) -> Value {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_standalone_worker_syncs_at_start_and_a_separate_server_serves_its_file() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let bed = testbed();
+    let tmp = tempfile::tempdir().unwrap();
+    // The API, with no phpMyAdmin settings, on an empty cache folder.
+    let app = spawn_app_with(Options::default()).await;
+    assert_eq!(app.get_fetch_data("").await.status(), 503);
+    let mut worker = Command::new(binary())
+        .arg("worker")
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("CACHE_FILE", &app.cache_file)
+        .env("SYNC_INTERVAL", "1h")
+        .envs(pma_env(bed, tmp.path()))
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(180);
+    let body: Value = loop {
+        let r = app.get_fetch_data("").await;
+        if r.status() == 200 {
+            break r.json().await.unwrap();
+        }
+        if let Ok(Some(status)) = worker.try_wait() {
+            panic!("the worker exited with {status}");
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the worker never wrote the cache"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_cache_equals_table(&body, bed);
+    Command::new("kill")
+        .args(["-TERM", &worker.id().to_string()])
+        .status()
+        .unwrap();
+    let out = worker.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "the worker stops cleanly on SIGTERM:\n{stderr}"
+    );
+    assert!(stderr.contains("sync succeeded"), "{stderr}");
+    assert!(!stderr.contains(&bed.password));
+    assert_eq!(processes_under(tmp.path(), None), Vec::<String>::new());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn serve_with_a_sync_interval_fills_a_missing_cache_at_start() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let bed = testbed();
+    let tmp = tempfile::tempdir().unwrap();
+    let mut env = pma_env(bed, tmp.path());
+    set_env(&mut env, "SYNC_INTERVAL", "1h");
+    let app = spawn_app_with(Options {
+        env,
+        ..Options::default()
+    })
+    .await;
+    let status = wait_for_sync_end(&app).await;
+    assert!(status["sync"]["last_success"].is_string(), "{status}");
+    assert_eq!(status["sync"]["interval_seconds"], 3600);
+    assert!(status["sync"]["next_run"].is_string(), "{status}");
+    let body: Value = app.get_fetch_data("").await.json().await.unwrap();
+    assert_cache_equals_table(&body, bed);
 }
