@@ -344,7 +344,15 @@ impl PmaArgs {
             ));
         }
         let webdriver_url = match self.webdriver_url.filter(|u| !u.trim().is_empty()) {
-            Some(u) => Some(parse_base_url("WEBDRIVER_URL", &u)?.to_string()),
+            Some(u) => {
+                let url = parse_base_url("WEBDRIVER_URL", &u)?;
+                if url.scheme() != "http" {
+                    return Err(ConfigError::new(
+                        "WEBDRIVER_URL must be http:// (a WebDriver server on localhost or a private network)",
+                    ));
+                }
+                Some(url.to_string())
+            }
             None => None,
         };
         Ok(Some(SyncSettings {
@@ -457,6 +465,28 @@ mod tests {
         assert_eq!(url.as_str(), "http://h:8/");
         assert!(parse_base_url("PMA_URL", "ftp://h").is_err());
         assert!(parse_base_url("PMA_URL", "http://u:p@h/").is_err());
+    }
+
+    #[test]
+    fn an_https_webdriver_url_is_refused_at_start() {
+        let err = serve(&[
+            "--api-key",
+            "k",
+            "--cache-file",
+            "x.json",
+            "--pma-url",
+            "http://h/",
+            "--pma-username",
+            "u",
+            "--pma-password",
+            "p",
+            "--pma-database",
+            "d",
+            "--webdriver-url",
+            "https://grid.example:4444",
+        ])
+        .unwrap_err();
+        assert!(err.to_string().starts_with("WEBDRIVER_URL"), "{err}");
     }
 
     #[test]
