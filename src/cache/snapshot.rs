@@ -44,6 +44,11 @@ pub struct Snapshot {
     zstd: OnceLock<Bytes>,
     /// Strong validator of the identity body, quoted (`"…"`).
     pub etag: String,
+    /// The strong ETag of each encoded representation: the identity tag marked with the encoding.
+    etag_gzip: String,
+    etag_zstd: String,
+    /// `last_modified` as an HTTP date, for the `Last-Modified` header.
+    pub http_date: String,
     pub last_updated: String,
     pub last_modified: SystemTime,
     pub count: usize,
@@ -115,8 +120,14 @@ impl Snapshot {
         let start = open + 1 - BODY_PREFIX.len();
         buf[start..=open].copy_from_slice(BODY_PREFIX);
         let body = Bytes::from(buf).slice(start..);
+        let etag = etag_of(&body);
+        let marked =
+            |encoding: Encoding| format!("{}-{}\"", etag.trim_end_matches('"'), encoding.token());
         Ok(Self {
-            etag: etag_of(&body),
+            etag_gzip: marked(Encoding::Gzip),
+            etag_zstd: marked(Encoding::Zstd),
+            etag,
+            http_date: httpdate::fmt_http_date(last_modified),
             body,
             gzip: OnceLock::new(),
             zstd: OnceLock::new(),
@@ -133,6 +144,15 @@ impl Snapshot {
             Encoding::Identity => Some(&self.body),
             Encoding::Gzip => self.gzip.get(),
             Encoding::Zstd => self.zstd.get(),
+        }
+    }
+
+    /// The strong ETag of the body in `encoding`.
+    pub fn etag(&self, encoding: Encoding) -> &str {
+        match encoding {
+            Encoding::Identity => &self.etag,
+            Encoding::Gzip => &self.etag_gzip,
+            Encoding::Zstd => &self.etag_zstd,
         }
     }
 
@@ -204,6 +224,9 @@ mod tests {
         assert_eq!(v["count"], 1);
         assert_eq!(v["data"][0]["id"], "1");
         assert_eq!(s.file_size, GOOD.len() as u64);
+        assert_eq!(s.http_date, "Fri, 02 Jan 2026 03:04:05 GMT");
+        let base = s.etag(Encoding::Identity).trim_end_matches('"');
+        assert_eq!(s.etag(Encoding::Zstd), format!("{base}-zstd\""));
     }
 
     #[test]

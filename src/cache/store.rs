@@ -20,15 +20,19 @@ pub struct FileStamp {
 }
 
 impl FileStamp {
+    fn from_metadata(m: &fs::Metadata) -> Self {
+        Self {
+            dev: m.dev(),
+            ino: m.ino(),
+            len: m.len(),
+            mtime: m.modified().ok(),
+        }
+    }
+
     /// The stamp of the file at `path`, or `None` if there is no file.
     pub fn of(path: &Path) -> std::io::Result<Option<Self>> {
         match fs::metadata(path) {
-            Ok(m) => Ok(Some(Self {
-                dev: m.dev(),
-                ino: m.ino(),
-                len: m.len(),
-                mtime: m.modified().ok(),
-            })),
+            Ok(m) => Ok(Some(Self::from_metadata(&m))),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e),
         }
@@ -67,12 +71,7 @@ pub fn read_cache_buffer(path: &Path) -> anyhow::Result<Option<(Vec<u8>, FileSta
         Err(e) => return Err(e).with_context(|| format!("cannot open {}", path.display())),
     };
     let meta = file.metadata()?;
-    let stamp = FileStamp {
-        dev: meta.dev(),
-        ino: meta.ino(),
-        len: meta.len(),
-        mtime: meta.modified().ok(),
-    };
+    let stamp = FileStamp::from_metadata(&meta);
     let mut buf = Vec::with_capacity(BODY_ROOM + meta.len() as usize + 1);
     buf.resize(BODY_ROOM, b' ');
     file.read_to_end(&mut buf)

@@ -36,6 +36,15 @@ fn set_env(env: &mut Vec<(&'static str, String)>, key: &'static str, value: impl
     env.push((key, value.into()));
 }
 
+/// A private folder holding a small cache: the folder, the cache file, and its bytes.
+fn seeded_cache() -> (tempfile::TempDir, std::path::PathBuf, Vec<u8>) {
+    let dir = tempfile::tempdir().unwrap();
+    let cache_file = dir.path().join("data_cache.json");
+    import_csv(&cache_file, SMALL_CSV).unwrap();
+    let before = std::fs::read(&cache_file).unwrap();
+    (dir, cache_file, before)
+}
+
 /// Runs `pma-cache sync` with `env` on top of the test bed's settings.
 fn run_sync(cache_file: &Path, env: &[(&'static str, String)]) -> Output {
     let out = Command::new(binary())
@@ -176,10 +185,7 @@ async fn sync_writes_a_cache_equal_to_the_table_and_leaves_no_browser_behind() {
 async fn a_wrong_password_fails_clearly_without_retrying_and_keeps_the_cache() {
     let _one = ONE_AT_A_TIME.lock().await;
     let bed = testbed();
-    let dir = tempfile::tempdir().unwrap();
-    let cache_file = dir.path().join("data_cache.json");
-    import_csv(&cache_file, SMALL_CSV).unwrap();
-    let before = std::fs::read(&cache_file).unwrap();
+    let (dir, cache_file, before) = seeded_cache();
     let wrong = "not-the-password-5521";
     let mut env = pma_env(bed, dir.path());
     set_env(&mut env, "PMA_PASSWORD", wrong);
@@ -214,10 +220,7 @@ async fn a_wrong_password_fails_clearly_without_retrying_and_keeps_the_cache() {
 async fn phpmyadmin_down_fails_clearly_and_keeps_the_cache() {
     let _one = ONE_AT_A_TIME.lock().await;
     let bed = testbed();
-    let dir = tempfile::tempdir().unwrap();
-    let cache_file = dir.path().join("data_cache.json");
-    import_csv(&cache_file, SMALL_CSV).unwrap();
-    let before = std::fs::read(&cache_file).unwrap();
+    let (dir, cache_file, before) = seeded_cache();
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}/", closed.local_addr().unwrap());
     drop(closed);
