@@ -1,5 +1,8 @@
 //! API-key authentication: the `X-API-Key` header, or the `api_key` query parameter for browsers'
-//! `EventSource`, which cannot send headers. Keys are compared in constant time.
+//! `EventSource`, which cannot send headers. The query parameter is accepted only on event
+//! streams (`stream=true`): anywhere else a key in the URL would end up in proxy and access logs
+//! for no reason, so it is refused with a pointer to the header. Keys are compared in constant
+//! time.
 
 use axum::extract::{Request, State};
 use axum::middleware::Next;
@@ -23,7 +26,12 @@ pub async fn require_api_key(
         .headers()
         .get(API_KEY_HEADER)
         .map(|v| v.as_bytes().to_vec());
-    let given = from_header.or_else(|| query_key(request.uri().query()));
+    let query = request.uri().query();
+    let in_query = query_key(query);
+    if in_query.is_some() && !is_stream(query) {
+        return Err(ApiError::KeyInQuery);
+    }
+    let given = from_header.or(in_query);
     match given {
         Some(key) if key_matches(&state.api_keys, &key) => Ok(next.run(request).await),
         _ => Err(ApiError::Unauthorized),
@@ -34,6 +42,14 @@ fn query_key(query: Option<&str>) -> Option<Vec<u8>> {
     url::form_urlencoded::parse(query?.as_bytes())
         .find(|(k, _)| k == "api_key")
         .map(|(_, v)| v.into_owned().into_bytes())
+}
+
+/// Whether the query asks for an event stream, the one place a key in the URL is accepted.
+fn is_stream(query: Option<&str>) -> bool {
+    url::form_urlencoded::parse(query.unwrap_or("").as_bytes())
+        .filter(|(k, _)| k == "stream")
+        .last()
+        .is_some_and(|(k, v)| super::fetch::parse_bool(&k, &v).unwrap_or(false))
 }
 
 /// Compares `given` with every key, without stopping early, in constant time per key.
@@ -64,5 +80,15 @@ mod tests {
             Some(b"a+b".to_vec())
         );
         assert_eq!(query_key(Some("stream=true")), None);
+    }
+
+    #[test]
+    fn only_event_streams_take_the_key_from_the_query() {
+        assert!(is_stream(Some("stream=true&api_key=k")));
+        assert!(is_stream(Some("api_key=k&stream=1")));
+        assert!(!is_stream(Some("api_key=k")));
+        assert!(!is_stream(Some("stream=false&api_key=k")));
+        assert!(!is_stream(Some("stream=maybe")));
+        assert!(!is_stream(None));
     }
 }

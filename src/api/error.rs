@@ -14,6 +14,9 @@ pub enum ApiError {
     /// 401: no key, or a key that is not configured.
     #[error("Unauthorized")]
     Unauthorized,
+    /// 401: an `api_key` query parameter outside an event stream.
+    #[error("The api_key query parameter is accepted only with stream=true (for EventSource); send the key in the X-API-Key header")]
+    KeyInQuery,
     /// 400: a malformed parameter; the message names it.
     #[error("{0}")]
     BadRequest(String),
@@ -34,7 +37,7 @@ pub enum ApiError {
 impl ApiError {
     fn status(&self) -> StatusCode {
         match self {
-            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::Unauthorized | ApiError::KeyInQuery => StatusCode::UNAUTHORIZED,
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::NoCache | ApiError::SyncNotConfigured => StatusCode::SERVICE_UNAVAILABLE,
@@ -52,7 +55,7 @@ impl IntoResponse for ApiError {
             .into_response();
         let headers = response.headers_mut();
         match self {
-            ApiError::Unauthorized => {
+            ApiError::Unauthorized | ApiError::KeyInQuery => {
                 headers.insert(
                     header::WWW_AUTHENTICATE,
                     HeaderValue::from_static("ApiKey header=\"X-API-Key\""),

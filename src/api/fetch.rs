@@ -14,34 +14,68 @@ use super::{sse, AppState};
 use crate::cache::{Encoding, Snapshot};
 use crate::sync::Trigger;
 
+/// What each event of a stream carries.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub enum Payload {
+    /// The whole `/fetch-data` body (`payload=full`, the default).
+    #[default]
+    Full,
+    /// Only `last_updated`, `count` and `etag` (`payload=none`), for clients that fetch with
+    /// their ETag when told something changed.
+    None,
+}
+
 /// The query parameters of `/fetch-data`.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct FetchParams {
     pub refresh: bool,
     pub stream: bool,
+    pub payload: Payload,
 }
 
 impl FetchParams {
-    /// Parses the query; unknown parameters are ignored, malformed booleans are refused.
+    /// Parses the query; unknown parameters are ignored, malformed values are refused.
     pub fn parse(query: Option<&str>) -> Result<Self, ApiError> {
         let mut params = Self::default();
+        let mut payload_given = false;
         for (key, value) in url::form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
             let slot = match key.as_ref() {
                 "refresh" => &mut params.refresh,
                 "stream" => &mut params.stream,
+                "payload" => {
+                    payload_given = true;
+                    params.payload = match value.to_ascii_lowercase().as_str() {
+                        "full" => Payload::Full,
+                        "none" => Payload::None,
+                        _ => {
+                            return Err(ApiError::BadRequest(
+                                "Invalid value for 'payload': expected full or none".into(),
+                            ))
+                        }
+                    };
+                    continue;
+                }
                 _ => continue,
             };
-            *slot = match value.to_ascii_lowercase().as_str() {
-                "true" | "1" | "yes" => true,
-                "false" | "0" | "no" => false,
-                _ => {
-                    return Err(ApiError::BadRequest(format!(
-                        "Invalid value for '{key}': expected true or false"
-                    )))
-                }
-            };
+            *slot = parse_bool(&key, &value)?;
+        }
+        if payload_given && !params.stream {
+            return Err(ApiError::BadRequest(
+                "'payload' applies only to event streams (stream=true)".into(),
+            ));
         }
         Ok(params)
+    }
+}
+
+/// A query boolean: `true/false`, `1/0`, `yes/no`, any case.
+pub fn parse_bool(key: &str, value: &str) -> Result<bool, ApiError> {
+    match value.to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" => Ok(true),
+        "false" | "0" | "no" => Ok(false),
+        _ => Err(ApiError::BadRequest(format!(
+            "Invalid value for '{key}': expected true or false"
+        ))),
     }
 }
 
@@ -53,7 +87,7 @@ pub async fn fetch_data(
 ) -> Result<Response, ApiError> {
     let params = FetchParams::parse(query.as_deref())?;
     if params.stream {
-        return Ok(sse::stream(state, params.refresh));
+        return Ok(sse::stream(state, params.refresh, params.payload));
     }
     let info = params.refresh.then(|| match state.syncer.trigger() {
         Trigger::Started => "Background refresh triggered",
@@ -190,9 +224,14 @@ mod tests {
             p,
             FetchParams {
                 refresh: true,
-                stream: true
+                stream: true,
+                payload: Payload::Full,
             }
         );
+        let p = FetchParams::parse(Some("stream=true&payload=none")).unwrap();
+        assert_eq!(p.payload, Payload::None);
+        assert!(FetchParams::parse(Some("stream=true&payload=some")).is_err());
+        assert!(FetchParams::parse(Some("payload=none")).is_err());
         assert_eq!(FetchParams::parse(None).unwrap(), FetchParams::default());
         let err = FetchParams::parse(Some("refresh=maybe")).unwrap_err();
         assert_eq!(

@@ -1,7 +1,8 @@
 //! `GET /fetch-data?stream=true`: Server-Sent Events, "cached, then updated".
 //!
 //! Each event is one `data:` line of JSON (`{"type":"cached","payload":…}`, then `updated` or
-//! `error`, then `done`). The 80 MB payload is sent from the snapshot's shared bytes, not copied
+//! `error`, then `done`). With `payload=none` the snapshot events carry only `last_updated`,
+//! `count` and `etag`. The 80 MB payload is sent from the snapshot's shared bytes, not copied
 //! into an event string. The stream ends on `done`, on shutdown, or when the client goes away.
 
 use std::collections::VecDeque;
@@ -12,15 +13,19 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use tokio::sync::broadcast::{self, error::RecvError};
 
+use super::fetch::Payload;
 use super::AppState;
 use crate::cache::{CacheEvent, Snapshot};
 use crate::sync::Trigger;
+
+const NO_CACHE: &str = "No cached data";
 
 struct EventStream {
     events: broadcast::Receiver<CacheEvent>,
     queue: VecDeque<Bytes>,
     next_id: u64,
     finished: bool,
+    payload: Payload,
     state: AppState,
 }
 
@@ -39,8 +44,33 @@ impl EventStream {
     }
 
     fn push_snapshot(&mut self, kind: &str, snapshot: &Snapshot) {
-        let before = format!("{{\"type\":\"{kind}\",\"payload\":");
-        self.push_event(&before, Some(&snapshot.body), "}");
+        match self.payload {
+            Payload::Full => {
+                let before = format!("{{\"type\":\"{kind}\",\"payload\":");
+                self.push_event(&before, Some(&snapshot.body), "}");
+            }
+            Payload::None => {
+                let json = serde_json::json!({
+                    "type": kind,
+                    "last_updated": snapshot.last_updated,
+                    "count": snapshot.count,
+                    "etag": snapshot.etag,
+                });
+                self.push_event(&json.to_string(), None, "");
+            }
+        }
+    }
+
+    fn push_nothing_cached(&mut self) {
+        let json = match self.payload {
+            Payload::Full => {
+                serde_json::json!({"type": "cached", "payload": null, "message": NO_CACHE})
+            }
+            Payload::None => serde_json::json!({
+                "type": "cached", "last_updated": null, "count": null, "etag": null, "message": NO_CACHE,
+            }),
+        };
+        self.push_event(&json.to_string(), None, "");
     }
 
     fn push_error(&mut self, message: &str) {
@@ -92,7 +122,7 @@ impl EventStream {
 }
 
 /// Starts the event stream; with `refresh`, also starts a sync.
-pub fn stream(state: AppState, refresh: bool) -> Response {
+pub fn stream(state: AppState, refresh: bool, payload: Payload) -> Response {
     // Subscribe before reading the snapshot, so an update between the two is not missed.
     let events = state.cache.subscribe();
     let mut stream = EventStream {
@@ -100,15 +130,12 @@ pub fn stream(state: AppState, refresh: bool) -> Response {
         queue: VecDeque::new(),
         next_id: 1,
         finished: false,
+        payload,
         state: state.clone(),
     };
     match state.cache.current() {
         Some(snapshot) => stream.push_snapshot("cached", &snapshot),
-        None => stream.push_event(
-            "{\"type\":\"cached\",\"payload\":null,\"message\":\"No cached data\"}",
-            None,
-            "",
-        ),
+        None => stream.push_nothing_cached(),
     }
     if refresh && state.syncer.trigger() == Trigger::NotConfigured {
         stream.push_error(&super::error::ApiError::SyncNotConfigured.to_string());

@@ -62,7 +62,7 @@ async fn a_missing_or_wrong_key_is_unauthorized() {
 }
 
 #[tokio::test]
-async fn every_rotated_key_and_the_query_parameter_are_accepted() {
+async fn every_rotated_key_is_accepted() {
     let app = spawn_app().await;
     for key in [KEY, OTHER_KEY] {
         let r = app
@@ -74,13 +74,53 @@ async fn every_rotated_key_and_the_query_parameter_are_accepted() {
             .unwrap();
         assert_eq!(r.status(), 200);
     }
+}
+
+#[tokio::test]
+async fn the_api_key_query_parameter_is_accepted_only_on_event_streams() {
+    let app = spawn_app().await;
     let r = app
         .client
-        .get(app.url(&format!("/fetch-data?api_key={OTHER_KEY}")))
+        .get(app.url(&format!("/fetch-data?stream=true&api_key={OTHER_KEY}")))
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-type"], "text/event-stream");
+    drop(r);
+    for path in [
+        format!("/fetch-data?api_key={KEY}"),
+        format!("/fetch-data?stream=false&api_key={KEY}"),
+        format!("/fetch-data?refresh=true&api_key={KEY}"),
+        format!("/status?api_key={KEY}"),
+    ] {
+        let r = app.client.get(app.url(&path)).send().await.unwrap();
+        assert_eq!(r.status(), 401, "{path}");
+        let body: Value = r.json().await.unwrap();
+        assert!(
+            body["message"]
+                .as_str()
+                .unwrap()
+                .contains("X-API-Key header"),
+            "{path}: {body}"
+        );
+    }
+    // Even with the right header: the key must not travel in the URL.
+    let r = app
+        .client
+        .get(app.url(&format!("/fetch-data?api_key={KEY}")))
+        .header("X-API-Key", KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let r = app
+        .client
+        .post(app.url(&format!("/refresh?api_key={KEY}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
 }
 
 #[tokio::test]
@@ -335,11 +375,55 @@ async fn sse_events_carry_ids_and_the_first_says_when_nothing_is_cached() {
 }
 
 #[tokio::test]
+async fn notify_only_streams_carry_the_version_and_no_rows() {
+    let app = spawn_app().await;
+    let r = app
+        .raw_client
+        .get(app.url("/fetch-data"))
+        .header("X-API-Key", KEY)
+        .send()
+        .await
+        .unwrap();
+    let etag = r.headers()["etag"].to_str().unwrap().to_owned();
+    let r = app.get_fetch_data("?stream=true&payload=none").await;
+    assert_eq!(r.status(), 200);
+    let cache_file = app.cache_file.clone();
+    let importer = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        import_csv(&cache_file, "id,name\n7,fresh\n").unwrap();
+    });
+    let events = read_events(r, Duration::from_secs(15)).await;
+    importer.await.unwrap();
+    let types: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert_eq!(types, ["cached", "updated", "done"], "{events:?}");
+    assert_eq!(events[0]["count"], 2);
+    assert_eq!(events[0]["etag"], etag.as_str());
+    assert!(events[0]["last_updated"].as_str().unwrap().ends_with('Z'));
+    assert!(events[0].get("payload").is_none(), "{:?}", events[0]);
+    assert_eq!(events[1]["count"], 1);
+    assert!(events[1].get("payload").is_none());
+
+    // The etag it announces is the one that gets a 304.
+    let r = app
+        .client
+        .get(app.url("/fetch-data"))
+        .header("X-API-Key", KEY)
+        .header("If-None-Match", events[1]["etag"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 304);
+
+    let r = app.get_fetch_data("?payload=none").await;
+    assert_eq!(r.status(), 400);
+}
+
+#[tokio::test]
 async fn keys_never_reach_the_logs() {
     let app = spawn_app().await;
     app.get_fetch_data("").await;
     app.client
-        .get(app.url(&format!("/fetch-data?api_key={OTHER_KEY}")))
+        .get(app.url(&format!("/fetch-data?stream=true&api_key={OTHER_KEY}")))
         .send()
         .await
         .unwrap();
