@@ -29,9 +29,9 @@ impl Application {
     /// Binds the listener and loads the cache file, if any. A corrupt cache file is reported
     /// and treated as no cache; it is left on disk until a complete new one replaces it.
     pub async fn build(config: ServeConfig) -> anyhow::Result<Self> {
-        let listener = TcpListener::bind(config.addr)
+        let listener = TcpListener::bind((config.host.as_str(), config.port))
             .await
-            .with_context(|| format!("cannot listen on {}", config.addr))?;
+            .with_context(|| format!("cannot listen on {}:{}", config.host, config.port))?;
         let cache = Cache::new(&config.cache_file);
         match cache.reload_if_changed().await {
             Ok(true) => {}

@@ -2,11 +2,12 @@
 //! validated once at start-up into the settings the rest of the crate uses.
 
 use std::fmt;
-use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
+use clap::builder::TypedValueParser;
+use clap::error::ErrorKind;
 use clap::{Args, Parser, Subcommand};
 
 /// A configuration problem found at start-up. Its message names the setting to fix.
@@ -49,9 +50,16 @@ impl FromStr for Secret {
     }
 }
 
+/// Help text on the one setting read outside clap, so `--help` lists every variable.
+const LOG_HELP: &str = "\
+Logging:
+  RUST_LOG  Log level and filter, e.g. debug or pma_cache=debug [default: info]
+
+Every option can also be set through the environment variable shown beside it.";
+
 /// Serves a phpMyAdmin table as an instantly available JSON cache.
 #[derive(Debug, Parser)]
-#[command(name = "pma-cache", version, about, long_about = None)]
+#[command(name = "pma-cache", version, about, long_about = None, after_help = LOG_HELP)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -60,12 +68,16 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the HTTP API (and, with phpMyAdmin settings, refresh the cache on request or on a schedule).
+    #[command(after_help = LOG_HELP)]
     Serve(ServeArgs),
     /// Convert a local CSV file (first row = column names) into the cache file, atomically, then exit.
+    #[command(after_help = LOG_HELP)]
     Import(ImportArgs),
     /// Run the standalone sync worker: sync at start, then every SYNC_INTERVAL.
+    #[command(after_help = LOG_HELP)]
     Worker(WorkerArgs),
     /// Run one sync, then exit 0 on success or non-zero with the reason.
+    #[command(after_help = LOG_HELP)]
     Sync(SyncArgs),
 }
 
@@ -81,9 +93,9 @@ pub struct ServeArgs {
     /// Port to listen on.
     #[arg(long, env = "PORT", default_value_t = 8080)]
     pub port: u16,
-    /// Address to listen on.
+    /// Address or host name to listen on (`localhost` is resolved when binding).
     #[arg(long, env = "HOST", default_value = "0.0.0.0")]
-    pub host: IpAddr,
+    pub host: String,
     /// API key(s) clients must send in X-API-Key; a comma-separated list allows rotation.
     #[arg(long, env = "API_KEY", hide_env_values = true)]
     pub api_key: Option<Secret>,
@@ -104,7 +116,7 @@ pub struct ImportArgs {
     /// The CSV file to import; its first row holds the column names.
     pub file: PathBuf,
     /// Fields exactly equal to this token become JSON null (default: none; an empty field stays "").
-    #[arg(long)]
+    #[arg(long, env = "IMPORT_NULL")]
     pub null: Option<String>,
     #[command(flatten)]
     pub cache: CacheArgs,
@@ -166,8 +178,63 @@ pub struct PmaArgs {
     #[arg(long, env = "SYNC_MIN_ROW_RATIO", default_value_t = 0.5)]
     pub sync_min_row_ratio: f64,
     /// Accept an export even if it is empty or much smaller than the current cache.
-    #[arg(long, env = "SYNC_FORCE")]
+    #[arg(long, env = "SYNC_FORCE", value_parser = EnvBool, num_args = 0..=1,
+          default_value = "false", default_missing_value = "true", value_name = "BOOL")]
     pub force: bool,
+}
+
+/// A boolean as people write it: `1/0`, `true/false`, `yes/no` (any case). A bad value's error
+/// names the environment variable and the flag, since either may have carried it.
+#[derive(Clone, Copy, Debug)]
+pub struct EnvBool;
+
+impl EnvBool {
+    /// Reads `value` as a boolean, `None` when it is none of the accepted spellings.
+    pub fn parse(value: &str) -> Option<bool> {
+        match value.trim().to_ascii_lowercase().as_str() {
+            "1" | "true" | "yes" => Some(true),
+            "0" | "false" | "no" => Some(false),
+            _ => None,
+        }
+    }
+}
+
+impl TypedValueParser for EnvBool {
+    type Value = bool;
+
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<bool, clap::Error> {
+        let text = value.to_string_lossy();
+        Self::parse(&text).ok_or_else(|| {
+            let setting = match arg {
+                Some(a) => match (a.get_env(), a.get_long()) {
+                    (Some(env), Some(long)) => format!("{} (--{long})", env.to_string_lossy()),
+                    (Some(env), None) => env.to_string_lossy().into_owned(),
+                    (None, _) => a.to_string(),
+                },
+                None => "a setting".to_owned(),
+            };
+            clap::Error::raw(
+                ErrorKind::InvalidValue,
+                format!("{setting}: {text:?} is not a boolean (use 1/0, true/false or yes/no)\n"),
+            )
+            .with_cmd(cmd)
+        })
+    }
+
+    fn possible_values(
+        &self,
+    ) -> Option<Box<dyn Iterator<Item = clap::builder::PossibleValue> + '_>> {
+        Some(Box::new(
+            ["true", "false", "1", "0", "yes", "no"]
+                .into_iter()
+                .map(clap::builder::PossibleValue::new),
+        ))
+    }
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -208,7 +275,9 @@ pub struct SyncSettings {
 /// Validated settings for `serve`.
 #[derive(Debug, Clone)]
 pub struct ServeConfig {
-    pub addr: SocketAddr,
+    /// Address or host name to listen on; a name is resolved when binding.
+    pub host: String,
+    pub port: u16,
     pub api_keys: Vec<Secret>,
     pub cache_file: PathBuf,
     pub cors_allow_origins: Vec<String>,
@@ -245,8 +314,20 @@ impl ServeArgs {
                 "SYNC_INTERVAL is set but PMA_URL is not: the schedule needs the phpMyAdmin settings",
             ));
         }
+        let host = self
+            .host
+            .trim()
+            .trim_start_matches('[')
+            .trim_end_matches(']');
+        if host.is_empty() || host.contains(['/', ' ']) {
+            return Err(ConfigError::new(format!(
+                "HOST: {:?} is not an address or host name (e.g. 0.0.0.0, 127.0.0.1, ::, localhost)",
+                self.host
+            )));
+        }
         Ok(ServeConfig {
-            addr: SocketAddr::new(self.host, self.port),
+            host: host.to_owned(),
+            port: self.port,
             api_keys,
             cache_file,
             cors_allow_origins,
@@ -414,6 +495,7 @@ fn read_password_file(path: &Path) -> Result<Secret, ConfigError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::CommandFactory;
 
     fn serve(args: &[&str]) -> Result<ServeConfig, ConfigError> {
         let mut argv = vec!["pma-cache", "serve"];
@@ -493,6 +575,61 @@ mod tests {
     fn a_cache_file_in_a_missing_folder_is_refused() {
         let err = serve(&["--api-key", "k", "--cache-file", "/no/such/dir/c.json"]).unwrap_err();
         assert!(err.to_string().contains("CACHE_FILE"), "{err}");
+    }
+
+    #[test]
+    fn booleans_accept_one_zero_true_false_yes_no_in_any_case() {
+        for (text, value) in [("1", true), ("TRUE", true), ("Yes", true), ("0", false)] {
+            assert_eq!(EnvBool::parse(text), Some(value), "{text}");
+        }
+        for text in ["no", "False", " false "] {
+            assert_eq!(EnvBool::parse(text), Some(false), "{text}");
+        }
+        for text in ["", "maybe", "2", "on"] {
+            assert_eq!(EnvBool::parse(text), None, "{text}");
+        }
+    }
+
+    #[test]
+    fn the_force_flag_alone_or_with_a_value() {
+        let sync = |args: &[&str]| match Cli::try_parse_from(args).unwrap().command {
+            Command::Sync(s) => s.pma.force,
+            _ => unreachable!(),
+        };
+        assert!(!sync(&["pma-cache", "sync"]));
+        assert!(sync(&["pma-cache", "sync", "--force"]));
+        assert!(!sync(&["pma-cache", "sync", "--force=no"]));
+        let err = Cli::try_parse_from(["pma-cache", "sync", "--force=maybe"]).unwrap_err();
+        assert!(err.to_string().contains("SYNC_FORCE (--force)"), "{err}");
+    }
+
+    #[test]
+    fn help_lists_every_variable_and_rust_log() {
+        let mut cli = Cli::command();
+        assert!(cli.render_long_help().to_string().contains("RUST_LOG"));
+        for sub in cli.get_subcommands_mut().filter(|s| s.get_name() != "help") {
+            let name = sub.get_name().to_owned();
+            for arg in sub.get_arguments() {
+                let builtin = matches!(arg.get_id().as_str(), "help" | "version");
+                assert!(
+                    builtin || arg.is_positional() || arg.get_env().is_some(),
+                    "{name} --{}: no environment variable",
+                    arg.get_id()
+                );
+            }
+            assert!(
+                sub.render_long_help().to_string().contains("RUST_LOG"),
+                "{name} --help"
+            );
+        }
+    }
+
+    #[test]
+    fn host_takes_names_and_addresses() {
+        let host = |h: &str| serve(&["--api-key", "k", "--cache-file", "x.json", "--host", h]);
+        assert_eq!(host("localhost").unwrap().host, "localhost");
+        assert_eq!(host("[::1]").unwrap().host, "::1");
+        assert!(host("http://x/").is_err());
     }
 
     #[test]

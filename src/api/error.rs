@@ -23,6 +23,9 @@ pub enum ApiError {
     /// 404: no such route.
     #[error("Not found")]
     NotFound,
+    /// 405: the route exists but not with this method; `Allow` lists the ones it takes.
+    #[error("Method not allowed")]
+    MethodNotAllowed,
     /// 503: nothing cached yet.
     #[error("No cached data")]
     NoCache,
@@ -40,6 +43,7 @@ impl ApiError {
             ApiError::Unauthorized | ApiError::KeyInQuery => StatusCode::UNAUTHORIZED,
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::NoCache | ApiError::SyncNotConfigured => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::CacheUnreadable => StatusCode::INTERNAL_SERVER_ERROR,
         }

@@ -57,6 +57,8 @@ pub fn router(state: AppState, cors_origins: &[String]) -> Router {
         .route("/health", get(status::health))
         .merge(authed)
         .fallback(|| async { error::ApiError::NotFound })
+        // Applies to the routes added above: keep it after the last `.route`/`.merge`.
+        .method_not_allowed_fallback(|| async { error::ApiError::MethodNotAllowed })
         .layer(middleware::from_fn(log_request))
         .with_state(state);
     if !cors_origins.is_empty() {

@@ -299,7 +299,40 @@ async fn malformed_parameters_and_unknown_routes_get_clear_errors() {
     assert_eq!(r.status(), 400);
     let r = app.client.get(app.url("/nope")).send().await.unwrap();
     assert_eq!(r.status(), 404);
-    assert_eq!(r.json::<Value>().await.unwrap()["status"], "error");
+    assert_eq!(
+        r.json::<Value>().await.unwrap(),
+        json!({"status": "error", "message": "Not found"})
+    );
+}
+
+#[tokio::test]
+async fn a_wrong_method_gets_a_json_405_that_lists_the_allowed_ones() {
+    let app = spawn_app().await;
+    let get_refresh = app.client.get(app.url("/refresh")).header("X-API-Key", KEY);
+    let put_health = app.client.put(app.url("/health"));
+    for (request, allowed) in [(get_refresh, "POST"), (put_health, "GET,HEAD")] {
+        let r = request.send().await.unwrap();
+        assert_eq!(r.status(), 405);
+        assert_eq!(r.headers()["allow"], allowed);
+        assert_eq!(r.headers()["content-type"], "application/json");
+        assert_eq!(
+            r.json::<Value>().await.unwrap(),
+            json!({"status": "error", "message": "Method not allowed"})
+        );
+    }
+}
+
+#[tokio::test]
+async fn host_accepts_a_name_resolved_when_binding() {
+    let app = spawn_app_with(Options {
+        seed: Some(SMALL_CSV),
+        env: vec![("HOST", "localhost".into())],
+        ..Options::default()
+    })
+    .await;
+    let r = app.client.get(app.url("/health")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(app.get_fetch_data("").await.status(), 200);
 }
 
 #[tokio::test]
@@ -540,6 +573,33 @@ fn a_missing_api_key_exits_with_one_line_naming_it() {
     let stderr = String::from_utf8(out.stderr).unwrap();
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     assert!(stderr.contains("API_KEY"), "{stderr}");
+}
+
+/// Runs `pma-cache sync` with only `vars` set; returns its exit code and stderr.
+fn sync_with_env(vars: &[(&str, &str)]) -> (Option<i32>, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(binary())
+        .arg("sync")
+        .env_clear()
+        .env("CACHE_FILE", dir.path().join("c.json"))
+        .envs(vars.iter().copied())
+        .output()
+        .unwrap();
+    (out.status.code(), String::from_utf8(out.stderr).unwrap())
+}
+
+#[test]
+fn boolean_variables_accept_how_people_write_them_and_errors_name_the_variable() {
+    for value in ["1", "0", "true", "FALSE", "yes", "No", " TRUE "] {
+        let (code, stderr) = sync_with_env(&[("SYNC_FORCE", value)]);
+        assert_eq!(code, Some(2), "{stderr}");
+        // Parsing went on to the next missing setting.
+        assert!(stderr.contains("PMA_URL is not set"), "{value:?}: {stderr}");
+    }
+    let (code, stderr) = sync_with_env(&[("SYNC_FORCE", "maybe")]);
+    assert_eq!(code, Some(2));
+    assert!(stderr.starts_with("error: SYNC_FORCE"), "{stderr}");
+    assert!(stderr.contains("yes/no"), "{stderr}");
 }
 
 #[test]

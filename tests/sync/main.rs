@@ -259,7 +259,7 @@ async fn an_export_far_smaller_than_the_cache_is_refused_unless_forced() {
     assert_eq!(std::fs::read(&cache_file).unwrap(), before);
 
     let mut forced = env.clone();
-    forced.push(("SYNC_FORCE", "true".into()));
+    forced.push(("SYNC_FORCE", "1".into()));
     let out = run_sync(&cache_file, &forced);
     assert!(
         out.status.success(),
