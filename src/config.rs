@@ -61,8 +61,20 @@ Every option can also be set through the environment variable shown beside it.";
 #[derive(Debug, Parser)]
 #[command(name = "pma-cache", version, about, long_about = None, after_help = LOG_HELP)]
 pub struct Cli {
+    /// Log line format: `human` (default) or `json` (one object a line, for log shippers).
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Human, global = true)]
+    pub log_format: LogFormat,
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Readable lines: time, level, message, fields.
+    Human,
+    /// One JSON object a line: `timestamp`, `level`, `message` and the fields.
+    Json,
 }
 
 #[derive(Debug, Subcommand)]

@@ -6,11 +6,13 @@ use pma_cache::config::{Cli, ConfigError};
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    pma_cache::telemetry::init();
-    match pma_cache::commands::run(cli.command).await {
+    let logging = pma_cache::telemetry::init(cli.log_format);
+    let result = pma_cache::commands::run(cli.command).await;
+    drop(logging);
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            pma_cache::telemetry::print_error(format_args!("error: {e:#}"));
             if e.is::<ConfigError>() {
                 ExitCode::from(2)
             } else {
