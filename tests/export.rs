@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use pma_cache::config::{BrowserSettings, Secret, SyncSettings};
-use pma_cache::sync::phpmyadmin::{export_table_csv, ExportError};
+use pma_cache::sync::error::ExportError;
+use pma_cache::sync::phpmyadmin::export_table_csv;
 use pma_cache::sync::status::Progress;
 use support::testbed::{testbed, Testbed};
 

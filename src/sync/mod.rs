@@ -3,10 +3,22 @@
 //! - [`sync_once`] — one sync, start to finish; what `pma-cache sync` runs and tests call.
 //! - [`Syncer`]: runs syncs in the background, one at a time, on request or on a schedule, and
 //!   keeps the [`status::SyncStatus`] that `/status` shows.
-//! - [`browser`] and [`phpmyadmin`]: the browser session and the phpMyAdmin flow.
+//! - [`phpmyadmin`]: the export flow, which puts in order the rooms below it:
+//!   - [`chromedriver`]: the ChromeDriver process; [`session`]: the WebDriver session and its
+//!     time-limited steps; [`page`]: reading what a page shows;
+//!   - [`login`], [`export_page`], [`download`]: phpMyAdmin's pages and the downloaded file;
+//!   - [`evidence`]: the screenshot and page source of a failed sync;
+//!   - [`error`]: why an export failed, apart so that nothing imports in a circle.
 
-pub mod browser;
+pub mod chromedriver;
+pub mod download;
+pub mod error;
+pub mod evidence;
+pub mod export_page;
+pub mod login;
+pub mod page;
 pub mod phpmyadmin;
+pub mod session;
 pub mod status;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -20,7 +32,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::cache::{csv_to_cache_json, Cache};
 use crate::config::SyncSettings;
-use phpmyadmin::ExportError;
+use error::ExportError;
 use status::{rfc3339, Phase, Progress, StatusBoard};
 
 /// Export attempts for transient failures (browser crash, timeout, connection refused).

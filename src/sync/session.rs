@@ -1,0 +1,272 @@
+//! The WebDriver session: headless Chromium through a ChromeDriver started here (or a remote
+//! WebDriver server), its capabilities, the CDP commands the flow needs, and [`step`], the
+//! time limit every WebDriver command runs under (fantoccini has none of its own).
+//!
+//! [`Browser`] owns everything a session starts: the session, the ChromeDriver process and
+//! Chromium's profile folder. [`Browser::close`] ends them in order; if a `Browser` is dropped
+//! instead, `Drop` ends ChromeDriver's process group at once without waiting.
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{anyhow, Context};
+use axum::http::Method;
+use fantoccini::wd::{Capabilities, WebDriverCompatibleCommand};
+use fantoccini::{Client, ClientBuilder};
+use hyper_util::client::legacy::connect::HttpConnector;
+use serde_json::json;
+
+use crate::config::BrowserSettings;
+use crate::sync::chromedriver::ChromeDriver;
+use crate::sync::error::ExportError;
+
+/// How long one ordinary WebDriver command may take.
+pub const STEP_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a new session (Chromium's start) may take.
+const SESSION_TIMEOUT: Duration = Duration::from_secs(60);
+/// Chromium's fixed window size: large enough that no element covers the export button.
+const WINDOW_SIZE: &str = "1920,1080";
+/// The name prefix of Chromium's profile folder, made inside the download folder.
+pub const PROFILE_PREFIX: &str = ".chrome-profile-";
+
+/// Runs one WebDriver command with a time limit. A failure or a timeout is
+/// [`ExportError::Transient`] and names the step.
+pub async fn step<T, E>(
+    what: &str,
+    limit: Duration,
+    fut: impl Future<Output = Result<T, E>>,
+) -> Result<T, ExportError>
+where
+    E: std::error::Error + Send + Sync + 'static,
+{
+    match tokio::time::timeout(limit, fut).await {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(e)) => Err(ExportError::Transient(
+            anyhow::Error::new(e).context(format!("{what} failed")),
+        )),
+        Err(_) => Err(ExportError::Transient(anyhow!(
+            "{what} timed out after {}s",
+            limit.as_secs()
+        ))),
+    }
+}
+
+/// A headless Chromium session and whatever was started for it.
+pub struct Browser {
+    client: Option<Client>,
+    driver: Option<ChromeDriver>,
+    profile: Option<tempfile::TempDir>,
+    download_dir: PathBuf,
+}
+
+impl Browser {
+    /// Starts a session that downloads into `download_dir`: through `settings.webdriver_url` when
+    /// set, otherwise through a ChromeDriver started here on a free loopback port.
+    pub async fn start(
+        settings: &BrowserSettings,
+        download_dir: &Path,
+    ) -> Result<Self, ExportError> {
+        let download_dir = std::fs::create_dir_all(download_dir)
+            .and_then(|()| download_dir.canonicalize())
+            .with_context(|| format!("cannot use {} as download folder", download_dir.display()))
+            .map_err(ExportError::Fatal)?;
+        // The profile lives in the download folder so that a remote WebDriver sharing that folder
+        // sees the same path, and so that every Chromium process names the folder it serves.
+        let profile = tempfile::Builder::new()
+            .prefix(PROFILE_PREFIX)
+            .tempdir_in(&download_dir)
+            .context("cannot create Chromium's profile folder")
+            .map_err(ExportError::Fatal)?;
+
+        let mut browser = Browser {
+            client: None,
+            driver: None,
+            profile: Some(profile),
+            download_dir,
+        };
+        match browser.open_session(settings).await {
+            Ok(()) => Ok(browser),
+            Err(e) => {
+                browser.close().await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn open_session(&mut self, settings: &BrowserSettings) -> Result<(), ExportError> {
+        let webdriver_url = match &settings.webdriver_url {
+            Some(url) => url.clone(),
+            None => {
+                let driver = ChromeDriver::start(&settings.chromedriver_path).await?;
+                let url = driver.url();
+                self.driver = Some(driver);
+                url
+            }
+        };
+        let caps = self.capabilities(settings.chrome_path.as_deref());
+        let client = step(
+            &format!("starting a Chromium session (WebDriver at {webdriver_url})"),
+            SESSION_TIMEOUT,
+            ClientBuilder::new(HttpConnector::new())
+                .capabilities(caps)
+                .connect(&webdriver_url),
+        )
+        .await?;
+        self.client = Some(client);
+        self.allow_downloads().await
+    }
+
+    /// The WebDriver client of the running session.
+    pub fn client(&self) -> &Client {
+        self.client
+            .as_ref()
+            .expect("the session is open until close")
+    }
+
+    /// The folder downloads land in (absolute).
+    pub fn download_dir(&self) -> &Path {
+        &self.download_dir
+    }
+
+    fn capabilities(&self, chrome_path: Option<&Path>) -> Capabilities {
+        let mut args: Vec<String> = [
+            "--headless=new",
+            "--no-sandbox",
+            "--disable-dev-shm-usage",
+            "--disable-gpu",
+            // This machine has no internet: keep Chromium from dialling out on its own.
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--disable-quic",
+            "--disable-domain-reliability",
+            "--disable-client-side-phishing-detection",
+            "--disable-default-apps",
+            "--disable-extensions",
+            "--disable-breakpad",
+            "--disable-features=Translate,OptimizationHints,MediaRouter,DialMediaRouteProvider,\
+             AutofillServerCommunication,CertificateTransparencyComponentUpdater",
+            "--metrics-recording-only",
+            "--no-first-run",
+            "--no-default-browser-check",
+            "--no-pings",
+            "--password-store=basic",
+            "--use-mock-keychain",
+            "--mute-audio",
+        ]
+        .map(str::to_owned)
+        .into();
+        args.push(format!("--window-size={WINDOW_SIZE}"));
+        if let Some(profile) = &self.profile {
+            args.push(format!("--user-data-dir={}", profile.path().display()));
+        }
+        let mut options = json!({
+            "args": args,
+            "prefs": {
+                "download.default_directory": self.download_dir.display().to_string(),
+                "download.prompt_for_download": false,
+                "download.directory_upgrade": true,
+                "safebrowsing.enabled": false,
+                "credentials_enable_service": false,
+                "profile.password_manager_enabled": false,
+                // Images are not needed to drive the forms; skipping them shortens each page.
+                "profile.managed_default_content_settings.images": 2,
+            },
+        });
+        if let Some(binary) = chrome_path {
+            options["binary"] = json!(binary.display().to_string());
+        }
+        let mut caps = Capabilities::new();
+        caps.insert("browserName".into(), json!("chrome"));
+        caps.insert("pageLoadStrategy".into(), json!("normal"));
+        caps.insert("goog:chromeOptions".into(), options);
+        caps
+    }
+
+    /// New headless Chromium ignores the download prefs unless told over CDP where to save.
+    async fn allow_downloads(&self) -> Result<(), ExportError> {
+        let command = CdpCommand {
+            cmd: "Browser.setDownloadBehavior",
+            params: json!({
+                "behavior": "allow",
+                "downloadPath": self.download_dir.display().to_string(),
+                "eventsEnabled": true,
+            }),
+        };
+        step(
+            "allowing downloads (CDP Browser.setDownloadBehavior)",
+            STEP_TIMEOUT,
+            self.client().issue_cmd(command),
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Ends the session, then ChromeDriver (and with it Chromium), then removes the profile.
+    pub async fn close(mut self) {
+        if let Some(client) = self.client.take() {
+            let closed = step(
+                "closing the browser session",
+                Duration::from_secs(15),
+                client.close(),
+            );
+            if let Err(e) = closed.await {
+                tracing::warn!("{e:#}");
+            }
+        }
+        if let Some(driver) = self.driver.take() {
+            driver.shutdown().await;
+        }
+        if let Some(profile) = self.profile.take() {
+            let removed = tokio::task::spawn_blocking(move || {
+                let path = profile.path().to_owned();
+                profile.close().map_err(|e| (path, e))
+            });
+            if let Ok(Err((path, e))) = removed.await {
+                tracing::debug!("could not remove {}: {e}", path.display());
+            }
+        }
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        // Only reached with parts still open when a sync was abandoned without `close`. Dropping
+        // the client asks fantoccini to end the session; dropping ChromeDriver ends its process
+        // group at once. The profile is removed off the runtime's threads.
+        drop(self.client.take());
+        drop(self.driver.take());
+        if let Some(profile) = self.profile.take() {
+            match tokio::runtime::Handle::try_current() {
+                Ok(runtime) => drop(runtime.spawn_blocking(move || drop(profile))),
+                Err(_) => drop(profile),
+            }
+        }
+    }
+}
+
+/// A ChromeDriver vendor command that passes a Chrome DevTools Protocol command through.
+#[derive(Debug)]
+struct CdpCommand {
+    cmd: &'static str,
+    params: serde_json::Value,
+}
+
+impl WebDriverCompatibleCommand for CdpCommand {
+    fn endpoint(
+        &self,
+        base_url: &url::Url,
+        session_id: Option<&str>,
+    ) -> Result<url::Url, url::ParseError> {
+        base_url.join(&format!(
+            "session/{}/goog/cdp/execute",
+            session_id.unwrap_or_default()
+        ))
+    }
+
+    fn method_and_body(&self, _request_url: &url::Url) -> (Method, Option<String>) {
+        let body = json!({ "cmd": self.cmd, "params": self.params });
+        (Method::POST, Some(body.to_string()))
+    }
+}
