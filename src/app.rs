@@ -33,6 +33,7 @@ impl Application {
             .await
             .with_context(|| format!("cannot listen on {}:{}", config.host, config.port))?;
         let cache = Cache::new(&config.cache_file);
+        cache.remove_stale_temporaries();
         match cache.reload_if_changed().await {
             Ok(true) => {}
             Ok(false) => tracing::warn!(

@@ -2,14 +2,14 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 
 use crate::app::Application;
-use crate::cache::{csv_to_cache_json, store, Cache};
+use crate::cache::{csv_to_cache_json, Cache, SyncLockGuard, VersionRecord};
 use crate::config::{
     validate_cache_file, CacheArgs, Command, ImportArgs, PmaArgs, SyncArgs, SyncSettings,
     WorkerArgs,
@@ -17,6 +17,15 @@ use crate::config::{
 use crate::shutdown;
 use crate::sync::status::{rfc3339, Progress};
 use crate::sync::{sync_once, Syncer};
+
+/// The exit status of `pma-cache sync --no-wait` when another process is syncing the same cache
+/// (`EX_TEMPFAIL`: try again later).
+pub const EXIT_SYNC_BUSY: u8 = 75;
+
+/// Another process holds the sync lock and `--no-wait` was given.
+#[derive(Debug, thiserror::Error)]
+#[error("another process is syncing this cache (it holds {0}); not waiting (--no-wait)")]
+pub struct SyncBusy(String);
 
 /// Runs `command` to completion.
 pub async fn run(command: Command) -> anyhow::Result<()> {
@@ -33,41 +42,62 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
 
 async fn import(args: ImportArgs) -> anyhow::Result<()> {
     let cache_file = validate_cache_file(args.cache.cache_file)?;
+    let cache = Cache::file_only(&cache_file);
+    cache.remove_stale_temporaries();
+    let _held = wait_for_lock(&cache).await?;
     let csv_path = args.file;
     let null = args.null;
-    let (rows, columns, bytes) = tokio::task::spawn_blocking({
-        let cache_file = cache_file.clone();
-        move || -> anyhow::Result<_> {
-            let file = std::fs::File::open(&csv_path)
-                .with_context(|| format!("cannot read {}", csv_path.display()))?;
-            let size = file.metadata().map(|m| m.len() as usize).unwrap_or(0);
-            let now = rfc3339(OffsetDateTime::now_utc().replace_nanosecond(0)?);
-            let started = std::time::Instant::now();
-            let converted = csv_to_cache_json(file, null.as_deref(), &now, size)
-                .with_context(|| format!("{} was not imported", csv_path.display()))?;
-            let converted_in = started.elapsed();
-            store::write_atomic(&cache_file, converted.cache_bytes())?;
-            tracing::debug!(
-                convert_seconds = converted_in.as_secs_f64(),
-                write_seconds = (started.elapsed() - converted_in).as_secs_f64(),
-                "import timings"
-            );
-            Ok((
-                converted.count,
-                converted.columns.len(),
-                converted.cache_bytes().len(),
-            ))
-        }
+    let started = Instant::now();
+    let started_at = rfc3339(OffsetDateTime::now_utc());
+    let converted = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+        let file = std::fs::File::open(&csv_path)
+            .with_context(|| format!("cannot read {}", csv_path.display()))?;
+        let size = file.metadata().map(|m| m.len() as usize).unwrap_or(0);
+        let now = rfc3339(OffsetDateTime::now_utc().replace_nanosecond(0)?);
+        csv_to_cache_json(file, null.as_deref(), &now, size)
+            .with_context(|| format!("{} was not imported", csv_path.display()))
     })
     .await??;
+    let (rows, columns, bytes) = (
+        converted.count,
+        converted.columns.len(),
+        converted.cache_bytes().len(),
+    );
+    let record = VersionRecord {
+        version: format!("{:016x}", rand::random::<u64>()),
+        last_updated: converted.last_updated.clone(),
+        rows,
+        written_by: VersionRecord::this_process(),
+        started_at,
+        finished_at: rfc3339(OffsetDateTime::now_utc()),
+        duration_seconds: started.elapsed().as_secs_f64(),
+    };
+    cache.replace(converted, record).await?;
     tracing::info!(
         rows,
         columns,
         bytes,
+        seconds = format_args!("{:.3}", started.elapsed().as_secs_f64()),
         file = %cache_file.display(),
         "imported"
     );
     Ok(())
+}
+
+/// Takes the cache's sync lock, waiting (and saying so) while another process holds it.
+async fn wait_for_lock(cache: &Cache) -> anyhow::Result<SyncLockGuard> {
+    let lock = cache.sync_lock();
+    if let Some(held) = lock.try_acquire()? {
+        return Ok(held);
+    }
+    tracing::info!(
+        lock = %lock.path().display(),
+        "another process is syncing this cache; waiting for it to finish"
+    );
+    tokio::select! {
+        held = lock.acquire() => held,
+        () = shutdown::signal() => anyhow::bail!("interrupted while waiting; the cache was left as it was"),
+    }
 }
 
 /// The cache file and sync settings of `sync` and `worker`, both required.
@@ -82,9 +112,37 @@ fn sync_settings(cache: CacheArgs, pma: PmaArgs) -> anyhow::Result<(PathBuf, Syn
 async fn sync(args: SyncArgs) -> anyhow::Result<()> {
     let (cache_file, settings) = sync_settings(args.cache, args.pma)?;
     let cache = Cache::file_only(&cache_file);
+    cache.remove_stale_temporaries();
+    let before = cache.file_stamp();
+    let held = match cache.sync_lock().try_acquire()? {
+        Some(held) => held,
+        None if args.no_wait => {
+            return Err(SyncBusy(cache.sync_lock().path().display().to_string()).into())
+        }
+        None => {
+            let held = wait_for_lock(&cache).await?;
+            if cache.file_stamp() != before {
+                // The sync we waited for wrote a new version: exporting again would only repeat it.
+                match cache.latest_record().await {
+                    Some(r) => tracing::info!(
+                        rows = r.rows,
+                        by = r.written_by,
+                        "another process refreshed the cache at {}; not exporting again",
+                        r.finished_at
+                    ),
+                    None => tracing::info!(
+                        "another process refreshed the cache meanwhile; not exporting again"
+                    ),
+                }
+                return Ok(());
+            }
+            tracing::info!("the other process wrote no new cache; syncing now");
+            held
+        }
+    };
     let progress = Progress::new(None);
     let report = tokio::select! {
-        r = sync_once(&settings, &cache, &progress) => r?,
+        r = sync_once(&settings, &cache, &progress, &held) => r?,
         () = shutdown::signal() => anyhow::bail!("interrupted; the cache was left as it was"),
     };
     tracing::info!(
@@ -100,15 +158,21 @@ async fn sync(args: SyncArgs) -> anyhow::Result<()> {
 async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
     let (cache_file, settings) = sync_settings(args.cache, args.pma)?;
     let cache = Cache::file_only(&cache_file);
+    cache.remove_stale_temporaries();
+    // A restart (or a crash loop) does not sync again while the cache is fresh.
+    let first = match cache.age().await {
+        Some(age) => args.sync_interval.saturating_sub(age),
+        None => Duration::ZERO,
+    };
     let stop = CancellationToken::new();
     let syncer = Syncer::new(Some(settings), cache, stop.clone());
     tracing::info!(
         every = %humantime::format_duration(args.sync_interval),
+        first_sync_in = %humantime::format_duration(Duration::from_secs(first.as_secs())),
         file = %cache_file.display(),
         "worker started"
     );
-    let schedule =
-        tokio::spawn(Arc::clone(&syncer).run_schedule(args.sync_interval, Duration::ZERO));
+    let schedule = tokio::spawn(Arc::clone(&syncer).run_schedule(args.sync_interval, first));
     shutdown::signal().await;
     tracing::info!("shutting down");
     stop.cancel();

@@ -85,10 +85,10 @@ pub enum Command {
     /// Convert a local CSV file (first row = column names) into the cache file, atomically, then exit.
     #[command(after_help = LOG_HELP)]
     Import(ImportArgs),
-    /// Run the standalone sync worker: sync at start, then every SYNC_INTERVAL.
+    /// Run the standalone sync worker: sync when the cache is older than SYNC_INTERVAL, then every SYNC_INTERVAL.
     #[command(after_help = LOG_HELP)]
     Worker(WorkerArgs),
-    /// Run one sync, then exit 0 on success or non-zero with the reason.
+    /// Run one sync, then exit 0 on success or non-zero with the reason (75: another process is syncing, with --no-wait).
     #[command(after_help = LOG_HELP)]
     Sync(SyncArgs),
 }
@@ -147,6 +147,11 @@ pub struct WorkerArgs {
 
 #[derive(Debug, Args)]
 pub struct SyncArgs {
+    /// When another process is syncing the same cache, exit at once with status 75 instead of
+    /// waiting for it (and then exiting 0 without exporting again).
+    #[arg(long, env = "SYNC_NO_WAIT", value_parser = EnvBool, num_args = 0..=1,
+          default_value = "false", default_missing_value = "true", value_name = "BOOL")]
+    pub no_wait: bool,
     #[command(flatten)]
     pub cache: CacheArgs,
     #[command(flatten)]

@@ -15,6 +15,8 @@ async fn main() -> ExitCode {
             pma_cache::telemetry::print_error(format_args!("error: {e:#}"));
             if e.is::<ConfigError>() {
                 ExitCode::from(2)
+            } else if e.is::<pma_cache::commands::SyncBusy>() {
+                ExitCode::from(pma_cache::commands::EXIT_SYNC_BUSY)
             } else {
                 ExitCode::FAILURE
             }

@@ -7,8 +7,7 @@
 
 use std::io::Read;
 
-/// Spare bytes kept in front of the cache JSON in a buffer: room for the response prefix.
-pub const BODY_ROOM: usize = super::snapshot::BODY_PREFIX.len() - 1;
+use super::format::BODY_ROOM;
 
 /// Digits reserved for `count` until the number of rows is known.
 const COUNT_ROOM: usize = 20;

@@ -1,13 +1,17 @@
 //! The cache: the file on disk, the snapshot in memory, and the news of its replacement.
 //!
+//! - [`format`] — the cache file's format and the body layout built from it.
 //! - [`convert`] — CSV to cache JSON.
-//! - [`store`] — atomic writes and reads of the cache file.
+//! - [`store`] — atomic writes and reads of the cache file, and each version's record.
+//! - [`lock`] — the sync lock shared by every process of one cache.
 //! - [`snapshot`] — the ready-to-send bodies the API serves.
 //!
 //! Readers never wait: the current snapshot sits behind an [`ArcSwapOption`], so a request takes a
 //! reference-counted handle and a new cache is swapped in without blocking anyone.
 
 pub mod convert;
+pub mod format;
+pub mod lock;
 pub mod snapshot;
 pub mod store;
 
@@ -21,8 +25,10 @@ use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
 pub use convert::{csv_to_cache_json, ConvertError, Converted};
+pub use lock::{SyncLock, SyncLockGuard};
 pub use snapshot::{Encoding, Snapshot};
 use store::FileStamp;
+pub use store::VersionRecord;
 
 /// How often `serve` looks for a cache file written by another process.
 pub const WATCH_INTERVAL: Duration = Duration::from_millis(500);
@@ -40,7 +46,10 @@ pub enum CacheEvent {
 #[derive(Debug)]
 pub struct Cache {
     path: PathBuf,
+    lock: SyncLock,
     current: ArcSwapOption<Snapshot>,
+    /// The record of the served version, when it has one.
+    record: ArcSwapOption<VersionRecord>,
     /// The file version in memory (or being loaded), so each version is loaded once.
     known: Mutex<Option<FileStamp>>,
     /// Why the file on disk could not be used, if it could not.
@@ -64,8 +73,10 @@ impl Cache {
 
     fn with_mode(path: PathBuf, serving: bool) -> Arc<Self> {
         Arc::new(Self {
+            lock: SyncLock::beside(&path),
             path,
             current: ArcSwapOption::empty(),
+            record: ArcSwapOption::empty(),
             known: Mutex::new(None),
             load_error: Mutex::new(None),
             events: broadcast::channel(16).0,
@@ -73,13 +84,74 @@ impl Cache {
         })
     }
 
-    /// Rows in the current cache: the served snapshot's, or the file's when only writing it.
-    pub fn row_count(&self) -> Option<usize> {
-        if self.serving {
-            self.current().map(|s| s.count)
-        } else {
-            store::read_row_count(&self.path)
+    /// Rows in the current cache, from the served snapshot or by parsing the file. `Ok(None)`:
+    /// there is no cache; an error: the file is there but its row count cannot be known.
+    pub async fn row_count(&self) -> anyhow::Result<Option<usize>> {
+        if let Some(snapshot) = self.current() {
+            return Ok(Some(snapshot.count));
         }
+        let path = self.path.clone();
+        let facts = tokio::task::spawn_blocking(move || store::read_facts(&path))
+            .await
+            .context("the cache reader stopped")??;
+        Ok(facts.map(|f| f.count))
+    }
+
+    /// How old the cache's data is (from its `last_updated`); `None` when there is no valid cache.
+    pub async fn age(&self) -> Option<Duration> {
+        if let Some(snapshot) = self.current() {
+            return Some(snapshot.age());
+        }
+        let path = self.path.clone();
+        let facts = tokio::task::spawn_blocking(move || store::read_facts(&path))
+            .await
+            .ok()?
+            .ok()??;
+        let t = time::OffsetDateTime::parse(
+            &facts.last_updated,
+            &time::format_description::well_known::Rfc3339,
+        )
+        .ok()?;
+        Some(
+            std::time::SystemTime::now()
+                .duration_since(t.into())
+                .unwrap_or_default(),
+        )
+    }
+
+    /// The stamp of the cache file as it is now, to notice a version written meanwhile.
+    pub fn file_stamp(&self) -> Option<FileStamp> {
+        FileStamp::of(&self.path).ok().flatten()
+    }
+
+    /// The record of the newest version: the served one's, or the file's when only writing it.
+    pub async fn latest_record(&self) -> Option<VersionRecord> {
+        if self.serving {
+            return self.record.load_full().map(|r| (*r).clone());
+        }
+        let path = self.path.clone();
+        tokio::task::spawn_blocking(move || {
+            let facts = store::read_facts(&path).ok()??;
+            VersionRecord::read_matching(&path, &facts.last_updated, facts.count)
+        })
+        .await
+        .ok()
+        .flatten()
+    }
+
+    /// The record of the version being served, if it has one.
+    pub fn served_record(&self) -> Option<Arc<VersionRecord>> {
+        self.record.load_full()
+    }
+
+    /// The lock every process syncing this cache takes for the whole sync.
+    pub fn sync_lock(&self) -> &SyncLock {
+        &self.lock
+    }
+
+    /// Removes temporary files that killed writers left beside the cache.
+    pub fn remove_stale_temporaries(&self) {
+        store::remove_stale_temporaries(&store::folder_of(&self.path));
     }
 
     /// The cache file's path.
@@ -107,13 +179,21 @@ impl Cache {
         let _ = self.events.send(CacheEvent::SyncFailed(message.into()));
     }
 
-    /// Writes a freshly converted table to the cache file, atomically, and serves it.
-    pub async fn replace(self: &Arc<Self>, converted: Converted) -> anyhow::Result<()> {
+    /// Writes a freshly converted table to the cache file, atomically, with its record, and
+    /// serves it.
+    pub async fn replace(
+        self: &Arc<Self>,
+        converted: Converted,
+        record: VersionRecord,
+    ) -> anyhow::Result<()> {
         let cache = Arc::clone(self);
+        let record = Arc::new(record);
+        let written = Arc::clone(&record);
         let snapshot = tokio::task::spawn_blocking(move || -> anyhow::Result<Option<Snapshot>> {
             {
                 // Held across the rename so the watcher never mistakes our file for a stranger's.
                 let mut known = lock(&cache.known);
+                written.write(&cache.path)?;
                 store::write_atomic(&cache.path, converted.cache_bytes())?;
                 *known = FileStamp::of(&cache.path)?;
             }
@@ -123,7 +203,7 @@ impl Cache {
         .await
         .context("the cache writer stopped")??;
         if let Some(snapshot) = snapshot {
-            self.install(snapshot);
+            self.install(snapshot, Some(record));
         }
         Ok(())
     }
@@ -137,9 +217,9 @@ impl Cache {
             .await
             .context("the cache reader stopped")?;
         match loaded {
-            Ok(Some(snapshot)) => {
+            Ok(Some((snapshot, record))) => {
                 *lock(&self.load_error) = None;
-                self.install(snapshot);
+                self.install(snapshot, record.map(Arc::new));
                 Ok(true)
             }
             Ok(None) => Ok(false),
@@ -150,7 +230,7 @@ impl Cache {
         }
     }
 
-    fn load_changed_file(&self) -> anyhow::Result<Option<Snapshot>> {
+    fn load_changed_file(&self) -> anyhow::Result<Option<(Snapshot, Option<VersionRecord>)>> {
         {
             let mut known = lock(&self.known);
             let now = FileStamp::of(&self.path)
@@ -164,15 +244,18 @@ impl Cache {
             return Ok(None);
         };
         *lock(&self.known) = Some(stamp);
-        Snapshot::from_cache_buffer(buf)
-            .with_context(|| format!("{} is not a valid cache file", self.path.display()))
-            .map(Some)
+        let snapshot = Snapshot::from_cache_buffer(buf)
+            .with_context(|| format!("{} is not a valid cache file", self.path.display()))?;
+        let record =
+            VersionRecord::read_matching(&self.path, &snapshot.last_updated, snapshot.count);
+        Ok(Some((snapshot, record)))
     }
 
     /// Serves `snapshot`, tells subscribers, and builds its compressed variants off the request
     /// path (requests get identity until each variant is ready).
-    fn install(&self, snapshot: Snapshot) -> Arc<Snapshot> {
+    fn install(&self, snapshot: Snapshot, record: Option<Arc<VersionRecord>>) -> Arc<Snapshot> {
         let snapshot = Arc::new(snapshot);
+        self.record.store(record);
         self.current.store(Some(Arc::clone(&snapshot)));
         tracing::info!(
             rows = snapshot.count,

@@ -8,13 +8,9 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context;
 use bytes::Bytes;
-use serde::Deserialize;
-use serde_json::value::RawValue;
 
-use super::convert::{Converted, BODY_ROOM};
-
-/// What a `/fetch-data` body starts with; it replaces the cache file's opening `{`.
-pub const BODY_PREFIX: &[u8] = b"{\"status\":\"success\",";
+use super::convert::Converted;
+use super::format::{check_document, BODY_PREFIX, BODY_ROOM};
 
 /// A content encoding the API can send.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,36 +52,13 @@ pub struct Snapshot {
     pub file_size: u64,
 }
 
-/// The fields of a cache file, checked while the data stays unparsed.
-#[derive(Deserialize)]
-struct CacheFileView<'a> {
-    last_updated: String,
-    count: usize,
-    columns: Vec<String>,
-    #[serde(borrow)]
-    data: Vec<&'a RawValue>,
-}
-
 impl Snapshot {
     /// Builds a snapshot from a buffer holding a cache file at `buf[BODY_ROOM..]`, validating it.
     /// The buffer becomes the response body in place: no copy of the data is made.
     pub fn from_cache_buffer(buf: Vec<u8>) -> anyhow::Result<Self> {
         anyhow::ensure!(buf.len() > BODY_ROOM, "the cache file is empty");
-        let (last_updated, count) = {
-            let view: CacheFileView<'_> = serde_json::from_slice(&buf[BODY_ROOM..])
-                .context("the cache file is not a complete cache JSON document")?;
-            anyhow::ensure!(
-                view.count == view.data.len(),
-                "the cache file says count {} but holds {} records",
-                view.count,
-                view.data.len()
-            );
-            anyhow::ensure!(!view.columns.is_empty(), "the cache file lists no columns");
-            if let Some(bad) = view.data.iter().position(|r| !r.get().starts_with('{')) {
-                anyhow::bail!("record {bad} of the cache file is not a JSON object");
-            }
-            (view.last_updated, view.count)
-        };
+        let facts = check_document(&buf[BODY_ROOM..])?;
+        let (last_updated, count) = (facts.last_updated, facts.count);
         let last_modified = parse_rfc3339(&last_updated)
             .with_context(|| format!("last_updated {last_updated:?} is not an RFC 3339 time"))?;
         Self::assemble(buf, last_updated, last_modified, count)

@@ -1,14 +1,20 @@
-//! The cache file on disk: atomic, durable replacement and reading.
+//! The cache file on disk: atomic, durable replacement and reading, and the record of who
+//! wrote each version.
 
 use std::fs::{self, File};
 use std::io::{Read, Write};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use anyhow::Context;
+use serde::{Deserialize, Serialize};
 
-use super::convert::BODY_ROOM;
+use super::format::{check_document, BODY_ROOM};
+use super::lock::with_cause;
+
+/// Temporary files of an unfinished write start with this, then the writer's process id.
+const TEMP_PREFIX: &str = ".pma-cache-";
 
 /// Identifies one version of the cache file, to notice when another process replaced it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,27 +45,122 @@ impl FileStamp {
     }
 }
 
+/// The folder that holds `file`.
+pub fn folder_of(file: &Path) -> PathBuf {
+    match file.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
 /// Replaces `path` with `contents` so that a reader, or a crash at any moment, sees the old file
 /// or the new one, never a mix: write a temporary file in the same folder, fsync it, rename it
-/// over the target, fsync the folder.
+/// over the target, fsync the folder. On failure the old file is intact and no temporary file is
+/// left; the error names the path and the cause (disk full, read-only, permission).
 pub fn write_atomic(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
-    let dir = crate::config::cache_dir(path);
+    let dir = folder_of(path);
     let mut tmp = tempfile::Builder::new()
-        .prefix(".pma-cache-")
+        .prefix(&format!("{TEMP_PREFIX}{}-", std::process::id()))
         .suffix(".tmp")
         .tempfile_in(&dir)
+        .map_err(|e| with_cause(e, &dir))
         .with_context(|| format!("cannot create a temporary file in {}", dir.display()))?;
     tmp.write_all(contents)
         .and_then(|()| tmp.as_file().sync_all())
-        .with_context(|| format!("cannot write a temporary file in {}", dir.display()))?;
+        .map_err(|e| with_cause(e, &dir))
+        .with_context(|| format!("cannot write the new version of {}", path.display()))?;
     // Other processes (a separate `serve`) read this file.
     fs::set_permissions(tmp.path(), fs::Permissions::from_mode(0o644))?;
     tmp.persist(path)
-        .with_context(|| format!("cannot rename the new cache over {}", path.display()))?;
+        .map_err(|e| with_cause(e.error, path))
+        .with_context(|| format!("cannot rename the new version over {}", path.display()))?;
     File::open(&dir)
         .and_then(|d| d.sync_all())
         .with_context(|| format!("cannot fsync the folder {}", dir.display()))?;
     Ok(())
+}
+
+/// Removes the temporary files that writers which are no longer running left in `dir` (a
+/// process killed while writing). Those of a running process are left alone. Returns how many
+/// were removed.
+pub fn remove_stale_temporaries(dir: &Path) -> usize {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return 0;
+    };
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(TEMP_PREFIX))
+            .filter(|n| n.ends_with(".tmp"))
+            .and_then(|n| n.split('-').next())
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if Path::new("/proc").join(pid.to_string()).exists() {
+            continue;
+        }
+        match fs::remove_file(entry.path()) {
+            Ok(()) => {
+                removed += 1;
+                tracing::info!(file = %entry.path().display(), "removed a temporary file of a dead process");
+            }
+            Err(e) => {
+                tracing::warn!(file = %entry.path().display(), "cannot remove a stale temporary file: {e}")
+            }
+        }
+    }
+    removed
+}
+
+/// What a version records about the sync that made it, so every process (another `serve`, a
+/// replica) can tell who wrote the cache it serves, when, and how long it took.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VersionRecord {
+    /// Unique per version.
+    pub version: String,
+    /// The cache's `last_updated`; the record belongs to the version with this stamp and count.
+    pub last_updated: String,
+    pub rows: usize,
+    /// Which process wrote it: command, process id, host.
+    pub written_by: String,
+    pub started_at: String,
+    pub finished_at: String,
+    pub duration_seconds: f64,
+}
+
+impl VersionRecord {
+    /// The sidecar file that holds the record of the version at `cache_file`.
+    pub fn path_for(cache_file: &Path) -> PathBuf {
+        let mut name = cache_file.as_os_str().to_owned();
+        name.push(".meta");
+        name.into()
+    }
+
+    /// Writes the record beside `cache_file`, atomically. Written before the cache itself: a
+    /// reader trusts it only when it matches the version it loaded.
+    pub fn write(&self, cache_file: &Path) -> anyhow::Result<()> {
+        let json = serde_json::to_vec(self)?;
+        write_atomic(&Self::path_for(cache_file), &json)
+    }
+
+    /// The record of the version with `last_updated` and `rows`, if the sidecar holds it.
+    pub fn read_matching(cache_file: &Path, last_updated: &str, rows: usize) -> Option<Self> {
+        let bytes = fs::read(Self::path_for(cache_file)).ok()?;
+        let record: Self = serde_json::from_slice(&bytes).ok()?;
+        (record.last_updated == last_updated && record.rows == rows).then_some(record)
+    }
+
+    /// Who this process is, for [`VersionRecord::written_by`]: its subcommand, id and host.
+    pub fn this_process() -> String {
+        let command = std::env::args().nth(1).unwrap_or_default();
+        let host = fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_owned())
+            .unwrap_or_else(|_| "unknown host".into());
+        format!("pma-cache {command} (pid {} on {host})", std::process::id())
+    }
 }
 
 /// Reads the cache file into a buffer with [`BODY_ROOM`] spare bytes in front, with the stamp
@@ -79,16 +180,17 @@ pub fn read_cache_buffer(path: &Path) -> anyhow::Result<Option<(Vec<u8>, FileSta
     Ok(Some((buf, stamp)))
 }
 
-/// The row count of the cache file, read from its first bytes (`count` comes second in the files
-/// this crate writes) without loading the data. `None` when there is no readable count.
-pub fn read_row_count(path: &Path) -> Option<usize> {
-    let mut head = [0u8; 4096];
-    let mut file = File::open(path).ok()?;
-    let n = file.read(&mut head).ok()?;
-    let text = std::str::from_utf8(&head[..n]).ok()?;
-    let after = text.split_once("\"count\":")?.1;
-    let digits: &str = &after[..after.find(|c: char| !c.is_ascii_digit())?];
-    digits.parse().ok()
+/// The facts (row count, `last_updated`) of the cache file, from parsing all of it. `Ok(None)`
+/// when there is no file; an error when it is unreadable or not a valid cache.
+pub fn read_facts(path: &Path) -> anyhow::Result<Option<super::format::DocumentFacts>> {
+    let bytes = match fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+    };
+    check_document(&bytes)
+        .with_context(|| format!("{} is not a valid cache file", path.display()))
+        .map(Some)
 }
 
 #[cfg(test)]
@@ -108,18 +210,60 @@ mod tests {
     }
 
     #[test]
-    fn the_row_count_is_read_from_the_head_of_the_file() {
+    fn the_row_count_comes_from_the_parsed_file_whatever_its_key_order() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c.json");
-        assert_eq!(read_row_count(&path), None);
+        assert!(read_facts(&path).unwrap().is_none());
         fs::write(
             &path,
-            r#"{"last_updated":"T","count":102052,"columns":[],"data":[]}"#,
+            r#"{"data":[{"id":"1"}],"columns":["id"],"count":1,"last_updated":"T"}"#,
         )
         .unwrap();
-        assert_eq!(read_row_count(&path), Some(102052));
-        fs::write(&path, "garbage").unwrap();
-        assert_eq!(read_row_count(&path), None);
+        assert_eq!(read_facts(&path).unwrap().unwrap().count, 1);
+        fs::write(
+            &path,
+            r#"{"last_updated":"T","count":102052,"columns":["id"],"da"#,
+        )
+        .unwrap();
+        assert!(
+            read_facts(&path).is_err(),
+            "a truncated file has no known count"
+        );
+    }
+
+    #[test]
+    fn temporaries_of_dead_writers_are_removed_and_those_of_live_ones_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let live = dir
+            .path()
+            .join(format!("{TEMP_PREFIX}{}-abc.tmp", std::process::id()));
+        // Process ids stop well below this.
+        let dead = dir.path().join(format!("{TEMP_PREFIX}4000000000-abc.tmp"));
+        let other = dir.path().join("data_cache.json");
+        for f in [&live, &dead, &other] {
+            fs::write(f, b"x").unwrap();
+        }
+        assert_eq!(remove_stale_temporaries(dir.path()), 1);
+        assert!(live.exists() && other.exists() && !dead.exists());
+    }
+
+    #[test]
+    fn a_record_is_trusted_only_for_its_own_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = dir.path().join("c.json");
+        let record = VersionRecord {
+            version: "v1".into(),
+            last_updated: "T".into(),
+            rows: 3,
+            written_by: VersionRecord::this_process(),
+            started_at: "S".into(),
+            finished_at: "F".into(),
+            duration_seconds: 1.5,
+        };
+        record.write(&cache).unwrap();
+        assert_eq!(VersionRecord::read_matching(&cache, "T", 3), Some(record));
+        assert_eq!(VersionRecord::read_matching(&cache, "T", 4), None);
+        assert_eq!(VersionRecord::read_matching(&cache, "U", 3), None);
     }
 
     #[test]

@@ -21,16 +21,20 @@ pub mod phpmyadmin;
 pub mod session;
 pub mod status;
 
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use futures_util::FutureExt;
+use rand::Rng;
 use time::OffsetDateTime;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::cache::{csv_to_cache_json, Cache};
+use crate::cache::{csv_to_cache_json, Cache, SyncLockGuard, VersionRecord};
 use crate::config::SyncSettings;
 use error::ExportError;
 use status::{rfc3339, Phase, Progress, StatusBoard};
@@ -50,11 +54,12 @@ pub struct SyncReport {
 
 /// Runs one sync: export the table through phpMyAdmin, convert it, check it, and replace the
 /// cache. On any error the cache is left as it was. The whole sync is bounded by
-/// `settings.timeout`.
+/// `settings.timeout`. The caller holds the cache's sync lock (`_held`) for the whole sync.
 pub async fn sync_once(
     settings: &SyncSettings,
     cache: &Arc<Cache>,
     progress: &Progress,
+    _held: &SyncLockGuard,
 ) -> anyhow::Result<SyncReport> {
     let started = Instant::now();
     let result = tokio::time::timeout(settings.timeout, sync_steps(settings, cache, progress))
@@ -80,6 +85,11 @@ async fn sync_steps(
     cache: &Arc<Cache>,
     progress: &Progress,
 ) -> anyhow::Result<(usize, usize)> {
+    let started = Instant::now();
+    let started_at = rfc3339(OffsetDateTime::now_utc());
+    fault::hit().await;
+    // Read before the export, so a worker never holds the old and the new table at once.
+    let previous = cache.row_count().await;
     let download_dir = tempfile::Builder::new()
         .prefix("pma-cache-download-")
         .tempdir()
@@ -105,12 +115,21 @@ async fn sync_steps(
         tracing::warn!("closing the browser failed: {e}");
     }
 
-    check_row_count(settings, cache, converted.count)?;
+    check_row_count(settings, previous, converted.count)?;
 
     progress.enter(Phase::Writing);
     let (rows, bytes) = (converted.count, converted.cache_bytes().len());
+    let record = VersionRecord {
+        version: format!("{:016x}", rand::thread_rng().gen::<u64>()),
+        last_updated: converted.last_updated.clone(),
+        rows,
+        written_by: VersionRecord::this_process(),
+        started_at,
+        finished_at: rfc3339(OffsetDateTime::now_utc()),
+        duration_seconds: started.elapsed().as_secs_f64(),
+    };
     cache
-        .replace(converted)
+        .replace(converted, record)
         .await
         .with_context(|| format!("cannot write the cache file {}", cache.path().display()))?;
     Ok((rows, bytes))
@@ -162,12 +181,23 @@ async fn export_with_retries(
     unreachable!("the last attempt returns")
 }
 
-/// Refuses an export that would wipe good data: zero rows, or far fewer than the cache holds.
-fn check_row_count(settings: &SyncSettings, cache: &Cache, rows: usize) -> anyhow::Result<()> {
+/// Refuses an export that would wipe good data: zero rows, far fewer than the cache holds, or
+/// any export when the cached row count cannot be known (`previous` is an error). It fails
+/// closed: only `SYNC_FORCE` lets such an export through.
+fn check_row_count(
+    settings: &SyncSettings,
+    previous: anyhow::Result<Option<usize>>,
+    rows: usize,
+) -> anyhow::Result<()> {
     if settings.force {
         return Ok(());
     }
-    let previous = cache.row_count();
+    let previous = previous.map_err(|e| {
+        anyhow::anyhow!(
+            "the export has {rows} rows but the cached row count cannot be known ({e:#}); \
+             the cache was kept (set SYNC_FORCE=true to replace it)"
+        )
+    })?;
     if rows == 0 {
         bail!(
             "the export has no rows; the cache{} was kept (set SYNC_FORCE=true to accept an empty table)",
@@ -187,6 +217,33 @@ fn check_row_count(settings: &SyncSettings, cache: &Cache, rows: usize) -> anyho
     Ok(())
 }
 
+/// Test-only faults, honoured in debug builds only: `PMA_CACHE_FAULT=panic` makes a sync panic
+/// once it holds the lock, `PMA_CACHE_FAULT=hang` makes it wait there until it is stopped.
+mod fault {
+    pub async fn hit() {
+        if !cfg!(debug_assertions) {
+            return;
+        }
+        match std::env::var("PMA_CACHE_FAULT").as_deref() {
+            Ok("panic") => panic!("fault injected by PMA_CACHE_FAULT=panic"),
+            Ok("hang") => std::future::pending::<()>().await,
+            _ => {}
+        }
+    }
+}
+
+/// The first wait before retrying a failed scheduled sync; doubled after each further failure.
+const RETRY_BASE: Duration = Duration::from_secs(30);
+
+/// The wait after `failures` consecutive failed scheduled syncs: doubling from [`RETRY_BASE`],
+/// capped at `every`, then jittered down by up to a half so that restarted replicas spread out.
+pub fn retry_delay(failures: u32, every: Duration, jitter: f64) -> Duration {
+    let doubled = RETRY_BASE.saturating_mul(1u32 << failures.saturating_sub(1).min(20));
+    doubled
+        .min(every)
+        .mul_f64(1.0 - 0.5 * jitter.clamp(0.0, 1.0))
+}
+
 /// What [`Syncer::trigger`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Trigger {
@@ -202,8 +259,20 @@ pub struct Syncer {
     cache: Arc<Cache>,
     board: StatusBoard,
     running: AtomicBool,
+    /// Whether the last sync this process ran succeeded, sent when each one ends.
+    outcomes: watch::Sender<Option<bool>>,
     tasks: TaskTracker,
     shutdown: CancellationToken,
+}
+
+/// Marks this process's single flight as taken; frees it when dropped, whatever way the sync
+/// ended (panics included).
+struct Flight(Arc<Syncer>);
+
+impl Drop for Flight {
+    fn drop(&mut self) {
+        self.0.running.store(false, Ordering::Release);
+    }
 }
 
 impl Syncer {
@@ -218,6 +287,7 @@ impl Syncer {
             cache,
             board: StatusBoard::default(),
             running: AtomicBool::new(false),
+            outcomes: watch::Sender::new(None),
             tasks: TaskTracker::new(),
             shutdown,
         })
@@ -228,12 +298,18 @@ impl Syncer {
         self.settings.is_some()
     }
 
-    /// The current sync status.
+    /// The current sync status. The last success is the newest of this process's and the one
+    /// the served version records, so a sync run by another process shows too.
     pub fn status(&self) -> status::SyncStatus {
-        self.board.snapshot()
+        let mut status = self.board.snapshot();
+        if let Some(record) = self.cache.served_record() {
+            status.merge_version_record(&record);
+        }
+        status
     }
 
-    /// Starts a sync in the background unless one is running.
+    /// Starts a sync in the background unless one is running, here or in another process that
+    /// shares the cache.
     pub fn trigger(self: &Arc<Self>) -> Trigger {
         let Some(settings) = self.settings.clone() else {
             return Trigger::NotConfigured;
@@ -248,6 +324,15 @@ impl Syncer {
         {
             return Trigger::AlreadyRunning;
         }
+        let flight = Flight(Arc::clone(self));
+        let held = match self.cache.sync_lock().try_acquire() {
+            Ok(Some(held)) => held,
+            Ok(None) => return Trigger::AlreadyRunning,
+            Err(e) => {
+                self.record(Err(e));
+                return Trigger::Started;
+            }
+        };
         self.board.update(|s| {
             s.state = "running";
             s.phase = None;
@@ -257,18 +342,24 @@ impl Syncer {
         self.tasks.spawn(async move {
             let progress = Progress::new(Some(this.board.clone()));
             tracing::info!("sync started");
+            let sync = AssertUnwindSafe(sync_once(&settings, &this.cache, &progress, &held));
             let result = tokio::select! {
-                r = sync_once(&settings, &this.cache, &progress) => r,
+                r = sync.catch_unwind() => r.unwrap_or_else(|panic| Err(anyhow::anyhow!(
+                    "the sync stopped on an internal error (panic: {}); this is a bug",
+                    panic_message(panic.as_ref())
+                ))),
                 () = this.shutdown.cancelled() => Err(anyhow::anyhow!("the service is shutting down")),
             };
             this.record(result);
-            this.running.store(false, Ordering::Release);
+            drop(held);
+            drop(flight);
         });
         Trigger::Started
     }
 
     fn record(&self, result: anyhow::Result<SyncReport>) {
         let now = rfc3339(OffsetDateTime::now_utc());
+        self.outcomes.send_replace(Some(result.is_ok()));
         match result {
             Ok(report) => {
                 tracing::info!(
@@ -299,9 +390,12 @@ impl Syncer {
         }
     }
 
-    /// Triggers a sync every `every`, the first at `first`, until shutdown.
+    /// Triggers a sync every `every`, the first at `first`, until shutdown. After a failure the
+    /// next attempt comes sooner ([`retry_delay`]), backing off while failures continue.
     pub async fn run_schedule(self: Arc<Self>, every: Duration, first: Duration) {
         let mut wait = first;
+        let mut failures = 0u32;
+        let mut outcomes = self.outcomes.subscribe();
         loop {
             let at = OffsetDateTime::now_utc() + wait;
             self.board.update(|s| s.next_run = Some(rfc3339(at)));
@@ -309,10 +403,35 @@ impl Syncer {
                 () = self.shutdown.cancelled() => break,
                 () = tokio::time::sleep(wait) => {}
             }
-            if self.trigger() == Trigger::AlreadyRunning {
-                tracing::info!("scheduled sync skipped: one is already running");
+            outcomes.mark_unchanged();
+            match self.trigger() {
+                Trigger::Started => {
+                    tracing::info!(attempt = failures + 1, "scheduled sync started");
+                }
+                Trigger::AlreadyRunning => {
+                    tracing::info!("scheduled sync skipped: one is already running");
+                    wait = every;
+                    continue;
+                }
+                Trigger::NotConfigured => break,
             }
-            wait = every;
+            let ok = tokio::select! {
+                () = self.shutdown.cancelled() => break,
+                changed = outcomes.changed() => changed.is_ok() && *outcomes.borrow_and_update() == Some(true),
+            };
+            if ok {
+                failures = 0;
+                wait = every;
+            } else {
+                failures += 1;
+                wait = retry_delay(failures, every, rand::thread_rng().gen());
+                tracing::warn!(
+                    attempt = failures,
+                    retry_in = %humantime::format_duration(Duration::from_secs(wait.as_secs())),
+                    "scheduled sync attempt {failures} failed; attempt {} follows",
+                    failures + 1
+                );
+            }
         }
     }
 
@@ -321,5 +440,29 @@ impl Syncer {
         self.tasks.close();
         self.tasks.wait().await;
         self.tasks.reopen();
+    }
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
+    panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("no message")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retries_back_off_with_jitter_and_never_exceed_the_interval() {
+        let hour = Duration::from_secs(3600);
+        assert_eq!(retry_delay(1, hour, 0.0), RETRY_BASE);
+        assert_eq!(retry_delay(2, hour, 0.0), RETRY_BASE * 2);
+        assert_eq!(retry_delay(3, hour, 1.0), RETRY_BASE * 2);
+        assert_eq!(retry_delay(40, hour, 0.0), hour);
+        let minute = Duration::from_secs(60);
+        assert!(retry_delay(5, minute, 0.3) <= minute);
     }
 }

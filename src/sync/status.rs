@@ -44,7 +44,30 @@ pub struct SyncStatus {
     pub last_error: Option<String>,
     pub last_duration_seconds: Option<f64>,
     pub last_rows: Option<usize>,
+    /// Which process wrote the version being served (command, process id, host).
+    pub last_written_by: Option<String>,
     pub next_run: Option<String>,
+}
+
+impl SyncStatus {
+    /// Takes the last success from the record of the version being served when it is newer
+    /// than this process's own (another process or replica synced).
+    pub fn merge_version_record(&mut self, record: &crate::cache::VersionRecord) {
+        let newer = match &self.last_success {
+            None => true,
+            Some(ours) => parse_rfc3339(&record.finished_at) > parse_rfc3339(ours),
+        };
+        if newer {
+            self.last_success = Some(record.finished_at.clone());
+            self.last_duration_seconds = Some(record.duration_seconds);
+            self.last_rows = Some(record.rows);
+        }
+        self.last_written_by = Some(record.written_by.clone());
+    }
+}
+
+fn parse_rfc3339(s: &str) -> Option<OffsetDateTime> {
+    OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok()
 }
 
 /// The shared, always-current sync status. A std mutex: it is held for a few assignments, never

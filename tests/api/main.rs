@@ -611,11 +611,7 @@ fn import_refuses_a_ragged_csv_naming_the_line_and_keeps_the_cache() {
     let err = import_csv(&cache_file, "a,b\n1,2\n3\n").unwrap_err();
     assert!(err.contains("line 3: expected 2 fields"), "{err}");
     assert_eq!(std::fs::read(&cache_file).unwrap(), before);
-    let leftovers: Vec<_> = std::fs::read_dir(dir.path())
-        .unwrap()
-        .map(|e| e.unwrap().file_name())
-        .collect();
-    assert_eq!(leftovers.len(), 1, "no temporary files left: {leftovers:?}");
+    assert_no_temporaries(dir.path());
 }
 
 #[test]

@@ -37,6 +37,8 @@ pub struct Options {
     /// Raw bytes written as the cache file before the server starts.
     pub cache_contents: Option<Vec<u8>>,
     pub env: Vec<(&'static str, String)>,
+    /// Serve this cache file (shared with other processes) instead of a private one.
+    pub cache_file: Option<PathBuf>,
 }
 
 /// A server with a small cache imported.
@@ -50,7 +52,10 @@ pub async fn spawn_app() -> TestApp {
 
 pub async fn spawn_app_with(options: Options) -> TestApp {
     let dir = tempfile::tempdir().unwrap();
-    let cache_file = dir.path().join("data_cache.json");
+    let cache_file = options
+        .cache_file
+        .clone()
+        .unwrap_or_else(|| dir.path().join("data_cache.json"));
     if let Some(csv) = options.seed {
         import_csv(&cache_file, csv).expect("seed import");
     }
@@ -249,4 +254,14 @@ pub async fn read_events(response: reqwest::Response, limit: Duration) -> Vec<se
             }
         }
     }
+}
+
+/// Fails when a temporary cache file was left in `dir`.
+pub fn assert_no_temporaries(dir: &Path) {
+    let leftovers: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".tmp"))
+        .collect();
+    assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
 }

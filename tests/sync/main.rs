@@ -481,3 +481,125 @@ async fn serve_with_a_sync_interval_fills_a_missing_cache_at_start() {
     let body: Value = app.get_fetch_data("").await.json().await.unwrap();
     assert_cache_equals_table(&body, bed);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn three_syncs_and_refreshes_on_a_server_of_the_same_file_make_exactly_one_export() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let bed = testbed();
+    let tmp = tempfile::tempdir().unwrap();
+    let env = pma_env(bed, tmp.path());
+    let app = spawn_app_with(Options {
+        seed: Some(SMALL_CSV),
+        env: env.clone(),
+        ..Options::default()
+    })
+    .await;
+    let exports_before = exports_served(bed);
+    let syncs: Vec<_> = (0..3)
+        .map(|_| {
+            Command::new(binary())
+                .arg("sync")
+                .env_clear()
+                .env("PATH", std::env::var("PATH").unwrap_or_default())
+                .env("CACHE_FILE", &app.cache_file)
+                .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let refreshes = futures_util::future::join_all((0..5).map(|_| app.post_refresh())).await;
+    for r in refreshes {
+        assert_eq!(r.status(), 202);
+    }
+    let mut exporters = 0;
+    for sync in syncs {
+        let out = tokio::task::spawn_blocking(move || sync.wait_with_output())
+            .await
+            .unwrap()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "every sync exits 0:\n{stderr}");
+        if stderr.contains("sync succeeded") {
+            exporters += 1;
+        } else {
+            assert!(
+                stderr.contains("another process refreshed the cache at"),
+                "{stderr}"
+            );
+        }
+    }
+    let status = wait_for_sync_end(&app).await;
+    if app.logs().contains("sync succeeded") {
+        exporters += 1;
+    }
+    assert_eq!(exporters, 1, "{status}\n{}", app.logs());
+    assert_eq!(
+        exports_served(bed) - exports_before,
+        1,
+        "exactly one export"
+    );
+    // The server serves that version, whoever wrote it.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let body: Value = app.get_fetch_data("").await.json().await.unwrap();
+        if body["count"] != 2 {
+            assert_cache_equals_table(&body, bed);
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never served the new version"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        processes_under(tmp.path(), Some(app.pid())),
+        Vec::<String>::new()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_shrink_guard_reads_a_cache_in_any_key_order_and_refuses_when_the_count_is_unknown() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let bed = testbed();
+    let dir = tempfile::tempdir().unwrap();
+    let cache_file = dir.path().join("data_cache.json");
+    let table_rows = bed.table_as_rows(&bed.database, &bed.table).1.len();
+    let records: Vec<String> = (0..table_rows * 3)
+        .map(|i| format!("{{\"id\":\"{i}\"}}"))
+        .collect();
+    let reordered = format!(
+        "{{\"data\":[{}],\"columns\":[\"id\"],\"count\":{},\"last_updated\":\"2026-01-01T00:00:00Z\"}}",
+        records.join(","),
+        records.len()
+    );
+    std::fs::write(&cache_file, &reordered).unwrap();
+    let env = pma_env(bed, dir.path());
+    let out = run_sync(&cache_file, &env);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("far fewer"), "{stderr}");
+    assert_eq!(std::fs::read_to_string(&cache_file).unwrap(), reordered);
+
+    let truncated = &reordered[..reordered.len() / 2];
+    std::fs::write(&cache_file, truncated).unwrap();
+    let out = run_sync(&cache_file, &env);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("cached row count cannot be known"),
+        "{stderr}"
+    );
+    assert_eq!(std::fs::read_to_string(&cache_file).unwrap(), truncated);
+
+    let mut forced = env.clone();
+    forced.push(("SYNC_FORCE", "true".into()));
+    let out = run_sync(&cache_file, &forced);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(read_json(&cache_file)["count"], table_rows);
+}

@@ -1,0 +1,78 @@
+//! The cache file's format and the layout of the `/fetch-data` body built from it.
+//!
+//! A cache file is `{"last_updated":..,"count":..,"columns":[..],"data":[..]}` (keys in any
+//! order). The API sends it with [`BODY_PREFIX`] in place of the opening `{`; buffers keep
+//! [`BODY_ROOM`] spare bytes in front of the document so that swap happens in place.
+
+use anyhow::Context;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+/// What a `/fetch-data` body starts with; it replaces the cache file's opening `{`.
+pub const BODY_PREFIX: &[u8] = b"{\"status\":\"success\",";
+
+/// Spare bytes kept in front of the cache JSON in a buffer: room for [`BODY_PREFIX`].
+pub const BODY_ROOM: usize = BODY_PREFIX.len() - 1;
+
+/// The facts of a valid cache document.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DocumentFacts {
+    pub last_updated: String,
+    pub count: usize,
+}
+
+/// The fields of a cache file, checked while the data stays unparsed.
+#[derive(Deserialize)]
+struct CacheFileView<'a> {
+    last_updated: String,
+    count: usize,
+    columns: Vec<String>,
+    #[serde(borrow)]
+    data: Vec<&'a RawValue>,
+}
+
+/// Parses and checks a whole cache document: complete JSON, `count` equal to the records held,
+/// at least one column, every record an object.
+pub fn check_document(doc: &[u8]) -> anyhow::Result<DocumentFacts> {
+    anyhow::ensure!(
+        doc.iter().any(|b| !b.is_ascii_whitespace()),
+        "the cache file is empty"
+    );
+    let view: CacheFileView<'_> = serde_json::from_slice(doc)
+        .context("the cache file is not a complete cache JSON document")?;
+    anyhow::ensure!(
+        view.count == view.data.len(),
+        "the cache file says count {} but holds {} records",
+        view.count,
+        view.data.len()
+    );
+    anyhow::ensure!(!view.columns.is_empty(), "the cache file lists no columns");
+    if let Some(bad) = view.data.iter().position(|r| !r.get().starts_with('{')) {
+        anyhow::bail!("record {bad} of the cache file is not a JSON object");
+    }
+    Ok(DocumentFacts {
+        last_updated: view.last_updated,
+        count: view.count,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_may_come_in_any_order() {
+        let doc =
+            br#"{"data":[{"id":"1"},{"id":"2"}],"columns":["id"],"count":2,"last_updated":"T"}"#;
+        assert_eq!(check_document(doc).unwrap().count, 2);
+    }
+
+    #[test]
+    fn truncated_or_inconsistent_documents_are_refused() {
+        let good = r#"{"last_updated":"T","count":1,"columns":["id"],"data":[{"id":"1"}]}"#;
+        assert!(check_document(good.as_bytes()).is_ok());
+        assert!(check_document(&good.as_bytes()[..good.len() - 2]).is_err());
+        assert!(check_document(good.replace("\"count\":1", "\"count\":3").as_bytes()).is_err());
+        assert!(check_document(b"  ").is_err());
+    }
+}
