@@ -60,15 +60,9 @@ fn demo_settings() -> HashMap<String, String> {
 
 /// A server whose refresh runs a real sync from the test bed, through the bed's ChromeDriver.
 fn syncing_env(bed: &Testbed) -> Vec<(&'static str, String)> {
-    vec![
-        ("PMA_URL", bed.pma_url.clone()),
-        ("PMA_USERNAME", bed.username.clone()),
-        ("PMA_PASSWORD", bed.password.clone()),
-        ("PMA_DATABASE", bed.database.clone()),
-        ("PMA_TABLE", bed.table.clone()),
-        ("WEBDRIVER_URL", bed.webdriver_url.clone()),
-        ("SYNC_TIMEOUT", "3m".into()),
-    ]
+    let mut env = bed.pma_env();
+    env.push(("WEBDRIVER_URL", bed.webdriver_url.clone()));
+    env
 }
 
 fn bed_rows(bed: &Testbed) -> u64 {

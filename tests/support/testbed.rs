@@ -89,6 +89,18 @@ impl Testbed {
         }
     }
 
+    /// The settings that point a `pma-cache` process at this bed's phpMyAdmin table.
+    pub fn pma_env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("PMA_URL", self.pma_url.clone()),
+            ("PMA_USERNAME", self.username.clone()),
+            ("PMA_PASSWORD", self.password.clone()),
+            ("PMA_DATABASE", self.database.clone()),
+            ("PMA_TABLE", self.table.clone()),
+            ("SYNC_TIMEOUT", "3m".into()),
+        ]
+    }
+
     /// Runs SQL as MariaDB's root and returns the tab-separated output, without a header row.
     pub fn sql(&self, sql: &str) -> String {
         let output = Command::new("mariadb")

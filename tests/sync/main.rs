@@ -18,16 +18,10 @@ static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(())
 
 /// The environment that points a `pma-cache` process at the test bed.
 fn pma_env(bed: &Testbed, tmp: &Path) -> Vec<(&'static str, String)> {
-    vec![
-        ("PMA_URL", bed.pma_url.clone()),
-        ("PMA_USERNAME", bed.username.clone()),
-        ("PMA_PASSWORD", bed.password.clone()),
-        ("PMA_DATABASE", bed.database.clone()),
-        ("PMA_TABLE", bed.table.clone()),
-        // Every process this sync starts inherits it: the leak check looks for it.
-        ("TMPDIR", tmp.display().to_string()),
-        ("SYNC_TIMEOUT", "3m".into()),
-    ]
+    let mut env = bed.pma_env();
+    // Every process this sync starts inherits it: the leak check looks for it.
+    env.push(("TMPDIR", tmp.display().to_string()));
+    env
 }
 
 /// Replaces one setting of `env`.
