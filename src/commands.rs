@@ -16,7 +16,7 @@ use crate::config::{
 };
 use crate::shutdown;
 use crate::sync::status::{rfc3339, Progress};
-use crate::sync::{sync_once, Syncer};
+use crate::sync::{leftovers, sync_once, Syncer};
 
 /// The exit status of `pma-cache sync --no-wait` when another process is syncing the same cache
 /// (`EX_TEMPFAIL`: try again later).
@@ -29,6 +29,10 @@ pub struct SyncBusy(String);
 
 /// Runs `command` to completion.
 pub async fn run(command: Command) -> anyhow::Result<()> {
+    // What earlier, killed runs left behind (browser folders, a browser still running).
+    if let Err(e) = tokio::task::spawn_blocking(leftovers::clean_stale).await {
+        tracing::warn!("looking for leftovers of earlier runs failed: {e}");
+    }
     match command {
         Command::Serve(args) => {
             let app = Application::build(args.validate()?).await?;
@@ -141,9 +145,30 @@ async fn sync(args: SyncArgs) -> anyhow::Result<()> {
         }
     };
     let progress = Progress::new(None);
-    let report = tokio::select! {
-        r = sync_once(&settings, &cache, &progress, &held) => r?,
-        () = shutdown::signal() => anyhow::bail!("interrupted; the cache was left as it was"),
+    let stop = CancellationToken::new();
+    let interrupt = tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            shutdown::signal().await;
+            stop.cancel();
+        }
+    });
+    // One-shot: the browser is closed before this returns, on every path.
+    let mut browser = None;
+    let result = sync_once(
+        &settings,
+        &cache,
+        &progress,
+        &held,
+        &mut browser,
+        false,
+        &stop,
+    )
+    .await;
+    interrupt.abort();
+    let report = match result {
+        Err(_) if stop.is_cancelled() => anyhow::bail!("interrupted; the cache was left as it was"),
+        other => other?,
     };
     tracing::info!(
         rows = report.rows,

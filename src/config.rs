@@ -191,6 +191,10 @@ pub struct PmaArgs {
     /// Deadline for one whole sync, retries included.
     #[arg(long, env = "SYNC_TIMEOUT", value_parser = parse_duration, default_value = "10m")]
     pub sync_timeout: Duration,
+    /// `serve` and `worker` keep the browser, logged in, between syncs; it is closed after this
+    /// long unused (`0`: after every sync). `sync` always closes it.
+    #[arg(long, env = "BROWSER_IDLE_TIMEOUT", value_parser = parse_duration_or_zero, default_value = "15m")]
+    pub browser_idle_timeout: Duration,
     /// Refuse an export with fewer rows than this fraction of the cached rows (0 to 1).
     #[arg(long, env = "SYNC_MIN_ROW_RATIO", default_value_t = 0.5)]
     pub sync_min_row_ratio: f64,
@@ -262,6 +266,13 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
+fn parse_duration_or_zero(s: &str) -> Result<Duration, String> {
+    if s.trim() == "0" {
+        return Ok(Duration::ZERO);
+    }
+    humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 0, 30s, 10m, 1h)"))
+}
+
 /// How the browser is reached.
 #[derive(Debug, Clone)]
 pub struct BrowserSettings {
@@ -287,6 +298,8 @@ pub struct SyncSettings {
     pub force: bool,
     /// Where a failed sync leaves its screenshot and page source.
     pub failures_dir: PathBuf,
+    /// How long a long-running process keeps an unused browser (zero: close after each sync).
+    pub browser_idle_timeout: Duration,
 }
 
 /// Validated settings for `serve`.
@@ -468,6 +481,7 @@ impl PmaArgs {
             min_row_ratio: self.sync_min_row_ratio,
             force: self.force,
             failures_dir: cache_dir(cache_file).join("failures"),
+            browser_idle_timeout: self.browser_idle_timeout,
         }))
     }
 }

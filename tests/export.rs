@@ -3,13 +3,16 @@
 mod support;
 
 use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use pma_cache::config::{BrowserSettings, Secret, SyncSettings};
 use pma_cache::sync::error::ExportError;
 use pma_cache::sync::phpmyadmin::export_table_csv;
+use pma_cache::sync::session::Browser;
 use pma_cache::sync::status::Progress;
 use support::testbed::{testbed, Testbed};
+use tokio_util::sync::CancellationToken;
 
 /// One browser at a time: the checks for leftover processes look at this test process's
 /// children, and two cores do not run several Chromiums well.
@@ -37,6 +40,7 @@ fn settings(
         min_row_ratio: 0.5,
         force: false,
         failures_dir: failures.to_owned(),
+        browser_idle_timeout: Duration::ZERO,
     }
 }
 
@@ -79,19 +83,77 @@ fn read_csv(file: &Path, null_token: &str) -> (Vec<String>, Rows) {
     (header, rows)
 }
 
-/// Processes whose command line names `dir`: Chromium started for that download folder.
-fn processes_naming(dir: &Path) -> Vec<(u32, String)> {
-    let needle = dir.display().to_string();
+/// One export with a new browser, closed afterwards. The CSV is moved next to the failures
+/// folder (the browser's folder goes with the browser).
+async fn export_once(
+    settings: &SyncSettings,
+    token: &str,
+) -> (Result<PathBuf, ExportError>, PathBuf) {
+    let mut kept = None;
+    let result = export_with(settings, &mut kept, token).await;
+    let folder = browser_folder(&kept, &result);
+    let result = result.map(|csv| {
+        let kept_csv = settings.failures_dir.with_file_name("export.csv");
+        std::fs::copy(&csv, &kept_csv).unwrap();
+        kept_csv
+    });
+    if let Some(browser) = kept.take() {
+        browser.close().await;
+    }
+    (result, folder)
+}
+
+async fn export_with(
+    settings: &SyncSettings,
+    kept: &mut Option<Browser>,
+    token: &str,
+) -> Result<PathBuf, ExportError> {
+    export_table_csv(
+        settings,
+        kept,
+        token,
+        &Progress::new(None),
+        &CancellationToken::new(),
+    )
+    .await
+}
+
+fn settings_for(settings: &SyncSettings, pma_url: &str) -> SyncSettings {
+    SyncSettings {
+        pma_url: url::Url::parse(pma_url).unwrap(),
+        ..settings.clone()
+    }
+}
+
+fn browser_folder(kept: &Option<Browser>, result: &Result<PathBuf, ExportError>) -> PathBuf {
+    match (kept, result) {
+        (Some(browser), _) => browser.download_dir().to_owned(),
+        (None, Ok(csv)) => csv.parent().unwrap().to_owned(),
+        // Closed already; any folder of this process will do for the leak check.
+        (None, Err(_)) => own_folder_prefix(),
+    }
+}
+
+/// The start of the names of the browser folders this test process makes.
+fn own_folder_prefix() -> PathBuf {
+    std::env::temp_dir().join(format!("pma-cache-browser-{}-", std::process::id()))
+}
+
+/// Processes whose command line names `needle`: Chromium started for that folder.
+fn processes_naming(needle: &str) -> Vec<(u32, String)> {
     proc_entries()
-        .filter_map(|(pid, cmdline)| cmdline.contains(&needle).then_some((pid, cmdline)))
+        .filter_map(|(pid, cmdline)| cmdline.contains(needle).then_some((pid, cmdline)))
         .collect()
 }
 
-/// ChromeDriver processes started by this test process.
+/// ChromeDriver processes (and their supervisors) started by this test process.
 fn own_chromedrivers() -> Vec<(u32, String)> {
     let me = std::process::id();
     proc_entries()
-        .filter(|(pid, cmdline)| cmdline.contains("chromedriver") && parent_of(*pid) == Some(me))
+        .filter(|(pid, cmdline)| {
+            cmdline.contains("chromedriver")
+                && (parent_of(*pid) == Some(me) || parent_of(*pid).and_then(parent_of) == Some(me))
+        })
         .collect()
 }
 
@@ -116,16 +178,26 @@ fn parent_of(pid: u32) -> Option<u32> {
         .ok()
 }
 
-async fn assert_no_browser_left(download_dir: &Path) {
+/// No browser process of this test process runs, and no browser folder of it is left.
+async fn assert_no_browser_left() {
+    let prefix = own_folder_prefix().display().to_string();
     let started = Instant::now();
     loop {
-        let chromium = processes_naming(download_dir);
+        let chromium = processes_naming(&prefix);
         let drivers = own_chromedrivers();
-        if chromium.is_empty() && drivers.is_empty() {
+        let folders: Vec<_> = std::fs::read_dir(std::env::temp_dir())
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.display().to_string().starts_with(&prefix) && p.is_dir())
+            .collect();
+        if chromium.is_empty() && drivers.is_empty() && folders.is_empty() {
             return;
         }
         if started.elapsed() > Duration::from_secs(10) {
-            panic!("browser processes left behind: {chromium:?} {drivers:?}");
+            panic!(
+                "browser processes or folders left behind: {chromium:?} {drivers:?} {folders:?}"
+            );
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -137,7 +209,6 @@ async fn the_exported_csv_equals_the_table_exactly() {
     init_logs();
     let bed = testbed();
     let work = tempfile::tempdir().unwrap();
-    let download = work.path().join("download");
     let token = null_token();
     let settings = settings(
         bed,
@@ -148,11 +219,8 @@ async fn the_exported_csv_equals_the_table_exactly() {
     );
 
     let started = Instant::now();
-    let export = export_table_csv(&settings, &download, &token, &Progress::new(None))
-        .await
-        .unwrap_or_else(|e| panic!("export failed: {e:#}"));
-    export.browser_closed.await.unwrap();
-    let file = export.csv;
+    let (export, _) = export_once(&settings, &token).await;
+    let file = export.unwrap_or_else(|e| panic!("export failed: {e:#}"));
     eprintln!("export took {:.2}s", started.elapsed().as_secs_f64());
 
     let (columns, expected) = bed.table_as_rows(&bed.database, &bed.table);
@@ -173,7 +241,7 @@ async fn the_exported_csv_equals_the_table_exactly() {
         expected.iter().flatten().any(Option::is_none),
         "the bed has SQL NULLs"
     );
-    assert_no_browser_left(&download).await;
+    assert_no_browser_left().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -182,7 +250,6 @@ async fn a_wrong_password_is_rejected_with_phpmyadmins_message() {
     init_logs();
     let bed = testbed();
     let work = tempfile::tempdir().unwrap();
-    let download = work.path().join("download");
     let failures = work.path().join("failures");
     let wrong = "not-the-password-7f3a";
     let settings = settings(
@@ -193,8 +260,9 @@ async fn a_wrong_password_is_rejected_with_phpmyadmins_message() {
         &failures,
     );
 
-    let err = export_table_csv(&settings, &download, &null_token(), &Progress::new(None))
+    let err = export_once(&settings, &null_token())
         .await
+        .0
         .expect_err("a wrong password must fail");
     let ExportError::LoginRejected(message) = &err else {
         panic!("expected LoginRejected, got {err:#}");
@@ -213,16 +281,15 @@ async fn a_wrong_password_is_rejected_with_phpmyadmins_message() {
         .expect("failures kept")
         .collect();
     assert_eq!(kept.len(), 2, "a screenshot and the page source");
-    assert_no_browser_left(&download).await;
+    assert_no_browser_left().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn an_unreachable_phpmyadmin_is_a_transient_error() {
+async fn an_unreachable_phpmyadmin_fails_at_once_with_chromiums_error_code() {
     let _one = ONE_BROWSER.lock().await;
     init_logs();
     let bed = testbed();
     let work = tempfile::tempdir().unwrap();
-    let download = work.path().join("download");
     let closed = {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         listener.local_addr().unwrap().port()
@@ -236,8 +303,9 @@ async fn an_unreachable_phpmyadmin_is_a_transient_error() {
         &work.path().join("failures"),
     );
 
-    let err = export_table_csv(&settings, &download, &null_token(), &Progress::new(None))
+    let err = export_once(&settings, &null_token())
         .await
+        .0
         .expect_err("a closed port must fail");
     eprintln!("unreachable: {err:#}");
     assert!(
@@ -245,7 +313,22 @@ async fn an_unreachable_phpmyadmin_is_a_transient_error() {
         "expected Transient, got {err:#}"
     );
     assert!(format!("{err:#}").contains("unreachable"), "{err:#}");
-    assert_no_browser_left(&download).await;
+    assert!(
+        format!("{err:#}").contains("ERR_CONNECTION_REFUSED"),
+        "{err:#}"
+    );
+    assert_no_browser_left().await;
+
+    // A port Chromium refuses to visit (X11's): no retry can help, and Chromium says so at once.
+    let settings = settings_for(&settings, "http://127.0.0.1:6000/");
+    let err = export_once(&settings, &null_token())
+        .await
+        .0
+        .expect_err("a blocked port must fail");
+    eprintln!("blocked port: {err:#}");
+    assert!(matches!(err, ExportError::Fatal(_)), "{err:#}");
+    assert!(format!("{err:#}").contains("ERR_UNSAFE_PORT"), "{err:#}");
+    assert_no_browser_left().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -254,7 +337,6 @@ async fn a_missing_table_is_a_fatal_error() {
     init_logs();
     let bed = testbed();
     let work = tempfile::tempdir().unwrap();
-    let download = work.path().join("download");
     let mut settings = settings(
         bed,
         &bed.pma_url,
@@ -264,16 +346,36 @@ async fn a_missing_table_is_a_fatal_error() {
     );
     settings.table = "no_such_table".into();
 
-    let err = export_table_csv(&settings, &download, &null_token(), &Progress::new(None))
+    let err = export_once(&settings, &null_token())
         .await
+        .0
         .expect_err("a missing table must fail");
     eprintln!("missing table: {err:#}");
     assert!(
         matches!(err, ExportError::Fatal(_)),
         "expected Fatal, got {err:#}"
     );
-    assert!(format!("{err:#}").contains("no_such_table"), "{err:#}");
-    assert_no_browser_left(&download).await;
+    let message = format!("{err:#}");
+    assert!(
+        message.contains("`no_such_table` does not exist"),
+        "{message}"
+    );
+    assert!(!message.contains("#1064"), "{message}");
+    assert_no_browser_left().await;
+
+    settings.table = bed.table.clone();
+    settings.database = "no_such_database".into();
+    let err = export_once(&settings, &null_token())
+        .await
+        .0
+        .expect_err("a missing database must fail");
+    eprintln!("missing database: {err:#}");
+    assert!(matches!(err, ExportError::Fatal(_)), "{err:#}");
+    assert!(
+        format!("{err:#}").contains("database `no_such_database`"),
+        "{err:#}"
+    );
+    assert_no_browser_left().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -282,7 +384,6 @@ async fn an_export_cancelled_by_its_deadline_leaves_no_browser_behind() {
     init_logs();
     let bed = testbed();
     let work = tempfile::tempdir().unwrap();
-    let download = work.path().join("download");
     let settings = settings(
         bed,
         &bed.pma_url,
@@ -292,15 +393,34 @@ async fn an_export_cancelled_by_its_deadline_leaves_no_browser_behind() {
     );
     let token = null_token();
     let progress = Progress::new(None);
+    let cancel = CancellationToken::new();
 
-    // Long enough for Chromium to be up, too short for the whole export.
-    let export = export_table_csv(&settings, &download, &token, &progress);
+    // Long enough for Chromium to be up, too short for the whole export. Then cancelled: the
+    // export closes its browser before it returns.
+    let mut kept = None;
+    let err = {
+        let export = export_table_csv(&settings, &mut kept, &token, &progress, &cancel);
+        tokio::pin!(export);
+        let outcome = tokio::time::timeout(Duration::from_millis(1500), &mut export).await;
+        assert!(
+            outcome.is_err(),
+            "the export should still have been running: {outcome:?}"
+        );
+        cancel.cancel();
+        export.await.expect_err("a cancelled export fails")
+    };
+    assert!(matches!(err, ExportError::Cancelled), "{err:#}");
+    assert!(kept.is_none());
+    assert_no_browser_left().await;
+
+    // Dropped instead of cancelled (a caller that gives up): Drop ends the browser's processes.
+    let mut kept = None;
+    let never = CancellationToken::new();
+    let export = export_table_csv(&settings, &mut kept, &token, &progress, &never);
     let outcome = tokio::time::timeout(Duration::from_millis(1500), export).await;
-    assert!(
-        outcome.is_err(),
-        "the export should still have been running: {outcome:?}"
-    );
-    assert_no_browser_left(&download).await;
+    assert!(outcome.is_err(), "still running: {outcome:?}");
+    drop(kept);
+    assert_no_browser_left().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -316,17 +436,138 @@ async fn a_missing_chromedriver_is_fatal_and_says_how_to_install_it() {
     );
     settings.browser.chromedriver_path = work.path().join("no-such-chromedriver");
 
-    let err = export_table_csv(
-        &settings,
-        &work.path().join("download"),
-        &null_token(),
-        &Progress::new(None),
-    )
-    .await
-    .expect_err("no chromedriver, no export");
+    let err = export_once(&settings, &null_token())
+        .await
+        .0
+        .expect_err("no chromedriver, no export");
     assert!(
         matches!(err, ExportError::Fatal(_)),
         "expected Fatal, got {err:#}"
     );
     assert!(format!("{err:#}").contains("bin/setup"), "{err:#}");
+}
+
+/// How many logins phpMyAdmin has answered so far (from its request log).
+fn logins_served(bed: &Testbed) -> usize {
+    let log = std::fs::read_to_string(bed.dir.join("php.log")).unwrap_or_default();
+    log.lines()
+        .filter(|l| l.ends_with("POST /index.php?route=/") || l.ends_with("POST /index.php"))
+        .count()
+}
+
+fn assert_csv_equals_table(file: &Path, token: &str, bed: &Testbed) {
+    let (columns, expected) = bed.table_as_rows(&bed.database, &bed.table);
+    let (header, rows) = read_csv(file, token);
+    assert_eq!(header, columns);
+    assert_eq!(rows, expected);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_kept_browser_exports_again_and_logs_in_again_when_phpmyadmin_forgot_its_session() {
+    let _one = ONE_BROWSER.lock().await;
+    init_logs();
+    let bed = testbed();
+    let work = tempfile::tempdir().unwrap();
+    let settings = settings(
+        bed,
+        &bed.pma_url,
+        &bed.password,
+        None,
+        &work.path().join("failures"),
+    );
+    let token = null_token();
+    let mut kept = None;
+
+    let first = export_with(&settings, &mut kept, &token)
+        .await
+        .unwrap_or_else(|e| panic!("first export: {e:#}"));
+    std::fs::remove_file(&first).unwrap();
+    let folder = kept
+        .as_ref()
+        .expect("the browser is kept")
+        .download_dir()
+        .to_owned();
+
+    // The same browser again: straight to the export page, no login.
+    let logins = logins_served(bed);
+    let second = export_with(&settings, &mut kept, &token)
+        .await
+        .unwrap_or_else(|e| panic!("second export: {e:#}"));
+    assert_eq!(
+        kept.as_ref().unwrap().download_dir(),
+        folder,
+        "same browser"
+    );
+    assert_eq!(logins_served(bed), logins, "no new login");
+    assert_csv_equals_table(&second, &token, bed);
+    std::fs::remove_file(&second).unwrap();
+
+    // phpMyAdmin forgets every session (as after a restart, or past LoginCookieValidity): the
+    // export page shows the login form, and the same export logs in again.
+    for session in std::fs::read_dir(bed.dir.join("php-sessions")).unwrap() {
+        let _ = std::fs::remove_file(session.unwrap().path());
+    }
+    let third = export_with(&settings, &mut kept, &token)
+        .await
+        .unwrap_or_else(|e| panic!("export after the session was lost: {e:#}"));
+    assert_eq!(
+        kept.as_ref().unwrap().download_dir(),
+        folder,
+        "same browser"
+    );
+    assert_eq!(logins_served(bed), logins + 1, "one new login");
+    assert_csv_equals_table(&third, &token, bed);
+
+    kept.take().unwrap().close().await;
+    assert_no_browser_left().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_kept_browser_whose_chromium_was_killed_is_replaced() {
+    let _one = ONE_BROWSER.lock().await;
+    init_logs();
+    let bed = testbed();
+    let work = tempfile::tempdir().unwrap();
+    let settings = settings(
+        bed,
+        &bed.pma_url,
+        &bed.password,
+        None,
+        &work.path().join("failures"),
+    );
+    let token = null_token();
+    let mut kept = None;
+    export_with(&settings, &mut kept, &token)
+        .await
+        .unwrap_or_else(|e| panic!("first export: {e:#}"));
+    let folder = kept.as_ref().unwrap().download_dir().to_owned();
+
+    let chromium: Vec<u32> = processes_naming(&folder.display().to_string())
+        .into_iter()
+        .filter(|(_, cmdline)| !cmdline.contains("--type="))
+        .map(|(pid, _)| pid)
+        .collect();
+    assert!(
+        !chromium.is_empty(),
+        "Chromium runs for {}",
+        folder.display()
+    );
+    for pid in chromium {
+        Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status()
+            .unwrap();
+    }
+
+    let csv = export_with(&settings, &mut kept, &token)
+        .await
+        .unwrap_or_else(|e| panic!("export after Chromium was killed: {e:#}"));
+    assert_ne!(
+        kept.as_ref().unwrap().download_dir(),
+        folder,
+        "a new browser"
+    );
+    assert_csv_equals_table(&csv, &token, bed);
+    kept.take().unwrap().close().await;
+    assert_no_browser_left().await;
 }

@@ -4,6 +4,10 @@
 //! ChromeDriver runs in a process group of its own, and Chromium stays in it. Ending the group
 //! ends every browser process at once, which is what [`Drop`] does (one `kill` system call, no
 //! waiting) when a sync is abandoned without [`ChromeDriver::shutdown`].
+//!
+//! The group is led by a small supervisor, a `sh` that starts ChromeDriver and then reads a
+//! pipe from this process. The pipe closes when this process ends, however it ends (SIGKILL
+//! included), and the supervisor then kills the whole group: no browser outlives pma-cache.
 
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::path::Path;
@@ -22,12 +26,22 @@ use tokio::task::JoinHandle;
 
 use crate::sync::error::ExportError;
 
+/// The supervisor: starts ChromeDriver (`$@`), waits for its stdin (our pipe) to close, then
+/// kills its process group. Exits 127 at once when the program cannot be found.
+const SUPERVISOR: &str = r#"command -v "$1" >/dev/null 2>&1 || exit 127
+"$@" </dev/null &
+read -r _
+kill -KILL 0"#;
+
 /// How long ChromeDriver may take to answer `/status` with `ready: true`.
 const READY_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// A ChromeDriver process started by this program, with its Chromium.
 pub struct ChromeDriver {
+    /// The supervisor (see [`SUPERVISOR`]); ChromeDriver is its child.
     child: Option<Child>,
+    /// The write end of the supervisor's pipe: dropping it ends the group.
+    lifeline: Option<tokio::process::ChildStdin>,
     /// ChromeDriver's process group (its pid), kept apart: `Child::id` is gone once waited for.
     group: Option<rustix::process::Pid>,
     addr: SocketAddr,
@@ -55,20 +69,18 @@ impl ChromeDriver {
             .context("cannot find a free loopback port for chromedriver")
             .map_err(ExportError::Transient)?;
         let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
-        let mut child = Command::new(program)
+        let mut child = Command::new("sh")
+            .args(["-c", SUPERVISOR, "sh"])
+            .arg(program)
             .arg(format!("--port={port}"))
-            .stdin(Stdio::null())
+            .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .process_group(0)
             .kill_on_drop(true)
             .spawn()
-            .map_err(|e| {
-                ExportError::Fatal(anyhow::Error::new(e).context(format!(
-                    "cannot start {}: install chromium-driver (bin/setup) or set CHROMEDRIVER_PATH",
-                    program.display()
-                )))
-            })?;
+            .map_err(|e| ExportError::Fatal(anyhow::Error::new(e).context("cannot run sh")))?;
+        let lifeline = child.stdin.take();
         let mut log_tasks = Vec::new();
         if let Some(out) = child.stdout.take() {
             log_tasks.push(tokio::spawn(forward_lines(out)));
@@ -81,6 +93,7 @@ impl ChromeDriver {
             .and_then(|id| rustix::process::Pid::from_raw(id as i32));
         let mut driver = ChromeDriver {
             child: Some(child),
+            lifeline,
             group,
             addr,
             http: HttpClient::builder(TokioExecutor::new()).build_http(),
@@ -105,6 +118,13 @@ impl ChromeDriver {
         let started = Instant::now();
         loop {
             if let Some(Ok(Some(exit))) = self.child.as_mut().map(Child::try_wait) {
+                if exit.code() == Some(127) {
+                    return Err(ExportError::Fatal(anyhow!(
+                        "cannot start {}: not found; install chromium-driver (bin/setup) or set \
+                         CHROMEDRIVER_PATH",
+                        program.display()
+                    )));
+                }
                 return Err(ExportError::Transient(anyhow!(
                     "chromedriver ({} --port={}) exited before it was ready: {exit}",
                     program.display(),
@@ -155,12 +175,14 @@ impl ChromeDriver {
             self.request(Method::POST, "/shutdown"),
         )
         .await;
+        // Closing the pipe tells the supervisor to end the group (whatever /shutdown left).
+        drop(self.lifeline.take());
         if let Some(mut child) = self.child.take() {
             if tokio::time::timeout(Duration::from_secs(5), child.wait())
                 .await
                 .is_err()
             {
-                tracing::warn!("chromedriver did not exit after /shutdown; killing it");
+                tracing::warn!("chromedriver's supervisor did not exit; killing its group");
             }
             let _ = child.kill().await;
         }

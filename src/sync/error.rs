@@ -16,6 +16,9 @@ pub enum ExportError {
     /// Another try will not help: the table is missing, the export is an HTML page, ...
     #[error(transparent)]
     Fatal(anyhow::Error),
+    /// The sync was told to stop (its deadline passed, or the service is shutting down).
+    #[error("the export was cancelled")]
+    Cancelled,
 }
 
 impl ExportError {

@@ -9,35 +9,85 @@ use serde_json::json;
 
 use crate::config::SyncSettings;
 use crate::sync::error::ExportError;
+use crate::sync::login::{log_in, LOGIN_TIMEOUT};
 use crate::sync::page::{open, page_state, run_js, PageState, PAGE_TIMEOUT, POLL};
-use crate::sync::session::{step, STEP_TIMEOUT};
+use crate::sync::session::{step, Browser, STEP_TIMEOUT};
+use crate::sync::status::{Phase, Progress};
 
 /// How long the export page may show neither the export form nor an error before giving up.
 const EXPORT_FORM_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
 
-/// Opens the table's export page: phpMyAdmin 5.1+ route first, then the 4.9/5.0 script.
-pub async fn open_export_page(client: &Client, settings: &SyncSettings) -> Result<(), ExportError> {
+/// Brings the browser to the table's export form: straight to the address that worked before,
+/// else phpMyAdmin 5.1+'s route, then 4.9/5.0's script. When phpMyAdmin shows its login form
+/// instead (a new browser, an expired session, a restarted phpMyAdmin), logs in there and opens
+/// the export page again.
+pub async fn reach_export_form(
+    browser: &mut Browser,
+    settings: &SyncSettings,
+    progress: &Progress,
+) -> Result<(), ExportError> {
+    let remembered = browser.export_url.take();
+    let urls = match &remembered {
+        Some(url) => vec![url.clone()],
+        None => export_page_urls(settings)?.to_vec(),
+    };
+    let client = browser.client();
+    let mut logged_in = false;
     let mut last = PageState::default();
-    for url in export_page_urls(settings)? {
+    for url in urls {
         open(client, "opening the export page", &url).await?;
-        let started = Instant::now();
+        let mut started = Instant::now();
         loop {
             let state = page_state(client).await?;
             if state.ready && state.export_form {
+                check_table_exists(client, settings).await?;
+                if progress.current() == Some(Phase::LoggingIn) {
+                    progress.enter(Phase::Exporting);
+                }
+                browser.export_url = Some(url);
                 return Ok(());
             }
-            if state.ready && state.login_form {
+            if state.ready && state.login_shown {
+                if logged_in {
+                    return Err(ExportError::Transient(anyhow!(
+                        "phpMyAdmin asked to log in again right after a login: {}",
+                        state.message()
+                    )));
+                }
+                if progress.current() != Some(Phase::LoggingIn) {
+                    tracing::info!("phpMyAdmin's session ended; logging in again");
+                    progress.enter(Phase::LoggingIn);
+                }
+                log_in(client, &settings.username, settings.password.expose()).await?;
+                logged_in = true;
+                // phpMyAdmin answers the login with its home page: back to the export page
+                // at once, without waiting for the home page's own requests.
+                open(client, "opening the export page", &url).await?;
+                started = Instant::now();
+                continue;
+            }
+            if state.ready && state.login_form && started.elapsed() > LOGIN_TIMEOUT {
                 return Err(ExportError::Transient(anyhow!(
-                    "phpMyAdmin asked to log in again on the export page: {}",
-                    state.message()
+                    "phpMyAdmin's login form did not appear at {url} within {}s (page title: {:?})",
+                    LOGIN_TIMEOUT.as_secs(),
+                    state.title
                 )));
             }
-            if state.ready && started.elapsed() > EXPORT_FORM_GRACE {
+            // A logged-in page without the form will not grow one (phpMyAdmin 4.9 ignores
+            // `route=`); any other page gets a short grace to finish.
+            let given_up = state.logged_in || started.elapsed() > EXPORT_FORM_GRACE;
+            if state.ready && !state.login_form && given_up {
                 last = state;
                 break;
             }
             tokio::time::sleep(POLL).await;
         }
+    }
+    if remembered.is_some() {
+        return Err(ExportError::Transient(anyhow!(
+            "the export page that worked before shows no export form now: {}",
+            last.title
+        )));
     }
     let shown = if last.errors.is_empty() {
         format!("page title {:?}", last.title)
@@ -50,6 +100,28 @@ pub async fn open_export_page(client: &Client, settings: &SyncSettings) -> Resul
         settings.database,
         settings.table
     )))
+}
+
+/// phpMyAdmin 5 shows the export form even for a table that does not exist; its row count
+/// field (`#limit_to`) is then empty, where an existing table, even an empty one, has a number.
+async fn check_table_exists(client: &Client, settings: &SyncSettings) -> Result<(), ExportError> {
+    let rows = run_js(
+        client,
+        "reading the table's row count",
+        "const l = document.getElementById('limit_to'); return l ? l.value : null;",
+        vec![],
+    )
+    .await?;
+    if rows.as_str().is_some_and(|r| r.trim().is_empty()) {
+        return Err(ExportError::Fatal(anyhow!(
+            "the table `{table}` does not exist in the database `{db}`, or there is no database \
+             `{db}` (phpMyAdmin knows no row count for `{db}`.`{table}`): check PMA_DATABASE and \
+             PMA_TABLE",
+            db = settings.database,
+            table = settings.table
+        )));
+    }
+    Ok(())
 }
 
 /// The export page's addresses: phpMyAdmin 5.1+ (`route=`), then 4.9/5.0 (`tbl_export.php`).

@@ -12,25 +12,6 @@ use crate::sync::session::{step, STEP_TIMEOUT};
 /// How long the login form may take to show, and the login to come back with an answer.
 pub const LOGIN_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// Waits until the page shows the login form (it is hidden until phpMyAdmin's scripts ran).
-pub async fn wait_for_login_form(client: &Client, url: &url::Url) -> Result<(), ExportError> {
-    let started = Instant::now();
-    loop {
-        let state = page_state(client).await?;
-        if state.login_shown {
-            return Ok(());
-        }
-        if started.elapsed() > LOGIN_TIMEOUT {
-            return Err(ExportError::Transient(anyhow!(
-                "phpMyAdmin's login form did not appear at {url} within {}s (page title: {:?})",
-                LOGIN_TIMEOUT.as_secs(),
-                state.title
-            )));
-        }
-        tokio::time::sleep(POLL).await;
-    }
-}
-
 /// Types the credentials into the shown login form, submits, and waits for phpMyAdmin's answer.
 pub async fn log_in(client: &Client, username: &str, password: &str) -> Result<(), ExportError> {
     for (selector, value, what) in [

@@ -7,6 +7,7 @@
 //!   - [`chromedriver`]: the ChromeDriver process; [`session`]: the WebDriver session and its
 //!     time-limited steps; [`page`]: reading what a page shows;
 //!   - [`login`], [`export_page`], [`download`]: phpMyAdmin's pages and the downloaded file;
+//!   - [`leftovers`]: the folders and processes of killed runs, ended at the next start;
 //!   - [`evidence`]: the screenshot and page source of a failed sync;
 //!   - [`error`]: why an export failed, apart so that nothing imports in a circle.
 
@@ -15,6 +16,7 @@ pub mod download;
 pub mod error;
 pub mod evidence;
 pub mod export_page;
+pub mod leftovers;
 pub mod login;
 pub mod page;
 pub mod phpmyadmin;
@@ -22,7 +24,8 @@ pub mod session;
 pub mod status;
 
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -34,9 +37,11 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::cache::{csv_to_cache_json, Cache, SyncLockGuard, VersionRecord};
+use crate::cache::{csv_to_cache_json, Cache, Converted, SyncLockGuard, VersionRecord};
 use crate::config::SyncSettings;
 use error::ExportError;
+use phpmyadmin::export_table_csv;
+use session::Browser;
 use status::{rfc3339, Phase, Progress, StatusBoard};
 
 /// Export attempts for transient failures (browser crash, timeout, connection refused).
@@ -53,24 +58,46 @@ pub struct SyncReport {
 }
 
 /// Runs one sync: export the table through phpMyAdmin, convert it, check it, and replace the
-/// cache. On any error the cache is left as it was. The whole sync is bounded by
-/// `settings.timeout`. The caller holds the cache's sync lock (`_held`) for the whole sync.
+/// cache. On any error the cache is left as it was. The caller holds the cache's sync lock
+/// (`_held`) for the whole sync.
+///
+/// The export uses the browser in `browser` (starting one if there is none); with `keep` the
+/// browser stays there, logged in, for the next sync, else it is closed while the CSV converts.
+/// The sync ends early when `cancel` fires or `settings.timeout` passes: the export stops at its
+/// next step and the browser is closed before this returns.
 pub async fn sync_once(
     settings: &SyncSettings,
     cache: &Arc<Cache>,
     progress: &Progress,
     _held: &SyncLockGuard,
+    browser: &mut Option<Browser>,
+    keep: bool,
+    cancel: &CancellationToken,
 ) -> anyhow::Result<SyncReport> {
     let started = Instant::now();
-    let result = tokio::time::timeout(settings.timeout, sync_steps(settings, cache, progress))
-        .await
-        .unwrap_or_else(|_| {
+    let stop = cancel.child_token();
+    let steps = sync_steps(settings, cache, progress, browser, keep, &stop);
+    tokio::pin!(steps);
+    let mut timed_out = false;
+    let result = tokio::select! {
+        r = &mut steps => r,
+        () = tokio::time::sleep(settings.timeout) => {
+            timed_out = true;
+            stop.cancel();
+            steps.await
+        }
+    };
+    let result = match result {
+        Err(_) if timed_out => {
             let phase = progress.current().map_or("starting", Phase::as_str);
             Err(anyhow::anyhow!(
                 "the sync did not finish within SYNC_TIMEOUT ({}); it was stopped while {phase}",
                 humantime::format_duration(settings.timeout)
             ))
-        });
+        }
+        Err(_) if cancel.is_cancelled() => Err(anyhow::anyhow!("the service is shutting down")),
+        other => other,
+    };
     progress.finish_current();
     let (rows, bytes) = result?;
     Ok(SyncReport {
@@ -84,38 +111,49 @@ async fn sync_steps(
     settings: &SyncSettings,
     cache: &Arc<Cache>,
     progress: &Progress,
+    browser: &mut Option<Browser>,
+    keep: bool,
+    stop: &CancellationToken,
 ) -> anyhow::Result<(usize, usize)> {
     let started = Instant::now();
     let started_at = rfc3339(OffsetDateTime::now_utc());
     fault::hit().await;
     // Read before the export, so a worker never holds the old and the new table at once.
     let previous = cache.row_count().await;
-    let download_dir = tempfile::Builder::new()
-        .prefix("pma-cache-download-")
-        .tempdir()
-        .context("cannot create a download folder")?;
+    // The CSV is moved here, out of the browser's folder, so that the browser can close (or take
+    // the next download) while it converts.
+    let work = leftovers::folder("sync").context("cannot create a work folder")?;
     let null_token = null_token();
-    let export = export_with_retries(settings, download_dir.path(), &null_token, progress).await?;
-    let csv_path = export.csv;
-
-    progress.enter(Phase::Converting);
-    let converted = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
-        let file = std::fs::File::open(&csv_path)
-            .with_context(|| format!("cannot open the export {}", csv_path.display()))?;
-        let size = file.metadata().map(|m| m.len() as usize).unwrap_or(0);
-        let now = rfc3339(OffsetDateTime::now_utc().replace_nanosecond(0)?);
-        csv_to_cache_json(file, Some(&null_token), &now, size)
-            .context("the exported CSV could not be converted")
-    })
-    .await
-    .context("the converter stopped")??;
+    let downloaded = export_with_retries(settings, browser, &null_token, progress, stop).await;
+    let closing = match keep {
+        true => None,
+        false => browser.take().map(|b| tokio::spawn(b.close())),
+    };
+    let csv_path = work.path().join("export.csv");
+    let moved = downloaded.and_then(|file| {
+        std::fs::rename(&file, &csv_path)
+            .with_context(|| format!("cannot move the export {}", file.display()))
+    });
+    let converted = match moved {
+        Ok(()) => {
+            progress.enter(Phase::Converting);
+            convert(csv_path, null_token).await
+        }
+        Err(e) => Err(e),
+    };
+    if let Some(closing) = closing {
+        if let Err(e) = closing.await {
+            tracing::warn!("closing the browser failed: {e}");
+        }
+    }
+    let converted = converted?;
     progress.note("rows", converted.count);
     progress.note("json bytes", converted.cache_bytes().len());
-    if let Err(e) = export.browser_closed.await {
-        tracing::warn!("closing the browser failed: {e}");
-    }
 
     check_row_count(settings, previous, converted.count)?;
+    if stop.is_cancelled() {
+        bail!("the sync was stopped before writing");
+    }
 
     progress.enter(Phase::Writing);
     let (rows, bytes) = (converted.count, converted.cache_bytes().len());
@@ -135,6 +173,20 @@ async fn sync_steps(
     Ok((rows, bytes))
 }
 
+/// Converts the downloaded CSV into the cache's JSON, off the runtime's threads.
+async fn convert(csv_path: PathBuf, null_token: String) -> anyhow::Result<Converted> {
+    tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+        let file = std::fs::File::open(&csv_path)
+            .with_context(|| format!("cannot open the export {}", csv_path.display()))?;
+        let size = file.metadata().map(|m| m.len() as usize).unwrap_or(0);
+        let now = rfc3339(OffsetDateTime::now_utc().replace_nanosecond(0)?);
+        csv_to_cache_json(file, Some(&null_token), &now, size)
+            .context("the exported CSV could not be converted")
+    })
+    .await
+    .context("the converter stopped")?
+}
+
 /// A token made for one sync that SQL NULL is exported as, so it cannot be confused with the
 /// text `NULL`. Short (it is written once per NULL field) but random: 60 bits.
 fn null_token() -> String {
@@ -147,25 +199,29 @@ fn null_token() -> String {
 
 async fn export_with_retries(
     settings: &SyncSettings,
-    download_dir: &std::path::Path,
+    browser: &mut Option<Browser>,
     null_token: &str,
     progress: &Progress,
-) -> anyhow::Result<phpmyadmin::Export> {
+    stop: &CancellationToken,
+) -> anyhow::Result<PathBuf> {
     let what = format!(
         "exporting {}.{} from phpMyAdmin at {}",
         settings.database, settings.table, settings.pma_url
     );
     let mut backoff = FIRST_BACKOFF;
     for attempt in 1..=EXPORT_ATTEMPTS {
-        match phpmyadmin::export_table_csv(settings, download_dir, null_token, progress).await {
-            Ok(export) => return Ok(export),
+        match export_table_csv(settings, browser, null_token, progress, stop).await {
+            Ok(csv) => return Ok(csv),
             Err(ExportError::Transient(e)) if attempt < EXPORT_ATTEMPTS => {
                 tracing::warn!(
                     attempt,
                     retry_in = %humantime::format_duration(backoff),
                     "{what} failed, will retry: {e:#}"
                 );
-                tokio::time::sleep(backoff).await;
+                tokio::select! {
+                    () = tokio::time::sleep(backoff) => {}
+                    () = stop.cancelled() => bail!("{what} was cancelled"),
+                }
                 backoff *= 2;
             }
             Err(ExportError::LoginRejected(message)) => bail!(
@@ -176,6 +232,7 @@ async fn export_with_retries(
                 return Err(e.context(format!("{what} failed {EXPORT_ATTEMPTS} times")))
             }
             Err(ExportError::Fatal(e)) => return Err(e.context(what)),
+            Err(ExportError::Cancelled) => bail!("{what} was cancelled"),
         }
     }
     unreachable!("the last attempt returns")
@@ -263,6 +320,18 @@ pub struct Syncer {
     outcomes: watch::Sender<Option<bool>>,
     tasks: TaskTracker,
     shutdown: CancellationToken,
+    /// The browser kept, logged in, between syncs (see [`Syncer::keep_browser_idle`]).
+    browser: tokio::sync::Mutex<Option<Browser>>,
+    /// Counts syncs, so that an idle timer knows whether a newer sync used the browser.
+    syncs: AtomicU64,
+}
+
+impl std::fmt::Debug for Browser {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Browser")
+            .field("download_dir", &self.download_dir())
+            .finish_non_exhaustive()
+    }
 }
 
 /// Marks this process's single flight as taken; frees it when dropped, whatever way the sync
@@ -290,6 +359,8 @@ impl Syncer {
             outcomes: watch::Sender::new(None),
             tasks: TaskTracker::new(),
             shutdown,
+            browser: tokio::sync::Mutex::new(None),
+            syncs: AtomicU64::new(0),
         })
     }
 
@@ -342,16 +413,30 @@ impl Syncer {
         self.tasks.spawn(async move {
             let progress = Progress::new(Some(this.board.clone()));
             tracing::info!("sync started");
-            let sync = AssertUnwindSafe(sync_once(&settings, &this.cache, &progress, &held));
-            let result = tokio::select! {
-                r = sync.catch_unwind() => r.unwrap_or_else(|panic| Err(anyhow::anyhow!(
-                    "the sync stopped on an internal error (panic: {}); this is a bug",
-                    panic_message(panic.as_ref())
-                ))),
-                () = this.shutdown.cancelled() => Err(anyhow::anyhow!("the service is shutting down")),
+            let keep = !settings.browser_idle_timeout.is_zero();
+            let result = {
+                let mut browser = this.browser.lock().await;
+                let sync = AssertUnwindSafe(sync_once(
+                    &settings,
+                    &this.cache,
+                    &progress,
+                    &held,
+                    &mut browser,
+                    keep,
+                    &this.shutdown,
+                ));
+                sync.catch_unwind().await.unwrap_or_else(|panic| {
+                    Err(anyhow::anyhow!(
+                        "the sync stopped on an internal error (panic: {}); this is a bug",
+                        panic_message(panic.as_ref())
+                    ))
+                })
             };
             this.record(result);
             drop(held);
+            if keep {
+                this.keep_browser_idle(settings.browser_idle_timeout);
+            }
             drop(flight);
         });
         Trigger::Started
@@ -435,11 +520,43 @@ impl Syncer {
         }
     }
 
-    /// Waits for the sync in progress, if any, to end (after shutdown it ends at once).
+    /// Closes the kept browser once it has been unused for `idle`, unless a newer sync used it.
+    fn keep_browser_idle(self: &Arc<Self>, idle: Duration) {
+        let sync = self.syncs.fetch_add(1, Ordering::AcqRel) + 1;
+        let this = Arc::clone(self);
+        self.tasks.spawn(async move {
+            tokio::select! {
+                () = tokio::time::sleep(idle) => {}
+                () = this.shutdown.cancelled() => return,
+            }
+            if this.syncs.load(Ordering::Acquire) != sync {
+                return;
+            }
+            // A sync that holds the browser now restarts the clock when it ends.
+            let Ok(mut kept) = this.browser.try_lock() else {
+                return;
+            };
+            if let Some(browser) = kept.take() {
+                tracing::info!(
+                    idle = %humantime::format_duration(idle),
+                    "closing the browser: unused for BROWSER_IDLE_TIMEOUT"
+                );
+                browser.close().await;
+            }
+        });
+    }
+
+    /// Waits for the sync in progress, if any, to end (after shutdown it ends at once); after
+    /// shutdown, also closes the kept browser.
     pub async fn wait_idle(&self) {
         self.tasks.close();
         self.tasks.wait().await;
         self.tasks.reopen();
+        if self.shutdown.is_cancelled() {
+            if let Some(browser) = self.browser.lock().await.take() {
+                browser.close().await;
+            }
+        }
     }
 }
 

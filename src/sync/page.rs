@@ -59,33 +59,26 @@ fn net_error_code(detail: &str) -> Option<&str> {
     Some(&code[..end])
 }
 
+/// Tells a Chromium error page (connection refused, blocked port, unknown host) by its
+/// `neterror` body, whatever address it shows, and reads its code.
+const CHROME_ERROR_JS: &str = r#"
+const body = document.body;
+if (location.protocol !== 'chrome-error:' && !(body && body.classList.contains('neterror'))) return null;
+const e = document.querySelector('.error-code');
+const code = e ? e.textContent.trim() : (body ? body.innerText.slice(0, 200) : '');
+return code || 'Chromium error page';
+"#;
+
 /// The error code of a Chromium error page, if that is what shows.
 pub async fn chrome_error(client: &Client) -> Result<Option<String>, ExportError> {
-    let url = step(
-        "reading the page address",
-        STEP_TIMEOUT,
-        client.current_url(),
-    )
-    .await?;
-    if url.scheme() != "chrome-error" {
-        return Ok(None);
-    }
     let code = run_js(
         client,
-        "reading Chromium's error page",
-        "const e = document.querySelector('.error-code'); \
-         return e ? e.textContent.trim() : document.body.innerText.slice(0, 200);",
+        "looking for Chromium's error page",
+        CHROME_ERROR_JS,
         vec![],
     )
-    .await
-    .ok()
-    .and_then(|v| v.as_str().map(str::to_owned))
-    .unwrap_or_default();
-    Ok(Some(if code.is_empty() {
-        "Chromium error page".to_owned()
-    } else {
-        code
-    }))
+    .await?;
+    Ok(code.as_str().map(str::to_owned))
 }
 
 /// Runs `script` in the page; its return value.

@@ -20,6 +20,7 @@ use serde_json::json;
 use crate::config::BrowserSettings;
 use crate::sync::chromedriver::ChromeDriver;
 use crate::sync::error::ExportError;
+use crate::sync::leftovers;
 
 /// How long one ordinary WebDriver command may take.
 pub const STEP_TIMEOUT: Duration = Duration::from_secs(30);
@@ -27,8 +28,10 @@ pub const STEP_TIMEOUT: Duration = Duration::from_secs(30);
 const SESSION_TIMEOUT: Duration = Duration::from_secs(60);
 /// Chromium's fixed window size: large enough that no element covers the export button.
 const WINDOW_SIZE: &str = "1920,1080";
-/// The name prefix of Chromium's profile folder, made inside the download folder.
-pub const PROFILE_PREFIX: &str = ".chrome-profile-";
+/// Chromium's profile folder, inside the browser's folder (a dot name: never a download).
+const PROFILE: &str = ".chrome-profile";
+/// How long a kept browser may take to show it is alive.
+const ALIVE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Runs one WebDriver command with a time limit. A failure or a timeout is
 /// [`ExportError::Transient`] and names the step.
@@ -56,34 +59,28 @@ where
 pub struct Browser {
     client: Option<Client>,
     driver: Option<ChromeDriver>,
-    profile: Option<tempfile::TempDir>,
+    /// The browser's own folder: downloads land in it, Chromium's profile is inside it.
+    folder: Option<tempfile::TempDir>,
     download_dir: PathBuf,
+    /// The export page address that worked, so a later sync goes straight to it.
+    pub export_url: Option<url::Url>,
 }
 
 impl Browser {
-    /// Starts a session that downloads into `download_dir`: through `settings.webdriver_url` when
-    /// set, otherwise through a ChromeDriver started here on a free loopback port.
-    pub async fn start(
-        settings: &BrowserSettings,
-        download_dir: &Path,
-    ) -> Result<Self, ExportError> {
-        let download_dir = std::fs::create_dir_all(download_dir)
-            .and_then(|()| download_dir.canonicalize())
-            .with_context(|| format!("cannot use {} as download folder", download_dir.display()))
+    /// Starts a session that downloads into a new folder of its own (see
+    /// [`leftovers::folder`]): through `settings.webdriver_url` when set, otherwise through a
+    /// ChromeDriver started here on a free loopback port.
+    pub async fn start(settings: &BrowserSettings) -> Result<Self, ExportError> {
+        let folder = leftovers::folder("browser")
+            .context("cannot create the browser's download folder")
             .map_err(ExportError::Fatal)?;
-        // The profile lives in the download folder so that a remote WebDriver sharing that folder
-        // sees the same path, and so that every Chromium process names the folder it serves.
-        let profile = tempfile::Builder::new()
-            .prefix(PROFILE_PREFIX)
-            .tempdir_in(&download_dir)
-            .context("cannot create Chromium's profile folder")
-            .map_err(ExportError::Fatal)?;
-
+        let download_dir = folder.path().to_owned();
         let mut browser = Browser {
             client: None,
             driver: None,
-            profile: Some(profile),
+            folder: Some(folder),
             download_dir,
+            export_url: None,
         };
         match browser.open_session(settings).await {
             Ok(()) => Ok(browser),
@@ -92,6 +89,22 @@ impl Browser {
                 Err(e)
             }
         }
+    }
+
+    /// Whether the browser still answers: ChromeDriver runs and the session replies within a
+    /// few seconds. A crashed or hung browser is replaced instead of reused.
+    pub async fn is_alive(&mut self) -> bool {
+        if let Some(driver) = &mut self.driver {
+            if !driver.is_running() {
+                return false;
+            }
+        }
+        let Some(client) = &self.client else {
+            return false;
+        };
+        step("checking the browser", ALIVE_TIMEOUT, client.current_url())
+            .await
+            .is_ok()
     }
 
     async fn open_session(&mut self, settings: &BrowserSettings) -> Result<(), ExportError> {
@@ -158,9 +171,11 @@ impl Browser {
         .map(str::to_owned)
         .into();
         args.push(format!("--window-size={WINDOW_SIZE}"));
-        if let Some(profile) = &self.profile {
-            args.push(format!("--user-data-dir={}", profile.path().display()));
-        }
+        // Every Chromium process names the folder it serves: leftovers::clean_stale relies on it.
+        args.push(format!(
+            "--user-data-dir={}",
+            self.download_dir.join(PROFILE).display()
+        ));
         let mut options = json!({
             "args": args,
             "prefs": {
@@ -203,7 +218,7 @@ impl Browser {
         Ok(())
     }
 
-    /// Ends the session, then ChromeDriver (and with it Chromium), then removes the profile.
+    /// Ends the session, then ChromeDriver (and with it Chromium), then removes the folder.
     pub async fn close(mut self) {
         if let Some(client) = self.client.take() {
             let closed = step(
@@ -218,10 +233,10 @@ impl Browser {
         if let Some(driver) = self.driver.take() {
             driver.shutdown().await;
         }
-        if let Some(profile) = self.profile.take() {
+        if let Some(folder) = self.folder.take() {
             let removed = tokio::task::spawn_blocking(move || {
-                let path = profile.path().to_owned();
-                profile.close().map_err(|e| (path, e))
+                let path = folder.path().to_owned();
+                folder.close().map_err(|e| (path, e))
             });
             if let Ok(Err((path, e))) = removed.await {
                 tracing::debug!("could not remove {}: {e}", path.display());
@@ -234,13 +249,13 @@ impl Drop for Browser {
     fn drop(&mut self) {
         // Only reached with parts still open when a sync was abandoned without `close`. Dropping
         // the client asks fantoccini to end the session; dropping ChromeDriver ends its process
-        // group at once. The profile is removed off the runtime's threads.
+        // group at once. The folder is removed off the runtime's threads.
         drop(self.client.take());
         drop(self.driver.take());
-        if let Some(profile) = self.profile.take() {
+        if let Some(folder) = self.folder.take() {
             match tokio::runtime::Handle::try_current() {
-                Ok(runtime) => drop(runtime.spawn_blocking(move || drop(profile))),
-                Err(_) => drop(profile),
+                Ok(runtime) => drop(runtime.spawn_blocking(move || drop(folder))),
+                Err(_) => drop(folder),
             }
         }
     }

@@ -348,12 +348,11 @@ async fn fifty_concurrent_refreshes_start_exactly_one_export() {
         1,
         "exactly one export reached phpMyAdmin"
     );
-    assert_eq!(
-        processes_under(tmp.path(), Some(app.pid())),
-        Vec::<String>::new()
-    );
     let body: Value = app.get_fetch_data("").await.json().await.unwrap();
     assert_cache_equals_table(&body, bed);
+    // The browser is kept for the next refresh, and ends with the server.
+    assert!(app.stop().success());
+    assert_eq!(processes_under(tmp.path(), None), Vec::<String>::new());
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -596,4 +595,94 @@ async fn the_shrink_guard_reads_a_cache_in_any_key_order_and_refuses_when_the_co
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(read_json(&cache_file)["count"], table_rows);
+}
+
+/// Names in `tmp` of folders a sync makes (browser downloads, work folders).
+fn sync_folders(tmp: &Path) -> Vec<String> {
+    std::fs::read_dir(tmp)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("pma-cache-"))
+        .collect()
+}
+
+/// Waits (bounded) until no process started under `tmp` runs.
+async fn assert_no_process_under(tmp: &Path, what: &str) {
+    let started = std::time::Instant::now();
+    loop {
+        let left = processes_under(tmp, None);
+        if left.is_empty() {
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{what}: processes left: {left:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sync_killed_at_any_moment_leaves_the_cache_whole_and_nothing_running() {
+    use tokio::io::AsyncBufReadExt;
+    let _one = ONE_AT_A_TIME.lock().await;
+    let bed = testbed();
+    for moment in [
+        "starting_browser",
+        "logging_in",
+        "downloading",
+        "converting",
+    ] {
+        let (dir, cache_file, before) = seeded_cache();
+        let tmp = tempfile::tempdir().unwrap();
+        let env = pma_env(bed, tmp.path());
+        let mut child = tokio::process::Command::new(binary())
+            .arg("sync")
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("CACHE_FILE", &cache_file)
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+        let marker = format!("phase=\"{moment}\"");
+        let mut seen = Vec::new();
+        while let Some(line) = lines.next_line().await.unwrap() {
+            let reached = line.contains("sync phase started") && line.contains(&marker);
+            seen.push(line);
+            if reached {
+                break;
+            }
+        }
+        child.start_kill().unwrap();
+        child.wait().await.unwrap();
+        assert!(
+            seen.last().is_some_and(|l| l.contains(&marker)),
+            "{moment} never came:\n{}",
+            seen.join("\n")
+        );
+
+        let after = std::fs::read(&cache_file).unwrap();
+        if after != before {
+            assert_cache_equals_table(&read_json(&cache_file), bed);
+        }
+        assert_no_process_under(tmp.path(), moment).await;
+
+        let out = run_sync(&cache_file, &env);
+        assert!(
+            out.status.success(),
+            "the next sync after a kill while {moment} failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_cache_equals_table(&read_json(&cache_file), bed);
+        assert_no_process_under(tmp.path(), moment).await;
+        assert_eq!(
+            sync_folders(tmp.path()),
+            Vec::<String>::new(),
+            "after {moment}"
+        );
+        drop(dir);
+    }
 }

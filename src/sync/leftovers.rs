@@ -1,0 +1,147 @@
+//! What a killed pma-cache leaves behind, and how the next one ends it.
+//!
+//! Every folder a sync makes in the temp folder is named after its process:
+//! `pma-cache-<kind>-<pid>-<start time>-<random>`. The start time (in clock ticks since boot, from
+//! `/proc`) tells a live owner from a new process that got the same pid. Chromium names the folder
+//! on its command line (`--user-data-dir` inside it), so the processes that served a folder are
+//! found by it, and their ChromeDriver is the leader of their process group.
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+/// Creates a folder of `kind` for this process in the temp folder; removed when dropped.
+pub fn folder(kind: &str) -> io::Result<tempfile::TempDir> {
+    let me = std::process::id();
+    let start = start_time(me).unwrap_or(0);
+    tempfile::Builder::new()
+        .prefix(&format!("pma-cache-{kind}-{me}-{start}-"))
+        .tempdir()
+}
+
+/// Ends the browser processes and removes the folders of pma-cache processes that are gone.
+/// Folders of live processes (another `sync` running) are left alone. Returns what was removed.
+pub fn clean_stale() -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return Vec::new();
+    };
+    let mut removed = Vec::new();
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some((pid, start)) = name.to_str().and_then(owner) else {
+            continue;
+        };
+        if start_time(pid) == Some(start) {
+            continue;
+        }
+        let path = entry.path();
+        end_processes_serving(&path);
+        match std::fs::remove_dir_all(&path) {
+            Ok(()) => removed.push(path),
+            Err(e) => tracing::warn!("cannot remove the stale folder {}: {e}", path.display()),
+        }
+    }
+    if !removed.is_empty() {
+        tracing::info!(
+            ?removed,
+            "removed what earlier, killed pma-cache processes left behind"
+        );
+    }
+    removed
+}
+
+/// The owner (pid, start time) a folder's name records, if it is one of ours.
+fn owner(name: &str) -> Option<(u32, u64)> {
+    let rest = name.strip_prefix("pma-cache-")?;
+    let mut parts = rest.split('-');
+    let _kind = parts.next()?;
+    let pid = parts.next()?.parse().ok()?;
+    let start = parts.next()?.parse().ok()?;
+    parts.next()?;
+    Some((pid, start))
+}
+
+/// A process's start time in clock ticks since boot (field 22 of `/proc/<pid>/stat`).
+fn start_time(pid: u32) -> Option<u64> {
+    stat_field(pid, 22)
+}
+
+/// Field `n` (1-based, as in proc(5)) of `/proc/<pid>/stat`; fields after the command name only.
+fn stat_field(pid: u32, n: usize) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after_name = stat.rsplit_once(')')?.1;
+    after_name.split_whitespace().nth(n - 3)?.parse().ok()
+}
+
+fn cmdline(pid: u32) -> String {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|raw| String::from_utf8_lossy(&raw).replace('\0', " "))
+        .unwrap_or_default()
+}
+
+/// Kills the processes whose command line names `folder`, and the ChromeDriver leading their
+/// process group.
+fn end_processes_serving(folder: &Path) {
+    let needle = folder.display().to_string();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return;
+    };
+    let me = std::process::id();
+    let pids: Vec<u32> = entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&pid| pid != me && cmdline(pid).contains(&needle))
+        .collect();
+    let mut groups: Vec<u32> = Vec::new();
+    for &pid in &pids {
+        if let Some(group) = stat_field(pid, 5).map(|g| g as u32) {
+            if group != pid && cmdline(group).contains("chromedriver") && !groups.contains(&group) {
+                groups.push(group);
+            }
+        }
+        kill(pid, false);
+    }
+    for group in groups {
+        kill(group, true);
+    }
+}
+
+fn kill(pid: u32, group: bool) {
+    let Some(pid) = rustix::process::Pid::from_raw(pid as i32) else {
+        return;
+    };
+    let signal = rustix::process::Signal::KILL;
+    let _ = if group {
+        rustix::process::kill_process_group(pid, signal)
+    } else {
+        rustix::process::kill_process(pid, signal)
+    };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn folder_names_record_their_owner() {
+        let dir = folder("test").unwrap();
+        let name = dir.path().file_name().unwrap().to_str().unwrap().to_owned();
+        let (pid, start) = owner(&name).unwrap();
+        assert_eq!(pid, std::process::id());
+        assert_eq!(start_time(pid), Some(start));
+        assert_eq!(owner("pma-cache-download-abc"), None);
+        assert_eq!(owner("something-else"), None);
+    }
+
+    #[test]
+    fn folders_of_live_processes_are_kept_and_of_dead_ones_removed() {
+        let mine = folder("test").unwrap();
+        // A pid that is alive (this one) but started at another time: a reused pid.
+        let reused =
+            std::env::temp_dir().join(format!("pma-cache-test-{}-1-abcdef", std::process::id()));
+        std::fs::create_dir_all(&reused).unwrap();
+        let removed = clean_stale();
+        assert!(removed.contains(&reused), "{removed:?}");
+        assert!(!reused.exists());
+        assert!(mine.path().exists());
+    }
+}
