@@ -58,10 +58,11 @@ fn demo_settings() -> HashMap<String, String> {
         .collect()
 }
 
-/// A server whose refresh runs a real sync from the test bed, through the bed's ChromeDriver.
-fn syncing_env(bed: &Testbed) -> Vec<(&'static str, String)> {
+/// A server whose refresh runs a real sync from the test bed, with a ChromeDriver of its own (one
+/// that ends with the server) and its browser folders in `tmp`.
+fn syncing_env(bed: &Testbed, tmp: &Path) -> Vec<(&'static str, String)> {
     let mut env = bed.pma_env();
-    env.push(("WEBDRIVER_URL", bed.webdriver_url.clone()));
+    env.push(("TMPDIR", tmp.display().to_string()));
     env
 }
 
@@ -141,7 +142,7 @@ async fn the_python_example_follows_a_refresh_of_102052_orders_in_bounded_memory
     let dir = tempfile::tempdir().unwrap();
     let cache = big_cache(dir.path());
     let json_bytes = cache.len() as u64;
-    let mut env = syncing_env(bed);
+    let mut env = syncing_env(bed, dir.path());
     // The bed's table is much smaller than the cache: accept it, so the refresh lands.
     env.push(("SYNC_FORCE", "1".into()));
     let app = spawn_app_with(Options {
@@ -210,7 +211,8 @@ async fn the_browser_example_shows_the_table_then_the_refreshed_one_with_the_dem
     let _one = ONE_AT_A_TIME.lock().await;
     let bed = testbed();
     let demo = demo_settings();
-    let mut env = syncing_env(bed);
+    let tmp = tempfile::tempdir().unwrap();
+    let mut env = syncing_env(bed, tmp.path());
     env.push(("API_KEY", demo["API_KEY"].clone()));
     env.push(("CORS_ALLOW_ORIGINS", demo["CORS_ALLOW_ORIGINS"].clone()));
     let app = spawn_app_with(Options {
