@@ -107,4 +107,31 @@ w("")
 w("`/usr/bin/time %M` is the largest RSS of pma-cache *or of any descendant it reaped* (ChromeDriver, "
   "and Chromium processes ChromeDriver reaped), so it is not pma-cache's own peak; VmHWM is pma-cache's "
   "own, read every 20 ms until it exits. MB = 10^6 bytes.")
+
+# The four targets of issue 10, each against the floor measured in the same run.
+warm_runs = json.loads(read("warm.json"))
+warm_med = statistics.median(r["wall"] for r in warm_runs["warm"])
+warm_server = statistics.median(r["server"] for r in warm_runs["warm"])
+warm_floor = statistics.median(r["total_seconds"] for r in warm_runs["floor"])
+timings = []
+for i in range(1, 6):
+    m = re.search(r"convert_seconds=([0-9.]+) write_seconds=([0-9.]+)", ANSI.sub("", read("import-%d.log" % i)))
+    if m:
+        timings.append(float(m.group(1)) + float(m.group(2)))
+conv = statistics.median(timings) if timings else float("nan")
+w("")
+w("### Targets (issue 10)")
+w("")
+w("| target | measured | floor (same run) | ratio | goal | |")
+w("|---|---:|---:|---:|---:|---|")
+w("| warm sync: refresh in a running `serve`, median of %d, POST to done (server's own figure %.2f s) | %.2f s | %.2f s | %.2f× | ≤ 1.5× | %s |"
+  % (len(warm_runs["warm"]), warm_server, warm_med, warm_floor, warm_med / warm_floor, ok(warm_med <= 1.5 * warm_floor)))
+w("| cold `pma-cache sync` (run 0, process wall) | %.2f s | %.2f s | %.2f× | ≤ 3× | %s |"
+  % (cold["wall"], floor_total, cold["wall"] / floor_total, ok(cold["wall"] <= 3 * floor_total)))
+w("| conversion + durable write, %s rows (`import`'s own timings, median of %d) | %.3f s | | | < 0.3 s | %s |"
+  % (format(rows, ","), len(timings), conv, ok(conv < 0.3)))
+w("| kept browser idle, %d processes: summed PSS (summed RSS) | %.0f MB (%.0f MB) | | | reported | |"
+  % (warm_runs["idle_processes"], KB_MB(warm_runs["idle_pss_kb"]), KB_MB(warm_runs["idle_rss_kb"])))
+w("")
+w("The first refresh of the `serve` (starting its browser and logging in) took %.2f s." % warm_runs["first"]["wall"])
 print("\n".join(out))

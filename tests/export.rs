@@ -571,3 +571,38 @@ async fn a_kept_browser_whose_chromium_was_killed_is_replaced() {
     kept.take().unwrap().close().await;
     assert_no_browser_left().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_phpmyadmin_version_exports_the_table_exactly_cold_and_warm() {
+    let _one = ONE_BROWSER.lock().await;
+    init_logs();
+    let bed = testbed();
+    for (version, url) in &bed.versions {
+        let work = tempfile::tempdir().unwrap();
+        let settings = settings(bed, url, &bed.password, None, &work.path().join("failures"));
+        let token = null_token();
+        let mut kept = None;
+        for run in ["cold", "warm"] {
+            let csv = export_with(&settings, &mut kept, &token)
+                .await
+                .unwrap_or_else(|e| panic!("phpMyAdmin {version}, {run} export: {e:#}"));
+            assert_csv_equals_table(&csv, &token, bed);
+            std::fs::remove_file(&csv).unwrap();
+        }
+        kept.take().unwrap().close().await;
+
+        let mut missing = settings.clone();
+        missing.table = "no_such_table".into();
+        let err = export_once(&missing, &token)
+            .await
+            .0
+            .expect_err("a missing table fails");
+        eprintln!("phpMyAdmin {version}, missing table: {err:#}");
+        assert!(matches!(err, ExportError::Fatal(_)), "{version}: {err:#}");
+        assert!(
+            format!("{err:#}").contains("no_such_table"),
+            "{version}: {err:#}"
+        );
+    }
+    assert_no_browser_left().await;
+}

@@ -26,6 +26,9 @@ pub struct Testbed {
     pub webdriver_url: String,
     /// The folder that holds the bed's data and logs.
     pub dir: PathBuf,
+    /// Every phpMyAdmin the bed serves, as (version, address): Debian's 5.2.1 (`pma_url`) and
+    /// the released 4.9.11 and 5.1.4.
+    pub versions: Vec<(&'static str, String)>,
 }
 
 /// The test bed, started on first use.
@@ -74,7 +77,12 @@ impl Testbed {
             .collect();
         let get = |key: &str| -> String {
             vars.get(key)
-                .unwrap_or_else(|| panic!("{} has no {key}", path.display()))
+                .unwrap_or_else(|| {
+                    panic!(
+                        "{} has no {key}: restart the bed (bin/testbed down, then up)",
+                        path.display()
+                    )
+                })
                 .to_string()
         };
         Testbed {
@@ -86,6 +94,11 @@ impl Testbed {
             mariadb_socket: PathBuf::from(get("TESTBED_MARIADB_SOCKET")),
             webdriver_url: get("TESTBED_WEBDRIVER_URL"),
             dir: PathBuf::from(get("TESTBED_DIR")),
+            versions: vec![
+                ("5.2.1", get("PMA_URL")),
+                ("4.9.11", get("PMA_URL_4_9")),
+                ("5.1.4", get("PMA_URL_5_1")),
+            ],
         }
     }
 
