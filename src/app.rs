@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::api::{self, AppState};
-use crate::cache::{Cache, WATCH_INTERVAL};
+use crate::cache::WATCH_INTERVAL;
 use crate::config::ServeConfig;
 use crate::sync::Syncer;
 
@@ -32,9 +32,8 @@ impl Application {
         let listener = TcpListener::bind((config.host.as_str(), config.port))
             .await
             .with_context(|| format!("cannot listen on {}:{}", config.host, config.port))?;
-        let cache = Cache::new(&config.cache_file);
-        cache.remove_stale_temporaries();
-        match cache.reload_if_changed().await {
+        let cache = crate::commands::open_cache(config.cache_file.clone(), config.shared, true)?;
+        match cache.load_initial().await {
             Ok(true) => {}
             Ok(false) => tracing::warn!(
                 file = %config.cache_file.display(),

@@ -9,10 +9,9 @@ use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 
 use crate::app::Application;
-use crate::cache::{csv_to_cache_json, Cache, SyncLockGuard, VersionRecord};
+use crate::cache::{csv_to_cache_json, Cache, SharedStore, SyncLockGuard, VersionRecord};
 use crate::config::{
-    validate_cache_file, CacheArgs, Command, ImportArgs, PmaArgs, SyncArgs, SyncSettings,
-    WorkerArgs,
+    CacheArgs, Command, ImportArgs, PmaArgs, SharedSettings, SyncArgs, SyncSettings, WorkerArgs,
 };
 use crate::shutdown;
 use crate::sync::status::{rfc3339, Progress};
@@ -44,13 +43,44 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
     }
 }
 
-async fn import(args: ImportArgs) -> anyhow::Result<()> {
-    let cache_file = validate_cache_file(args.cache.cache_file)?;
-    let cache = Cache::file_only(&cache_file);
+/// Redis keys are named after this.
+const SHARED_PREFIX: &str = "pma-cache";
+
+/// The cache at `cache_file`, its versions shared through Redis when `shared` is set;
+/// `serving` keeps the current snapshot in memory. Removes leftovers of killed writers.
+pub fn open_cache(
+    cache_file: PathBuf,
+    shared: Option<SharedSettings>,
+    serving: bool,
+) -> anyhow::Result<Arc<Cache>> {
+    let store = match shared {
+        Some(s) => Some(SharedStore::open(
+            s.redis_url.expose(),
+            SHARED_PREFIX,
+            s.lock_ttl,
+        )?),
+        None => None,
+    };
+    let cache = Cache::open(cache_file, store, serving);
     cache.remove_stale_temporaries();
-    let _held = wait_for_lock(&cache).await?;
-    let csv_path = args.file;
-    let null = args.null;
+    Ok(cache)
+}
+
+async fn import(args: ImportArgs) -> anyhow::Result<()> {
+    let (cache_file, shared) = args.cache.validate()?;
+    let cache = open_cache(cache_file.clone(), shared, false)?;
+    let held = wait_for_lock(&cache).await?;
+    let result = import_locked(&cache, args.file, args.null, &cache_file).await;
+    held.release().await;
+    result
+}
+
+async fn import_locked(
+    cache: &Arc<Cache>,
+    csv_path: PathBuf,
+    null: Option<String>,
+    cache_file: &std::path::Path,
+) -> anyhow::Result<()> {
     let started = Instant::now();
     let started_at = rfc3339(OffsetDateTime::now_utc());
     let converted = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
@@ -91,11 +121,11 @@ async fn import(args: ImportArgs) -> anyhow::Result<()> {
 /// Takes the cache's sync lock, waiting (and saying so) while another process holds it.
 async fn wait_for_lock(cache: &Cache) -> anyhow::Result<SyncLockGuard> {
     let lock = cache.sync_lock();
-    if let Some(held) = lock.try_acquire()? {
+    if let Some(held) = lock.try_acquire().await? {
         return Ok(held);
     }
     tracing::info!(
-        lock = %lock.path().display(),
+        lock = %lock.describe(),
         "another process is syncing this cache; waiting for it to finish"
     );
     tokio::select! {
@@ -104,28 +134,28 @@ async fn wait_for_lock(cache: &Cache) -> anyhow::Result<SyncLockGuard> {
     }
 }
 
-/// The cache file and sync settings of `sync` and `worker`, both required.
-fn sync_settings(cache: CacheArgs, pma: PmaArgs) -> anyhow::Result<(PathBuf, SyncSettings)> {
-    let cache_file = validate_cache_file(cache.cache_file)?;
+/// The cache (not serving) and sync settings of `sync` and `worker`, both required.
+fn sync_settings(
+    cache: CacheArgs,
+    pma: PmaArgs,
+) -> anyhow::Result<(PathBuf, Arc<Cache>, SyncSettings)> {
+    let (cache_file, shared) = cache.validate()?;
     let settings = pma
         .validate(&cache_file, true)?
         .context("PMA_URL is not set")?;
-    Ok((cache_file, settings))
+    let cache = open_cache(cache_file.clone(), shared, false)?;
+    Ok((cache_file, cache, settings))
 }
 
 async fn sync(args: SyncArgs) -> anyhow::Result<()> {
-    let (cache_file, settings) = sync_settings(args.cache, args.pma)?;
-    let cache = Cache::file_only(&cache_file);
-    cache.remove_stale_temporaries();
-    let before = cache.file_stamp();
-    let held = match cache.sync_lock().try_acquire()? {
+    let (cache_file, cache, settings) = sync_settings(args.cache, args.pma)?;
+    let before = cache.version_tag().await;
+    let held = match cache.sync_lock().try_acquire().await? {
         Some(held) => held,
-        None if args.no_wait => {
-            return Err(SyncBusy(cache.sync_lock().path().display().to_string()).into())
-        }
+        None if args.no_wait => return Err(SyncBusy(cache.sync_lock().describe()).into()),
         None => {
             let held = wait_for_lock(&cache).await?;
-            if cache.file_stamp() != before {
+            if cache.version_tag().await != before {
                 // The sync we waited for wrote a new version: exporting again would only repeat it.
                 match cache.latest_record().await {
                     Some(r) => tracing::info!(
@@ -138,6 +168,7 @@ async fn sync(args: SyncArgs) -> anyhow::Result<()> {
                         "another process refreshed the cache meanwhile; not exporting again"
                     ),
                 }
+                held.release().await;
                 return Ok(());
             }
             tracing::info!("the other process wrote no new cache; syncing now");
@@ -166,10 +197,14 @@ async fn sync(args: SyncArgs) -> anyhow::Result<()> {
     )
     .await;
     interrupt.abort();
-    let report = match result {
-        Err(_) if stop.is_cancelled() => anyhow::bail!("interrupted; the cache was left as it was"),
-        other => other?,
+    let result = match result {
+        Err(_) if stop.is_cancelled() => {
+            Err(anyhow::anyhow!("interrupted; the cache was left as it was"))
+        }
+        other => other,
     };
+    held.release().await;
+    let report = result?;
     tracing::info!(
         rows = report.rows,
         bytes = report.bytes,
@@ -181,9 +216,7 @@ async fn sync(args: SyncArgs) -> anyhow::Result<()> {
 }
 
 async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
-    let (cache_file, settings) = sync_settings(args.cache, args.pma)?;
-    let cache = Cache::file_only(&cache_file);
-    cache.remove_stale_temporaries();
+    let (cache_file, cache, settings) = sync_settings(args.cache, args.pma)?;
     // A restart (or a crash loop) does not sync again while the cache is fresh.
     let first = match cache.age().await {
         Some(age) => args.sync_interval.saturating_sub(age),

@@ -95,9 +95,50 @@ pub enum Command {
 
 #[derive(Debug, Args)]
 pub struct CacheArgs {
-    /// The JSON cache file that `serve` reads and the sync writes.
+    /// The JSON cache file that `serve` reads and the sync writes; with REDIS_URL, a local copy
+    /// to start from when Redis is unreachable.
     #[arg(long, env = "CACHE_FILE", default_value = "cache/data_cache.json")]
     pub cache_file: PathBuf,
+    /// Share versions and the sync lock through this Redis (redis:// or rediss://, user and
+    /// password in the URL), for several replicas and a worker that share no disk.
+    #[arg(long, env = "REDIS_URL", hide_env_values = true)]
+    pub redis_url: Option<Secret>,
+    /// How long the Redis sync lock lives without renewal (a dead holder blocks syncs this long).
+    #[arg(long, env = "REDIS_LOCK_TTL", value_parser = parse_duration, default_value = "30s")]
+    pub redis_lock_ttl: Duration,
+}
+
+/// Where versions are shared, validated.
+#[derive(Debug, Clone)]
+pub struct SharedSettings {
+    pub redis_url: Secret,
+    pub lock_ttl: Duration,
+}
+
+impl CacheArgs {
+    /// The cache file and the Redis settings, checked.
+    pub fn validate(self) -> Result<(PathBuf, Option<SharedSettings>), ConfigError> {
+        let cache_file = validate_cache_file(self.cache_file)?;
+        let shared = match self.redis_url.filter(|u| !u.expose().trim().is_empty()) {
+            None => None,
+            Some(url) => {
+                let scheme = url.expose().split("://").next().unwrap_or_default();
+                if !matches!(scheme, "redis" | "rediss") {
+                    return Err(ConfigError::new(
+                        "REDIS_URL must start with redis:// or rediss://",
+                    ));
+                }
+                if self.redis_lock_ttl < Duration::from_secs(1) {
+                    return Err(ConfigError::new("REDIS_LOCK_TTL must be at least 1s"));
+                }
+                Some(SharedSettings {
+                    redis_url: url,
+                    lock_ttl: self.redis_lock_ttl,
+                })
+            }
+        };
+        Ok((cache_file, shared))
+    }
 }
 
 #[derive(Debug, Args)]
@@ -310,6 +351,8 @@ pub struct ServeConfig {
     pub port: u16,
     pub api_keys: Vec<Secret>,
     pub cache_file: PathBuf,
+    /// Redis, when versions are shared between replicas.
+    pub shared: Option<SharedSettings>,
     pub cors_allow_origins: Vec<String>,
     pub sync: Option<SyncSettings>,
     pub sync_interval: Option<Duration>,
@@ -337,7 +380,7 @@ impl ServeArgs {
             None => Vec::new(),
             Some(list) => parse_origins(&list)?,
         };
-        let cache_file = validate_cache_file(self.cache.cache_file)?;
+        let (cache_file, shared) = self.cache.validate()?;
         let sync = self.pma.validate(&cache_file, false)?;
         if self.sync_interval.is_some() && sync.is_none() {
             return Err(ConfigError::new(
@@ -360,6 +403,7 @@ impl ServeArgs {
             port: self.port,
             api_keys,
             cache_file,
+            shared,
             cors_allow_origins,
             sync,
             sync_interval: self.sync_interval,

@@ -87,16 +87,19 @@ pub async fn fetch_data(
 ) -> Result<Response, ApiError> {
     let params = FetchParams::parse(query.as_deref())?;
     if params.stream {
-        return Ok(sse::stream(state, params.refresh, params.payload));
+        return Ok(sse::stream(state, params.refresh, params.payload).await);
     }
-    let info = params.refresh.then(|| match state.syncer.trigger() {
-        Trigger::Started => "Background refresh triggered",
-        Trigger::AlreadyRunning => "Background refresh already in progress",
-        // This server only serves the file (a standalone worker may be refreshing it).
-        Trigger::NotConfigured => {
-            "Refresh not available: this server has no sync source configured"
-        }
-    });
+    let info = match params.refresh {
+        false => None,
+        true => Some(match state.syncer.trigger().await {
+            Trigger::Started => "Background refresh triggered",
+            Trigger::AlreadyRunning => "Background refresh already in progress",
+            // This server only serves the file (a standalone worker may be refreshing it).
+            Trigger::NotConfigured => {
+                "Refresh not available: this server has no sync source configured"
+            }
+        }),
+    };
     let snapshot = current_snapshot(&state)?;
     Ok(match info {
         None => cached_response(&snapshot, &headers),

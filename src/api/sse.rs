@@ -122,7 +122,7 @@ impl EventStream {
 }
 
 /// Starts the event stream; with `refresh`, also starts a sync.
-pub fn stream(state: AppState, refresh: bool, payload: Payload) -> Response {
+pub async fn stream(state: AppState, refresh: bool, payload: Payload) -> Response {
     // Subscribe before reading the snapshot, so an update between the two is not missed.
     let events = state.cache.subscribe();
     let mut stream = EventStream {
@@ -137,7 +137,7 @@ pub fn stream(state: AppState, refresh: bool, payload: Payload) -> Response {
         Some(snapshot) => stream.push_snapshot("cached", &snapshot),
         None => stream.push_nothing_cached(),
     }
-    if refresh && state.syncer.trigger() == Trigger::NotConfigured {
+    if refresh && state.syncer.trigger().await == Trigger::NotConfigured {
         stream.push_error(&super::error::ApiError::SyncNotConfigured.to_string());
         stream.finish();
     }

@@ -50,7 +50,7 @@ pub async fn status(State(state): State<AppState>) -> Json<Value> {
 
 /// `POST /refresh`: starts a sync in the background unless one is running.
 pub async fn refresh(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
-    let status = match state.syncer.trigger() {
+    let status = match state.syncer.trigger().await {
         Trigger::Started => "triggered",
         Trigger::AlreadyRunning => "already in progress",
         Trigger::NotConfigured => return Err(ApiError::SyncNotConfigured),

@@ -4,6 +4,7 @@
 //! - [`convert`] — CSV to cache JSON.
 //! - [`store`] — atomic writes and reads of the cache file, and each version's record.
 //! - [`lock`] — the sync lock shared by every process of one cache.
+//! - [`shared`] — versions shared through Redis, for replicas that share no disk.
 //! - [`snapshot`] — the ready-to-send bodies the API serves.
 //!
 //! Readers never wait: the current snapshot sits behind an [`ArcSwapOption`], so a request takes a
@@ -12,6 +13,7 @@
 pub mod convert;
 pub mod format;
 pub mod lock;
+pub mod shared;
 pub mod snapshot;
 pub mod store;
 
@@ -26,12 +28,16 @@ use tokio_util::sync::CancellationToken;
 
 pub use convert::{csv_to_cache_json, ConvertError, Converted};
 pub use lock::{SyncLock, SyncLockGuard};
+pub use shared::SharedStore;
 pub use snapshot::{Encoding, Snapshot};
 use store::FileStamp;
 pub use store::VersionRecord;
 
 /// How often `serve` looks for a cache file written by another process.
 pub const WATCH_INTERVAL: Duration = Duration::from_millis(500);
+
+/// How often a replica asks Redis for the current version, in case it missed the news.
+pub const SHARED_CHECK_INTERVAL: Duration = Duration::from_secs(5);
 
 /// News for SSE subscribers.
 #[derive(Debug, Clone)]
@@ -42,10 +48,14 @@ pub enum CacheEvent {
     SyncFailed(Arc<str>),
 }
 
-/// The served cache and the file behind it.
+/// The served cache and where its versions live: the file, or Redis with the file as a local
+/// copy to start from when Redis is unreachable.
 #[derive(Debug)]
 pub struct Cache {
     path: PathBuf,
+    shared: Option<Arc<SharedStore>>,
+    /// The id of the shared version in memory (or being loaded), so each is loaded once.
+    known_version: Mutex<Option<String>>,
     lock: SyncLock,
     current: ArcSwapOption<Snapshot>,
     /// The record of the served version, when it has one.
@@ -62,18 +72,25 @@ pub struct Cache {
 impl Cache {
     /// An empty served cache backed by `path`; call [`Cache::reload_if_changed`] to load the file.
     pub fn new(path: impl Into<PathBuf>) -> Arc<Self> {
-        Self::with_mode(path.into(), true)
+        Self::open(path.into(), None, true)
     }
 
     /// A cache that only writes the file, for the standalone worker and one-off commands: it
     /// keeps no snapshot in memory, so the process holds one copy of the data at most.
     pub fn file_only(path: impl Into<PathBuf>) -> Arc<Self> {
-        Self::with_mode(path.into(), false)
+        Self::open(path.into(), None, false)
     }
 
-    fn with_mode(path: PathBuf, serving: bool) -> Arc<Self> {
+    /// A cache whose versions live in `shared` (Redis) when given, else in the file at `path`;
+    /// `serving` keeps the current snapshot in memory for the API.
+    pub fn open(path: PathBuf, shared: Option<Arc<SharedStore>>, serving: bool) -> Arc<Self> {
         Arc::new(Self {
-            lock: SyncLock::beside(&path),
+            lock: match &shared {
+                Some(store) => SyncLock::Shared(Arc::clone(store)),
+                None => SyncLock::beside(&path),
+            },
+            shared,
+            known_version: Mutex::new(None),
             path,
             current: ArcSwapOption::empty(),
             record: ArcSwapOption::empty(),
@@ -90,6 +107,9 @@ impl Cache {
         if let Some(snapshot) = self.current() {
             return Ok(Some(snapshot.count));
         }
+        if let Some(shared) = &self.shared {
+            return Ok(shared.current_meta().await?.map(|m| m.record.rows));
+        }
         let path = self.path.clone();
         let facts = tokio::task::spawn_blocking(move || store::read_facts(&path))
             .await
@@ -102,13 +122,19 @@ impl Cache {
         if let Some(snapshot) = self.current() {
             return Some(snapshot.age());
         }
-        let path = self.path.clone();
-        let facts = tokio::task::spawn_blocking(move || store::read_facts(&path))
-            .await
-            .ok()?
-            .ok()??;
+        let last_updated = match &self.shared {
+            Some(shared) => shared.current_meta().await.ok()??.record.last_updated,
+            None => {
+                let path = self.path.clone();
+                tokio::task::spawn_blocking(move || store::read_facts(&path))
+                    .await
+                    .ok()?
+                    .ok()??
+                    .last_updated
+            }
+        };
         let t = time::OffsetDateTime::parse(
-            &facts.last_updated,
+            &last_updated,
             &time::format_description::well_known::Rfc3339,
         )
         .ok()?;
@@ -119,15 +145,29 @@ impl Cache {
         )
     }
 
-    /// The stamp of the cache file as it is now, to notice a version written meanwhile.
-    pub fn file_stamp(&self) -> Option<FileStamp> {
-        FileStamp::of(&self.path).ok().flatten()
+    /// Names the current version, to notice one written meanwhile by another process.
+    pub async fn version_tag(&self) -> Option<String> {
+        match &self.shared {
+            Some(shared) => shared
+                .current_meta()
+                .await
+                .ok()
+                .flatten()
+                .map(|m| m.record.version),
+            None => FileStamp::of(&self.path)
+                .ok()
+                .flatten()
+                .map(|s| format!("{s:?}")),
+        }
     }
 
     /// The record of the newest version: the served one's, or the file's when only writing it.
     pub async fn latest_record(&self) -> Option<VersionRecord> {
         if self.serving {
             return self.record.load_full().map(|r| (*r).clone());
+        }
+        if let Some(shared) = &self.shared {
+            return shared.current_meta().await.ok().flatten().map(|m| m.record);
         }
         let path = self.path.clone();
         tokio::task::spawn_blocking(move || {
@@ -166,7 +206,8 @@ impl Cache {
 
     /// Why the cache file on disk is not being served, if it is present but unusable.
     pub fn load_error(&self) -> Option<String> {
-        lock(&self.load_error).clone()
+        let shared = self.shared.as_ref().and_then(|s| s.error());
+        shared.or_else(|| lock(&self.load_error).clone())
     }
 
     /// Subscribes to cache news.
@@ -179,25 +220,48 @@ impl Cache {
         let _ = self.events.send(CacheEvent::SyncFailed(message.into()));
     }
 
-    /// Writes a freshly converted table to the cache file, atomically, with its record, and
-    /// serves it.
+    /// Makes a freshly converted table the current version, with its record, and serves it.
+    /// With Redis it is published there first (if that fails, nothing changes) and the file is
+    /// kept as a local copy; otherwise the file is replaced atomically.
     pub async fn replace(
         self: &Arc<Self>,
         converted: Converted,
         record: VersionRecord,
     ) -> anyhow::Result<()> {
+        let converted = match &self.shared {
+            Some(shared) => {
+                *lock(&self.known_version) = Some(record.version.clone());
+                let (converted, prepared) = tokio::task::spawn_blocking({
+                    let record = record.clone();
+                    move || {
+                        let prepared = SharedStore::prepare(
+                            converted.cache_bytes(),
+                            &record,
+                            converted.columns.clone(),
+                        );
+                        (converted, prepared)
+                    }
+                })
+                .await
+                .context("the compressor stopped")?;
+                shared
+                    .publish(prepared?)
+                    .await
+                    .context("the new version was not published; the previous one stays")?;
+                converted
+            }
+            None => converted,
+        };
         let cache = Arc::clone(self);
         let record = Arc::new(record);
         let written = Arc::clone(&record);
+        let local_copy = self.shared.is_some();
         let snapshot = tokio::task::spawn_blocking(move || -> anyhow::Result<Option<Snapshot>> {
-            {
-                // Held across the rename so the watcher never mistakes our file for a stranger's.
-                let mut known = lock(&cache.known);
-                written.write(&cache.path)?;
-                store::write_atomic(&cache.path, converted.cache_bytes())?;
-                *known = FileStamp::of(&cache.path)?;
+            let written = cache.write_file(&[converted.cache_bytes()], &written);
+            match written {
+                Err(e) if local_copy => tracing::warn!("{e:#}; the local copy was not updated"),
+                other => other?,
             }
-            *lock(&cache.load_error) = None;
             Ok(cache.serving.then(|| Snapshot::from_converted(converted)))
         })
         .await
@@ -206,6 +270,74 @@ impl Cache {
             self.install(snapshot, Some(record));
         }
         Ok(())
+    }
+
+    /// Writes the record, then the cache file, atomically. Blocking.
+    fn write_file(&self, document: &[&[u8]], record: &VersionRecord) -> anyhow::Result<()> {
+        // Held across the rename so the watcher never mistakes our file for a stranger's.
+        let mut known = lock(&self.known);
+        record.write(&self.path)?;
+        store::write_atomic_parts(&self.path, document)?;
+        *known = FileStamp::of(&self.path)?;
+        *lock(&self.load_error) = None;
+        Ok(())
+    }
+
+    /// Loads the first version at start: from Redis when shared (a few seconds at most), else,
+    /// or when Redis is unreachable or empty, from the file. Returns whether one is served.
+    pub async fn load_initial(self: &Arc<Self>) -> anyhow::Result<bool> {
+        if self.shared.is_some() {
+            match tokio::time::timeout(Duration::from_secs(5), self.reload_if_shared_changed())
+                .await
+            {
+                Ok(Ok(true)) => return Ok(true),
+                Ok(Ok(false)) => {
+                    tracing::warn!("Redis holds no version yet; trying the local copy")
+                }
+                Ok(Err(e)) => tracing::warn!("{e:#}; starting from the local copy"),
+                Err(_) => {
+                    tracing::warn!("Redis did not answer in 5 s; starting from the local copy")
+                }
+            }
+        }
+        self.reload_if_changed().await
+    }
+
+    /// Loads the version Redis holds if it is not the one served. Returns whether a new
+    /// snapshot is served. The local copy is refreshed in the background.
+    pub async fn reload_if_shared_changed(self: &Arc<Self>) -> anyhow::Result<bool> {
+        let Some(shared) = &self.shared else {
+            return Ok(false);
+        };
+        let Some(meta) = shared.current_meta().await? else {
+            return Ok(false);
+        };
+        if lock(&self.known_version).as_deref() == Some(meta.record.version.as_str()) {
+            return Ok(false);
+        }
+        let Some((meta, buf)) = shared.load().await? else {
+            return Ok(false);
+        };
+        *lock(&self.known_version) = Some(meta.record.version.clone());
+        let snapshot = tokio::task::spawn_blocking(move || Snapshot::from_cache_buffer(buf))
+            .await
+            .context("the cache reader stopped")?
+            .context("the version in Redis is not valid")?;
+        let record = Arc::new(meta.record);
+        let snapshot = self.install(snapshot, Some(Arc::clone(&record)));
+        // The local copy to start from when Redis is unreachable, written once the new version
+        // is served.
+        let cache = Arc::clone(self);
+        let written = tokio::task::spawn_blocking(move || {
+            let document = [&b"{"[..], &snapshot.body[format::BODY_PREFIX.len()..]];
+            cache.write_file(&document, &record)
+        })
+        .await
+        .context("the cache writer stopped")?;
+        if let Err(e) = written {
+            tracing::warn!("{e:#}; the local copy was not updated");
+        }
+        Ok(true)
     }
 
     /// Loads the cache file if it is not the version already served. Returns whether a new
@@ -280,9 +412,30 @@ impl Cache {
         snapshot
     }
 
-    /// Watches the cache file for versions written by another process (a standalone worker,
-    /// `pma-cache import`) and serves each within [`WATCH_INTERVAL`], until `shutdown`.
+    /// Watches for versions written by another process and serves each, until `shutdown`: in
+    /// Redis, told by its news within a moment (checked every [`SHARED_CHECK_INTERVAL`] too, for
+    /// news missed); on disk, the cache file every `every`.
     pub async fn watch(self: Arc<Self>, every: Duration, shutdown: CancellationToken) {
+        if let Some(shared) = self.shared.clone() {
+            let news = tokio::sync::Notify::new();
+            let listen = shared.follow(|_| news.notify_one(), shutdown.clone());
+            let reload = async {
+                let mut tick = tokio::time::interval(SHARED_CHECK_INTERVAL);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tokio::select! {
+                        () = shutdown.cancelled() => break,
+                        () = news.notified() => {}
+                        _ = tick.tick() => {}
+                    }
+                    if let Err(e) = self.reload_if_shared_changed().await {
+                        tracing::error!("{e:#}; still serving the version held");
+                    }
+                }
+            };
+            tokio::join!(listen, reload);
+            return;
+        }
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {

@@ -58,6 +58,11 @@ pub fn folder_of(file: &Path) -> PathBuf {
 /// over the target, fsync the folder. On failure the old file is intact and no temporary file is
 /// left; the error names the path and the cause (disk full, read-only, permission).
 pub fn write_atomic(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
+    write_atomic_parts(path, &[contents])
+}
+
+/// [`write_atomic`] of the concatenation of `parts`.
+pub fn write_atomic_parts(path: &Path, parts: &[&[u8]]) -> anyhow::Result<()> {
     let dir = folder_of(path);
     let mut tmp = tempfile::Builder::new()
         .prefix(&format!("{TEMP_PREFIX}{}-", std::process::id()))
@@ -65,7 +70,9 @@ pub fn write_atomic(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
         .tempfile_in(&dir)
         .map_err(|e| with_cause(e, &dir))
         .with_context(|| format!("cannot create a temporary file in {}", dir.display()))?;
-    tmp.write_all(contents)
+    parts
+        .iter()
+        .try_for_each(|part| tmp.write_all(part))
         .and_then(|()| tmp.as_file().sync_all())
         .map_err(|e| with_cause(e, &dir))
         .with_context(|| format!("cannot write the new version of {}", path.display()))?;

@@ -381,7 +381,7 @@ impl Syncer {
 
     /// Starts a sync in the background unless one is running, here or in another process that
     /// shares the cache.
-    pub fn trigger(self: &Arc<Self>) -> Trigger {
+    pub async fn trigger(self: &Arc<Self>) -> Trigger {
         let Some(settings) = self.settings.clone() else {
             return Trigger::NotConfigured;
         };
@@ -396,7 +396,7 @@ impl Syncer {
             return Trigger::AlreadyRunning;
         }
         let flight = Flight(Arc::clone(self));
-        let held = match self.cache.sync_lock().try_acquire() {
+        let held = match self.cache.sync_lock().try_acquire().await {
             Ok(Some(held)) => held,
             Ok(None) => return Trigger::AlreadyRunning,
             Err(e) => {
@@ -433,7 +433,7 @@ impl Syncer {
                 })
             };
             this.record(result);
-            drop(held);
+            held.release().await;
             if keep {
                 this.keep_browser_idle(settings.browser_idle_timeout);
             }
@@ -489,7 +489,7 @@ impl Syncer {
                 () = tokio::time::sleep(wait) => {}
             }
             outcomes.mark_unchanged();
-            match self.trigger() {
+            match self.trigger().await {
                 Trigger::Started => {
                     tracing::info!(attempt = failures + 1, "scheduled sync started");
                 }

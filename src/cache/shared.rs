@@ -1,0 +1,280 @@
+//! Versions shared through Redis (`REDIS_URL`): for several `serve` replicas and a worker that
+//! share no disk.
+//!
+//! - `<prefix>:current` — a hash holding the current version: `meta` (JSON [`SharedMeta`]) and
+//!   `body` (the cache document, zstd). Both fields are written by one `HSET` inside a
+//!   `MULTI`, so a reader never sees half a version; only the current version is kept.
+//! - `<prefix>:versions` — the channel on which each new version id is published.
+//! - `<prefix>:lock` — the sync lock: `SET NX PX` with a random token, renewed while the sync
+//!   runs, released by a script that deletes it only while it still holds our token.
+
+use std::io::Read;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context;
+use futures_util::StreamExt;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+
+use super::format::BODY_ROOM;
+use super::store::VersionRecord;
+
+/// A version as Redis holds it, beside its body.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SharedMeta {
+    pub record: VersionRecord,
+    pub columns: Vec<String>,
+    /// Length of the uncompressed document.
+    pub document_bytes: usize,
+    /// CRC-32 of the uncompressed document.
+    pub checksum: u32,
+}
+
+/// One field read from Redis.
+type Bytes = Vec<u8>;
+
+/// A version compressed and described, ready to publish.
+#[derive(Debug)]
+pub struct Prepared {
+    pub meta: SharedMeta,
+    body: Vec<u8>,
+}
+
+/// A Redis server that holds the current version, its news and the sync lock.
+#[derive(Debug)]
+pub struct SharedStore {
+    client: redis::Client,
+    conn: ConnectionManager,
+    current: String,
+    channel: String,
+    lock_key: String,
+    lock_ttl: Duration,
+    /// The last error talking to Redis, cleared by the next success; shown in `/status`.
+    last_error: Mutex<Option<String>>,
+}
+
+/// Renews the lock while held; its release deletes the key only if it still holds `token`.
+const RENEW: &str = r#"if redis.call("GET", KEYS[1]) == ARGV[1] then return redis.call("PEXPIRE", KEYS[1], ARGV[2]) else return 0 end"#;
+const RELEASE: &str = r#"if redis.call("GET", KEYS[1]) == ARGV[1] then return redis.call("DEL", KEYS[1]) else return 0 end"#;
+
+impl SharedStore {
+    /// Connects lazily to `url` (`redis://` or `rediss://`, user and password in the URL): a
+    /// replica starts even while Redis is down, and the connection comes back by itself.
+    pub fn open(url: &str, prefix: &str, lock_ttl: Duration) -> anyhow::Result<Arc<Self>> {
+        let client = redis::Client::open(url).context("REDIS_URL is not a valid Redis URL")?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(2)))
+            .set_response_timeout(Some(Duration::from_secs(20)))
+            .set_number_of_retries(2)
+            .set_max_delay(Duration::from_secs(1));
+        let conn = ConnectionManager::new_lazy_with_config(client.clone(), config)
+            .context("cannot set up the Redis connection")?;
+        Ok(Arc::new(Self {
+            client,
+            conn,
+            current: format!("{prefix}:current"),
+            channel: format!("{prefix}:versions"),
+            lock_key: format!("{prefix}:lock"),
+            lock_ttl,
+            last_error: Mutex::new(None),
+        }))
+    }
+
+    /// The last error talking to Redis, if the last exchange failed.
+    pub fn error(&self) -> Option<String> {
+        self.last_error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn note<T>(&self, result: redis::RedisResult<T>, what: &str) -> anyhow::Result<T> {
+        let mut last = self.last_error.lock().unwrap_or_else(|e| e.into_inner());
+        match result {
+            Ok(v) => {
+                *last = None;
+                Ok(v)
+            }
+            Err(e) => {
+                let message = format!("Redis: cannot {what}: {e}");
+                *last = Some(message.clone());
+                Err(anyhow::anyhow!(message))
+            }
+        }
+    }
+
+    /// Compresses `document` (a cache file's bytes) and describes it, ready to publish.
+    /// CPU-heavy: call from a blocking thread.
+    pub fn prepare(
+        document: &[u8],
+        record: &VersionRecord,
+        columns: Vec<String>,
+    ) -> anyhow::Result<Prepared> {
+        let mut crc = flate2::Crc::new();
+        crc.update(document);
+        let body = zstd::bulk::compress(document, 3).context("cannot compress the version")?;
+        Ok(Prepared {
+            meta: SharedMeta {
+                record: record.clone(),
+                columns,
+                document_bytes: document.len(),
+                checksum: crc.sum(),
+            },
+            body,
+        })
+    }
+
+    /// Publishes a prepared version as the current one, atomically, and announces it. The
+    /// previous version stays if this fails.
+    pub async fn publish(&self, version: Prepared) -> anyhow::Result<()> {
+        let meta_json = serde_json::to_vec(&version.meta)?;
+        let mut conn = self.conn.clone();
+        let result: redis::RedisResult<()> = redis::pipe()
+            .atomic()
+            .hset_multiple(
+                &self.current,
+                &[
+                    ("meta", meta_json.as_slice()),
+                    ("body", version.body.as_slice()),
+                ],
+            )
+            .ignore()
+            .publish(&self.channel, &version.meta.record.version)
+            .ignore()
+            .query_async(&mut conn)
+            .await;
+        self.note(result, "publish the new version")
+    }
+
+    /// The metadata of the current version, `None` when Redis holds none.
+    pub async fn current_meta(&self) -> anyhow::Result<Option<SharedMeta>> {
+        let mut conn = self.conn.clone();
+        let result: redis::RedisResult<Option<Vec<u8>>> = redis::cmd("HGET")
+            .arg(&self.current)
+            .arg("meta")
+            .query_async(&mut conn)
+            .await;
+        let Some(json) = self.note(result, "read the current version")? else {
+            return Ok(None);
+        };
+        serde_json::from_slice(&json)
+            .context("the version metadata in Redis is not valid")
+            .map(Some)
+    }
+
+    /// The current version: its metadata and the document in a buffer with [`BODY_ROOM`]
+    /// spare bytes in front (as the snapshot wants it). Checked against its checksum.
+    pub async fn load(&self) -> anyhow::Result<Option<(SharedMeta, Vec<u8>)>> {
+        let mut conn = self.conn.clone();
+        let result: redis::RedisResult<(Option<Bytes>, Option<Bytes>)> = redis::cmd("HMGET")
+            .arg(&self.current)
+            .arg("meta")
+            .arg("body")
+            .query_async(&mut conn)
+            .await;
+        let (Some(meta), Some(body)) = self.note(result, "read the current version")? else {
+            return Ok(None);
+        };
+        let meta: SharedMeta =
+            serde_json::from_slice(&meta).context("the version metadata in Redis is not valid")?;
+        let expected = (meta.document_bytes, meta.checksum);
+        let buf = tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<u8>> {
+            let mut buf = Vec::with_capacity(BODY_ROOM + expected.0);
+            buf.resize(BODY_ROOM, b' ');
+            zstd::stream::read::Decoder::new(&body[..])?.read_to_end(&mut buf)?;
+            let mut crc = flate2::Crc::new();
+            crc.update(&buf[BODY_ROOM..]);
+            anyhow::ensure!(
+                (buf.len() - BODY_ROOM, crc.sum()) == expected,
+                "the version in Redis does not match its checksum"
+            );
+            Ok(buf)
+        })
+        .await
+        .context("the decompressor stopped")??;
+        Ok(Some((meta, buf)))
+    }
+
+    /// Calls `on_news` with each version id announced, until `stop`. Reconnects by itself.
+    pub async fn follow(&self, on_news: impl Fn(String), stop: CancellationToken) {
+        loop {
+            let subscribed = async {
+                let mut pubsub = self.client.get_async_pubsub().await?;
+                pubsub.subscribe(&self.channel).await?;
+                Ok::<_, redis::RedisError>(pubsub)
+            };
+            let pubsub = tokio::select! {
+                () = stop.cancelled() => return,
+                r = tokio::time::timeout(Duration::from_secs(5), subscribed) => r,
+            };
+            match pubsub {
+                Ok(Ok(pubsub)) => {
+                    tracing::info!("following new versions in Redis");
+                    // A version published while we were not listening is caught here.
+                    on_news(String::new());
+                    let mut messages = pubsub.into_on_message();
+                    loop {
+                        tokio::select! {
+                            () = stop.cancelled() => return,
+                            msg = messages.next() => match msg {
+                                Some(msg) => on_news(msg.get_payload().unwrap_or_default()),
+                                None => break,
+                            },
+                        }
+                    }
+                    tracing::warn!("lost the Redis subscription; reconnecting");
+                }
+                Ok(Err(e)) => tracing::debug!("cannot subscribe to Redis: {e}"),
+                Err(_) => tracing::debug!("subscribing to Redis timed out"),
+            }
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+        }
+    }
+
+    /// Takes the lock with `token` if it is free. `Ok(false)`: another process holds it.
+    pub async fn try_lock(&self, token: &str) -> anyhow::Result<bool> {
+        let mut conn = self.conn.clone();
+        let result: redis::RedisResult<Option<String>> = redis::cmd("SET")
+            .arg(&self.lock_key)
+            .arg(token)
+            .arg("NX")
+            .arg("PX")
+            .arg(self.lock_ttl.as_millis() as u64)
+            .query_async(&mut conn)
+            .await;
+        Ok(self.note(result, "take the sync lock")?.is_some())
+    }
+
+    /// Extends the lock while `token` still holds it. `Ok(false)`: it was lost.
+    pub async fn renew_lock(&self, token: &str) -> anyhow::Result<bool> {
+        let mut conn = self.conn.clone();
+        let result: redis::RedisResult<i64> = redis::Script::new(RENEW)
+            .key(&self.lock_key)
+            .arg(token)
+            .arg(self.lock_ttl.as_millis() as u64)
+            .invoke_async(&mut conn)
+            .await;
+        Ok(self.note(result, "renew the sync lock")? == 1)
+    }
+
+    /// Releases the lock if `token` still holds it.
+    pub async fn unlock(&self, token: &str) -> anyhow::Result<()> {
+        let mut conn = self.conn.clone();
+        let result: redis::RedisResult<i64> = redis::Script::new(RELEASE)
+            .key(&self.lock_key)
+            .arg(token)
+            .invoke_async(&mut conn)
+            .await;
+        self.note(result, "release the sync lock").map(drop)
+    }
+
+    /// How long the lock lives without renewal.
+    pub fn lock_ttl(&self) -> Duration {
+        self.lock_ttl
+    }
+}

@@ -1,0 +1,260 @@
+//! Replicas sharing versions and the sync lock through a real Redis: real `pma-cache serve`
+//! processes on port 0 and a private `redis-server`. New versions come from `pma-cache import`
+//! (fast); long syncs from the test-only fault hook (`PMA_CACHE_FAULT`, debug builds).
+
+#[path = "../support/mod.rs"]
+mod support;
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use support::app::*;
+use support::redis::Redis;
+
+/// phpMyAdmin settings that pass validation; the fault hook stops every sync before using them.
+fn pma_env(fault: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("PMA_URL", "http://127.0.0.1:9/".into()),
+        ("PMA_USERNAME", "u".into()),
+        ("PMA_PASSWORD", "p".into()),
+        ("PMA_DATABASE", "d".into()),
+        ("PMA_CACHE_FAULT", fault.into()),
+    ]
+}
+
+async fn replica(redis: &Redis, extra: Vec<(&'static str, String)>) -> TestApp {
+    let mut env = vec![("REDIS_URL", redis.url())];
+    env.extend(extra);
+    spawn_app_with(Options {
+        env,
+        ..Options::default()
+    })
+    .await
+}
+
+/// Imports `csv` through Redis from a process of its own; returns its output.
+fn import_shared(redis: &Redis, csv: &str) -> std::process::Output {
+    let dir = tempfile::tempdir().unwrap();
+    let csv_path = dir.path().join("in.csv");
+    std::fs::write(&csv_path, csv).unwrap();
+    Command::new(binary())
+        .arg("import")
+        .arg(&csv_path)
+        .env("CACHE_FILE", dir.path().join("data_cache.json"))
+        .env("REDIS_URL", redis.url())
+        .output()
+        .unwrap()
+}
+
+fn csv_with_rows(rows: usize) -> String {
+    let mut csv = String::from("id,name\n");
+    for i in 0..rows {
+        csv.push_str(&format!("{i},row {i}\n"));
+    }
+    csv
+}
+
+async fn served_count(app: &TestApp) -> Option<u64> {
+    let r = app.get_fetch_data("").await;
+    if r.status() != 200 {
+        return None;
+    }
+    let body: Value = r.json().await.unwrap();
+    body["count"].as_u64()
+}
+
+async fn wait_until_served(app: &TestApp, count: u64) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while served_count(app).await != Some(count) {
+        assert!(
+            Instant::now() < deadline,
+            "never served {count} rows:\n{}",
+            app.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A `pma-cache sync` that takes the Redis lock and hangs, with its private folder.
+fn start_hanging_sync(redis: &Redis, ttl: &str) -> (Child, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let child = Command::new(binary())
+        .arg("sync")
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("CACHE_FILE", dir.path().join("data_cache.json"))
+        .env("REDIS_URL", redis.url())
+        .env("REDIS_LOCK_TTL", ttl)
+        .envs(pma_env("hang"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    (child, dir)
+}
+
+fn wait_for_lock_key(redis: &Redis) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while redis.command("EXISTS pma-cache:lock") != ":1" {
+        assert!(
+            Instant::now() < deadline,
+            "the sync never took the Redis lock"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+async fn refresh_answer(app: &TestApp) -> String {
+    let body: Value = app.post_refresh().await.json().await.unwrap();
+    body["status"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn replicas_follow_a_version_published_by_another_process_and_a_late_one_serves_at_once() {
+    let redis = Redis::start();
+    let a = replica(&redis, vec![]).await;
+    let b = replica(&redis, vec![]).await;
+    assert_eq!(a.get_fetch_data("").await.status(), 503);
+    let stream = a.get_fetch_data("?stream=true").await;
+    let events = tokio::spawn(read_events(stream, Duration::from_secs(20)));
+
+    let out = import_shared(&redis, &csv_with_rows(5));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_until_served(&a, 5).await;
+    wait_until_served(&b, 5).await;
+    let kinds: Vec<String> = events
+        .await
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["type"].as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(kinds, ["cached", "updated", "done"]);
+
+    let late = replica(&redis, vec![]).await;
+    assert_eq!(
+        served_count(&late).await,
+        Some(5),
+        "a late replica serves at once"
+    );
+    let status = late.get_status().await;
+    assert!(
+        status["sync"]["last_written_by"]
+            .as_str()
+            .unwrap()
+            .starts_with("pma-cache import"),
+        "{status}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_refreshes_on_three_replicas_start_exactly_one_sync() {
+    let redis = Redis::start();
+    let mut replicas = Vec::new();
+    for _ in 0..3 {
+        replicas.push(replica(&redis, pma_env("hang")).await);
+    }
+    let answers = futures_util::future::join_all(
+        replicas
+            .iter()
+            .flat_map(|r| (0..5).map(move |_| refresh_answer(r))),
+    )
+    .await;
+    assert_eq!(
+        answers.iter().filter(|a| *a == "triggered").count(),
+        1,
+        "{answers:?}"
+    );
+    assert!(answers
+        .iter()
+        .all(|a| a == "triggered" || a == "already in progress"));
+    let started: usize = replicas
+        .iter()
+        .map(|r| r.logs().matches("sync started").count())
+        .sum();
+    assert_eq!(started, 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_redis_down_replicas_keep_serving_and_after_it_returns_empty_the_next_version_reaches_all(
+) {
+    let mut redis = Redis::start();
+    let a = replica(&redis, vec![]).await;
+    let b = replica(&redis, vec![]).await;
+    assert!(import_shared(&redis, &csv_with_rows(3)).status.success());
+    wait_until_served(&a, 3).await;
+    wait_until_served(&b, 3).await;
+
+    redis.kill();
+    let out = import_shared(&redis, &csv_with_rows(4));
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("Redis"), "{stderr}");
+    assert_eq!(served_count(&a).await, Some(3));
+    // The periodic check notices Redis is gone; /status says so.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let status = a.get_status().await;
+        if status["cache"]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("Redis"))
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no Redis error in {status}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(served_count(&b).await, Some(3), "still 200 with Redis down");
+
+    redis.restart();
+    let out = import_shared(&redis, &csv_with_rows(6));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_until_served(&a, 6).await;
+    wait_until_served(&b, 6).await;
+    assert!(a.get_status().await["cache"]["error"].is_null());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_killed_lock_holder_blocks_syncs_only_until_its_lock_expires() {
+    let redis = Redis::start();
+    let app = replica(&redis, pma_env("hang")).await;
+    let (mut holder, _dir) = start_hanging_sync(&redis, "2s");
+    wait_for_lock_key(&redis);
+    assert_eq!(refresh_answer(&app).await, "already in progress");
+    holder.kill().unwrap();
+    holder.wait().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match refresh_answer(&app).await.as_str() {
+            "triggered" => break,
+            "already in progress" => {}
+            other => panic!("{other}"),
+        }
+        assert!(Instant::now() < deadline, "the lock never expired");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sync_longer_than_the_lock_expiry_keeps_its_lock() {
+    let redis = Redis::start();
+    let app = replica(&redis, pma_env("hang")).await;
+    let (mut holder, _dir) = start_hanging_sync(&redis, "1s");
+    wait_for_lock_key(&redis);
+    // Several lifetimes of the lock pass; it is renewed, so no other sync may start.
+    let until = Instant::now() + Duration::from_secs(4);
+    while Instant::now() < until {
+        assert_eq!(refresh_answer(&app).await, "already in progress");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    holder.kill().unwrap();
+    holder.wait().unwrap();
+}
