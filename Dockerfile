@@ -1,7 +1,7 @@
 # pma-cache: the API (`serve`), the standalone worker (`worker`) and one-off syncs (`sync`) in one image.
 # Build:  docker build -t pma-cache .
 # Run:    docker run -p 8080:8080 -e API_KEY=... -v pma-cache:/app/cache pma-cache
-# See docs/deploy.md for the three deployments (serve + worker, serve + cron, serve alone).
+# See README.md, section Deploy, for the deployments (replicas + worker with Redis, serve + cron, serve alone).
 
 # ---------------------------------------------------------------------------------------------
 # Build stage: compile the release binary. The Rust version is pinned so builds are repeatable;
