@@ -12,17 +12,6 @@ use serde_json::Value;
 use support::app::*;
 use support::redis::Redis;
 
-/// phpMyAdmin settings that pass validation; the fault hook stops every sync before using them.
-fn pma_env(fault: &str) -> Vec<(&'static str, String)> {
-    vec![
-        ("PMA_URL", "http://127.0.0.1:9/".into()),
-        ("PMA_USERNAME", "u".into()),
-        ("PMA_PASSWORD", "p".into()),
-        ("PMA_DATABASE", "d".into()),
-        ("PMA_CACHE_FAULT", fault.into()),
-    ]
-}
-
 async fn replica(redis: &Redis, extra: Vec<(&'static str, String)>) -> TestApp {
     let mut env = vec![("REDIS_URL", redis.url())];
     env.extend(extra);
@@ -86,7 +75,7 @@ fn start_hanging_sync(redis: &Redis, ttl: &str) -> (Child, tempfile::TempDir) {
         .env("CACHE_FILE", dir.path().join("data_cache.json"))
         .env("REDIS_URL", redis.url())
         .env("REDIS_LOCK_TTL", ttl)
-        .envs(pma_env("hang"))
+        .envs(faulty_pma_env("hang"))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -156,7 +145,7 @@ async fn concurrent_refreshes_on_three_replicas_start_exactly_one_sync() {
     let redis = Redis::start();
     let mut replicas = Vec::new();
     for _ in 0..3 {
-        replicas.push(replica(&redis, pma_env("hang")).await);
+        replicas.push(replica(&redis, faulty_pma_env("hang")).await);
     }
     let answers = futures_util::future::join_all(
         replicas
@@ -225,7 +214,7 @@ async fn with_redis_down_replicas_keep_serving_and_after_it_returns_empty_the_ne
 #[tokio::test(flavor = "multi_thread")]
 async fn a_killed_lock_holder_blocks_syncs_only_until_its_lock_expires() {
     let redis = Redis::start();
-    let app = replica(&redis, pma_env("hang")).await;
+    let app = replica(&redis, faulty_pma_env("hang")).await;
     let (mut holder, _dir) = start_hanging_sync(&redis, "2s");
     wait_for_lock_key(&redis);
     assert_eq!(refresh_answer(&app).await, "already in progress");
@@ -246,7 +235,7 @@ async fn a_killed_lock_holder_blocks_syncs_only_until_its_lock_expires() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_sync_longer_than_the_lock_expiry_keeps_its_lock() {
     let redis = Redis::start();
-    let app = replica(&redis, pma_env("hang")).await;
+    let app = replica(&redis, faulty_pma_env("hang")).await;
     let (mut holder, _dir) = start_hanging_sync(&redis, "1s");
     wait_for_lock_key(&redis);
     // Several lifetimes of the lock pass; it is renewed, so no other sync may start.

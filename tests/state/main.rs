@@ -14,17 +14,6 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use support::app::*;
 
-/// phpMyAdmin settings that pass validation; the fault hook stops every sync before using them.
-fn pma_env(fault: &str) -> Vec<(&'static str, String)> {
-    vec![
-        ("PMA_URL", "http://127.0.0.1:9/".into()),
-        ("PMA_USERNAME", "u".into()),
-        ("PMA_PASSWORD", "p".into()),
-        ("PMA_DATABASE", "d".into()),
-        ("PMA_CACHE_FAULT", fault.into()),
-    ]
-}
-
 fn sync_command(cache_file: &Path, env: &[(&'static str, String)]) -> Command {
     let mut cmd = Command::new(binary());
     cmd.arg("sync")
@@ -48,7 +37,7 @@ fn lock_is_held(cache_file: &Path) -> bool {
 
 /// Starts a `pma-cache sync` that takes the lock and hangs, and waits until it holds the lock.
 fn start_hanging_sync(cache_file: &Path) -> Child {
-    let mut child = sync_command(cache_file, &pma_env("hang"))
+    let mut child = sync_command(cache_file, &faulty_pma_env("hang"))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -84,7 +73,7 @@ async fn while_another_process_syncs_refresh_answers_already_in_progress_and_sig
 
     let app = spawn_app_with(Options {
         cache_file: Some(cache_file.clone()),
-        env: pma_env("hang"),
+        env: faulty_pma_env("hang"),
         ..Options::default()
     })
     .await;
@@ -93,7 +82,7 @@ async fn while_another_process_syncs_refresh_answers_already_in_progress_and_sig
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["status"], "already in progress");
 
-    let out = sync_command(&cache_file, &pma_env("hang"))
+    let out = sync_command(&cache_file, &faulty_pma_env("hang"))
         .arg("--no-wait")
         .output()
         .unwrap();
@@ -118,7 +107,7 @@ fn a_waiting_sync_exits_0_without_exporting_when_the_other_process_wrote_a_versi
     import_csv(&cache_file, SMALL_CSV).unwrap();
     let mut holder = start_hanging_sync(&cache_file);
     // Its fault hook would panic if it exported.
-    let mut waiting = sync_command(&cache_file, &pma_env("panic"))
+    let mut waiting = sync_command(&cache_file, &faulty_pma_env("panic"))
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
@@ -158,7 +147,7 @@ fn a_waiting_sync_exits_0_without_exporting_when_the_other_process_wrote_a_versi
 async fn a_panicking_sync_is_reported_as_a_failure_and_frees_the_single_flight() {
     let app = spawn_app_with(Options {
         seed: Some(SMALL_CSV),
-        env: pma_env("panic"),
+        env: faulty_pma_env("panic"),
         ..Options::default()
     })
     .await;
@@ -314,7 +303,7 @@ fn worker_log_until(cache_file: &Path, until: &str) -> String {
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env("CACHE_FILE", cache_file)
         .env("SYNC_INTERVAL", "1h")
-        .envs(pma_env("panic"))
+        .envs(faulty_pma_env("panic"))
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();

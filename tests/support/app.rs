@@ -265,3 +265,16 @@ pub fn assert_no_temporaries(dir: &Path) {
         .collect();
     assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
 }
+
+/// phpMyAdmin settings that pass validation, with the test-only fault hook (`PMA_CACHE_FAULT`,
+/// honoured by debug builds) set to `fault`: `hang` or `panic` once a sync holds the lock, so the
+/// settings are never used.
+pub fn faulty_pma_env(fault: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("PMA_URL", "http://127.0.0.1:9/".into()),
+        ("PMA_USERNAME", "u".into()),
+        ("PMA_PASSWORD", "p".into()),
+        ("PMA_DATABASE", "d".into()),
+        ("PMA_CACHE_FAULT", fault.into()),
+    ]
+}
