@@ -13,6 +13,7 @@ use tokio_util::task::TaskTracker;
 use crate::api::{self, AppState};
 use crate::cache::WATCH_INTERVAL;
 use crate::config::ServeConfig;
+use crate::ops::{self, alerts::AlertTask};
 use crate::sync::Syncer;
 
 /// Time between SSE keep-alive comments.
@@ -23,6 +24,7 @@ pub struct Application {
     listener: TcpListener,
     state: AppState,
     cors_origins: Vec<String>,
+    alerts: Option<AlertTask>,
 }
 
 impl Application {
@@ -44,7 +46,14 @@ impl Application {
             ),
         }
         let shutdown = CancellationToken::new();
+        let (monitor, alerts) = ops::monitor(
+            &config.alerts,
+            &cache,
+            config.sync.as_ref(),
+            config.api_keys.clone(),
+        );
         let syncer = Syncer::new(config.sync, cache.clone(), shutdown.clone());
+        syncer.observe(monitor.clone());
         if !syncer.is_configured() {
             tracing::info!("no PMA_URL: serving the cache file only; /refresh answers 503");
         }
@@ -57,8 +66,10 @@ impl Application {
                 shutdown,
                 sse_keepalive: SSE_KEEPALIVE,
                 sync_interval: config.sync_interval,
+                monitor,
             },
             cors_origins: config.cors_allow_origins,
+            alerts,
         })
     }
 
@@ -75,6 +86,9 @@ impl Application {
     ) -> anyhow::Result<()> {
         let state = self.state;
         let tasks = TaskTracker::new();
+        if let Some(alerts) = self.alerts {
+            tasks.spawn(alerts.run(state.shutdown.clone()));
+        }
         tasks.spawn(
             state
                 .cache

@@ -13,6 +13,7 @@ use crate::cache::{csv_to_cache_json, Cache, SharedStore, SyncLockGuard, Version
 use crate::config::{
     CacheArgs, Command, ImportArgs, PmaArgs, SharedSettings, SyncArgs, SyncSettings, WorkerArgs,
 };
+use crate::ops;
 use crate::shutdown;
 use crate::sync::status::{rfc3339, Progress};
 use crate::sync::{leftovers, sync_once, Syncer};
@@ -223,7 +224,11 @@ async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
         None => Duration::ZERO,
     };
     let stop = CancellationToken::new();
+    let alert_settings = args.alerts.validate(Some(args.sync_interval))?;
+    let (monitor, alerts) = ops::monitor(&alert_settings, &cache, Some(&settings), Vec::new());
+    let alerts = alerts.map(|task| tokio::spawn(task.run(stop.clone())));
     let syncer = Syncer::new(Some(settings), cache, stop.clone());
+    syncer.observe(monitor);
     tracing::info!(
         every = %humantime::format_duration(args.sync_interval),
         first_sync_in = %humantime::format_duration(Duration::from_secs(first.as_secs())),
@@ -238,5 +243,10 @@ async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
     schedule
         .await
         .context("the schedule stopped unexpectedly")?;
+    if let Some(alerts) = alerts {
+        alerts
+            .await
+            .context("the alert task stopped unexpectedly")?;
+    }
     Ok(())
 }

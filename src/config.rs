@@ -162,6 +162,8 @@ pub struct ServeArgs {
     pub cache: CacheArgs,
     #[command(flatten)]
     pub pma: PmaArgs,
+    #[command(flatten)]
+    pub alerts: AlertArgs,
 }
 
 #[derive(Debug, Args)]
@@ -184,6 +186,63 @@ pub struct WorkerArgs {
     pub cache: CacheArgs,
     #[command(flatten)]
     pub pma: PmaArgs,
+    #[command(flatten)]
+    pub alerts: AlertArgs,
+}
+
+/// Where and when to send alerts, shared by `serve` and `worker`.
+#[derive(Debug, Args)]
+pub struct AlertArgs {
+    /// Incoming-webhook address (Slack, Mattermost, any JSON receiver) that gets a POST when a sync
+    /// fails, recovers, or the cache grows stale. Unset sends no alerts.
+    #[arg(long, env = "ALERT_WEBHOOK_URL", hide_env_values = true)]
+    pub alert_webhook_url: Option<Secret>,
+    /// Cache age past which it counts as stale: alerted, and red on the dashboard
+    /// (default: twice SYNC_INTERVAL, or 2h without one).
+    #[arg(long, env = "STALE_AFTER", value_parser = parse_duration)]
+    pub stale_after: Option<Duration>,
+    /// A failure or staleness that goes on is alerted again after this long.
+    #[arg(long, env = "ALERT_REPEAT_AFTER", value_parser = parse_duration, default_value = "6h")]
+    pub alert_repeat_after: Duration,
+}
+
+/// Validated alert settings.
+#[derive(Debug, Clone)]
+pub struct AlertSettings {
+    /// The webhook; it may carry a token in its path, so it is never logged whole.
+    pub webhook: Option<url::Url>,
+    pub stale_after: Duration,
+    pub repeat_after: Duration,
+}
+
+/// Cache age that counts as stale when STALE_AFTER is unset.
+pub const DEFAULT_STALE_AFTER: Duration = Duration::from_secs(2 * 3600);
+
+impl AlertArgs {
+    /// Checks the webhook address and settles the staleness threshold for `sync_interval`.
+    pub fn validate(self, sync_interval: Option<Duration>) -> Result<AlertSettings, ConfigError> {
+        let webhook = match self.alert_webhook_url {
+            Some(raw) if !raw.expose().trim().is_empty() => {
+                let url = url::Url::parse(raw.expose().trim()).map_err(|e| {
+                    ConfigError::new(format!("ALERT_WEBHOOK_URL is not a URL ({e})"))
+                })?;
+                if !matches!(url.scheme(), "http" | "https") {
+                    return Err(ConfigError::new(
+                        "ALERT_WEBHOOK_URL must start with http:// or https://",
+                    ));
+                }
+                Some(url)
+            }
+            _ => None,
+        };
+        Ok(AlertSettings {
+            webhook,
+            stale_after: self
+                .stale_after
+                .unwrap_or_else(|| sync_interval.map_or(DEFAULT_STALE_AFTER, |i| i * 2)),
+            repeat_after: self.alert_repeat_after,
+        })
+    }
 }
 
 #[derive(Debug, Args)]
@@ -356,6 +415,7 @@ pub struct ServeConfig {
     pub cors_allow_origins: Vec<String>,
     pub sync: Option<SyncSettings>,
     pub sync_interval: Option<Duration>,
+    pub alerts: AlertSettings,
 }
 
 impl ServeArgs {
@@ -407,6 +467,7 @@ impl ServeArgs {
             cors_allow_origins,
             sync,
             sync_interval: self.sync_interval,
+            alerts: self.alerts.validate(self.sync_interval)?,
         })
     }
 }

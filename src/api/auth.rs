@@ -1,10 +1,12 @@
-//! API-key authentication: the `X-API-Key` header, or the `api_key` query parameter for browsers'
+//! API-key authentication: the `X-API-Key` header (or `Authorization: Bearer <key>`, what
+//! Prometheus' scrape configuration sends), or the `api_key` query parameter for browsers'
 //! `EventSource`, which cannot send headers. The query parameter is accepted only on event
 //! streams (`stream=true`): anywhere else a key in the URL would end up in proxy and access logs
 //! for no reason, so it is refused with a pointer to the header. Keys are compared in constant
 //! time.
 
 use axum::extract::{Request, State};
+use axum::http::header;
 use axum::middleware::Next;
 use axum::response::Response;
 use subtle::ConstantTimeEq;
@@ -22,10 +24,14 @@ pub async fn require_api_key(
     request: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
-    let from_header = request
-        .headers()
+    let headers = request.headers();
+    let from_header = headers
         .get(API_KEY_HEADER)
-        .map(|v| v.as_bytes().to_vec());
+        .map(|v| v.as_bytes().to_vec())
+        .or_else(|| {
+            let authorization = headers.get(header::AUTHORIZATION)?;
+            bearer_token(authorization.as_bytes()).map(<[u8]>::to_vec)
+        });
     let query = request.uri().query();
     let in_query = query_key(query);
     if in_query.is_some() && !is_stream(query) {
@@ -36,6 +42,14 @@ pub async fn require_api_key(
         Some(key) if key_matches(&state.api_keys, &key) => Ok(next.run(request).await),
         _ => Err(ApiError::Unauthorized),
     }
+}
+
+/// The token of an `Authorization: Bearer <key>` header (what Prometheus sends).
+fn bearer_token(value: &[u8]) -> Option<&[u8]> {
+    let (scheme, token) = value.split_at_checked(7)?;
+    scheme
+        .eq_ignore_ascii_case(b"bearer ")
+        .then(|| token.trim_ascii())
 }
 
 fn query_key(query: Option<&str>) -> Option<Vec<u8>> {
@@ -71,6 +85,14 @@ mod tests {
         assert!(key_matches(&keys, b"new-key"));
         assert!(!key_matches(&keys, b"new-ke"));
         assert!(!key_matches(&keys, b""));
+    }
+
+    #[test]
+    fn a_bearer_token_is_the_key_and_other_schemes_are_not() {
+        assert_eq!(bearer_token(b"Bearer abc "), Some(&b"abc"[..]));
+        assert_eq!(bearer_token(b"bearer abc"), Some(&b"abc"[..]));
+        assert_eq!(bearer_token(b"Basic YWJjOmRlZg=="), None);
+        assert_eq!(bearer_token(b"abc"), None);
     }
 
     #[test]

@@ -7,8 +7,10 @@
 //! - [`error`] — the one error type clients see.
 
 pub mod auth;
+pub mod dashboard;
 pub mod error;
 pub mod fetch;
+pub mod metrics;
 pub mod sse;
 pub mod status;
 
@@ -28,6 +30,7 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use crate::cache::Cache;
 use crate::config::Secret;
+use crate::ops::Monitor;
 use crate::sync::Syncer;
 
 /// Shared context of every handler.
@@ -41,6 +44,8 @@ pub struct AppState {
     /// Time between SSE keep-alive comments.
     pub sse_keepalive: Duration,
     pub sync_interval: Option<Duration>,
+    /// Recent syncs, metrics, staleness threshold.
+    pub monitor: Arc<Monitor>,
 }
 
 /// The API's routes; `cors_origins` empty sends no CORS headers.
@@ -49,16 +54,28 @@ pub fn router(state: AppState, cors_origins: &[String]) -> Router {
         .route("/status", get(status::status))
         .route("/fetch-data", get(fetch::fetch_data))
         .route("/refresh", post(status::refresh))
+        .route("/metrics", get(metrics::metrics))
+        .route(
+            "/failures/latest.png",
+            get(dashboard::latest_failure_screenshot),
+        )
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             auth::require_api_key,
         ));
     let mut app = Router::new()
         .route("/health", get(status::health))
+        .route("/", get(dashboard::index))
+        .route("/dashboard.js", get(dashboard::script))
+        .route("/dashboard.css", get(dashboard::style))
         .merge(authed)
         .fallback(|| async { error::ApiError::NotFound })
         // Applies to the routes added above: keep it after the last `.route`/`.merge`.
         .method_not_allowed_fallback(|| async { error::ApiError::MethodNotAllowed })
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            metrics::count_requests,
+        ))
         .layer(middleware::from_fn(log_request))
         .with_state(state);
     if !cors_origins.is_empty() {

@@ -26,6 +26,8 @@ pub async fn status(State(state): State<AppState>) -> Json<Value> {
             "age_seconds": s.age().as_secs(),
             "encodings": s.encodings().iter().map(|e| e.token()).collect::<Vec<_>>(),
             "error": state.cache.load_error(),
+            "stale": s.age() > state.monitor.stale_after,
+            "stale_after_seconds": state.monitor.stale_after.as_secs(),
         }),
         None => json!({
             "exists": false,
@@ -35,6 +37,8 @@ pub async fn status(State(state): State<AppState>) -> Json<Value> {
             "age_seconds": null,
             "encodings": [],
             "error": state.cache.load_error(),
+            "stale": false,
+            "stale_after_seconds": state.monitor.stale_after.as_secs(),
         }),
     };
     let mut sync = serde_json::to_value(state.syncer.status()).unwrap_or(Value::Null);
@@ -43,6 +47,14 @@ pub async fn status(State(state): State<AppState>) -> Json<Value> {
         map.insert(
             "interval_seconds".into(),
             state.sync_interval.map(|d| d.as_secs()).into(),
+        );
+        map.insert(
+            "consecutive_failures".into(),
+            state.monitor.consecutive_failures().into(),
+        );
+        map.insert(
+            "recent".into(),
+            serde_json::to_value(state.monitor.recent()).unwrap_or_default(),
         );
     }
     Json(json!({"status": "ok", "cache": cache, "sync": sync}))

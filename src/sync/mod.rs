@@ -26,7 +26,7 @@ pub mod status;
 use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
@@ -39,6 +39,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::cache::{csv_to_cache_json, Cache, Converted, SyncLockGuard, VersionRecord};
 use crate::config::SyncSettings;
+use crate::ops::{SyncObserver, SyncOutcome};
 use error::ExportError;
 use phpmyadmin::export_table_csv;
 use session::Browser;
@@ -324,6 +325,8 @@ pub struct Syncer {
     browser: tokio::sync::Mutex<Option<Browser>>,
     /// Counts syncs, so that an idle timer knows whether a newer sync used the browser.
     syncs: AtomicU64,
+    /// Told of every finished sync (metrics, history, alerts).
+    observer: OnceLock<Arc<dyn SyncObserver>>,
 }
 
 impl std::fmt::Debug for Browser {
@@ -361,7 +364,13 @@ impl Syncer {
             shutdown,
             browser: tokio::sync::Mutex::new(None),
             syncs: AtomicU64::new(0),
+            observer: OnceLock::new(),
         })
+    }
+
+    /// Tells `observer` of every sync that finishes from now on (set once).
+    pub fn observe(&self, observer: Arc<dyn SyncObserver>) {
+        let _ = self.observer.set(observer);
     }
 
     /// Whether a sync source is configured.
@@ -400,7 +409,9 @@ impl Syncer {
             Ok(Some(held)) => held,
             Ok(None) => return Trigger::AlreadyRunning,
             Err(e) => {
-                self.record(Err(e));
+                let result = Err(e);
+                self.notify(OffsetDateTime::now_utc(), Duration::ZERO, &result);
+                self.record(result);
                 return Trigger::Started;
             }
         };
@@ -414,6 +425,7 @@ impl Syncer {
             let progress = Progress::new(Some(this.board.clone()));
             tracing::info!("sync started");
             let keep = !settings.browser_idle_timeout.is_zero();
+            let (started_at, started) = (OffsetDateTime::now_utc(), Instant::now());
             let result = {
                 let mut browser = this.browser.lock().await;
                 let sync = AssertUnwindSafe(sync_once(
@@ -432,6 +444,7 @@ impl Syncer {
                     ))
                 })
             };
+            this.notify(started_at, started.elapsed(), &result);
             this.record(result);
             held.release().await;
             if keep {
@@ -440,6 +453,25 @@ impl Syncer {
             drop(flight);
         });
         Trigger::Started
+    }
+
+    /// Tells the observer, if any, how a sync ended.
+    fn notify(
+        &self,
+        started_at: OffsetDateTime,
+        duration: Duration,
+        result: &anyhow::Result<SyncReport>,
+    ) {
+        if let Some(observer) = self.observer.get() {
+            observer.sync_finished(&SyncOutcome {
+                started_at,
+                duration,
+                result: result
+                    .as_ref()
+                    .map(|r| r.rows)
+                    .map_err(|e| format!("{e:#}")),
+            });
+        }
     }
 
     fn record(&self, result: anyhow::Result<SyncReport>) {

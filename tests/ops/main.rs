@@ -1,6 +1,170 @@
 //! Operating the service: logging that cannot take it down, metrics, alerts, the dashboard.
+//!
+//! The tests that sync run one at a time (one browser at a time on a 2-core machine).
 
 #[path = "../support/mod.rs"]
 mod support;
 
+mod alerts;
+mod dashboard;
 mod logging;
+mod metrics;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value;
+use support::app::*;
+use support::testbed::Testbed;
+use tokio::sync::mpsc;
+
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// The test bed's settings with phpMyAdmin reached at `pma_url`, through the bed's ChromeDriver.
+fn pma_env(bed: &Testbed, pma_url: &str) -> Vec<(&'static str, String)> {
+    let mut env = bed.pma_env();
+    env.retain(|(k, _)| *k != "PMA_URL");
+    env.push(("PMA_URL", pma_url.to_owned()));
+    env.push(("WEBDRIVER_URL", bed.webdriver_url.clone()));
+    env
+}
+
+/// A local webhook receiver: every POST body, in order.
+struct Receiver {
+    url: String,
+    bodies: mpsc::UnboundedReceiver<String>,
+}
+
+impl Receiver {
+    async fn start() -> Self {
+        let (tx, bodies) = mpsc::unbounded_channel();
+        let app = axum::Router::new().route(
+            "/hook",
+            axum::routing::post(move |body: String| {
+                let tx = tx.clone();
+                async move {
+                    let _ = tx.send(body);
+                    "ok"
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        Self { url, bodies }
+    }
+
+    /// The next alert: its JSON and its raw text.
+    async fn next(&mut self, limit: Duration) -> (Value, String) {
+        let raw = tokio::time::timeout(limit, self.bodies.recv())
+            .await
+            .expect("no alert arrived")
+            .unwrap();
+        (serde_json::from_str(&raw).unwrap(), raw)
+    }
+}
+
+/// A TCP relay to phpMyAdmin that can be switched off: while off, connections are reset, as
+/// when the server is down.
+struct Switch {
+    url: String,
+    up: Arc<AtomicBool>,
+}
+
+impl Switch {
+    async fn start(target: &str) -> Self {
+        let target = url::Url::parse(target).unwrap();
+        let target = format!(
+            "{}:{}",
+            target.host_str().unwrap(),
+            target.port_or_known_default().unwrap()
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/", listener.local_addr().unwrap());
+        let up = Arc::new(AtomicBool::new(true));
+        let on = Arc::clone(&up);
+        tokio::spawn(async move {
+            loop {
+                let (mut inbound, _) = listener.accept().await.unwrap();
+                if !on.load(Ordering::SeqCst) {
+                    continue;
+                }
+                let target = target.clone();
+                tokio::spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+            }
+        });
+        Self { url, up }
+    }
+
+    fn set(&self, up: bool) {
+        self.up.store(up, Ordering::SeqCst);
+    }
+}
+
+/// `/metrics` parsed by a Prometheus text parser: each sample's value by name and labels
+/// (`name{a="1",b="2"}` with labels sorted, or `name`).
+async fn scrape(app: &TestApp) -> HashMap<String, f64> {
+    let response = app
+        .client
+        .get(app.url("/metrics"))
+        .bearer_auth(KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let text = response.text().await.unwrap();
+    let lines = text.lines().map(|l| Ok(l.to_owned()));
+    let scrape = prometheus_parse::Scrape::parse(lines).expect("valid Prometheus text");
+    let mut values = HashMap::new();
+    for sample in scrape.samples {
+        let mut labels: Vec<(String, String)> = sample
+            .labels
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        labels.sort();
+        let key = if labels.is_empty() {
+            sample.metric.clone()
+        } else {
+            let inner: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v:?}")).collect();
+            format!("{}{{{}}}", sample.metric, inner.join(","))
+        };
+        let value = match sample.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => v,
+            prometheus_parse::Value::Histogram(buckets) => {
+                buckets.iter().map(|b| b.count).fold(0.0, f64::max)
+            }
+            prometheus_parse::Value::Summary(_) => continue,
+        };
+        values.insert(key, value);
+    }
+    values
+}
+
+/// Waits for the sync in progress (or about to start) to be recorded as the `n`th recent one;
+/// returns `/status`.
+async fn wait_for_recent(app: &TestApp, n: usize) -> Value {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(240);
+    loop {
+        let status = app.get_status().await;
+        if status["sync"]["recent"].as_array().map_or(0, Vec::len) >= n
+            && status["sync"]["state"] == "idle"
+        {
+            return status;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "sync {n} never finished: {status}\n{}",
+            app.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

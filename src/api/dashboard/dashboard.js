@@ -1,0 +1,168 @@
+// The pma-cache dashboard: asks for the API key (kept in sessionStorage, sent only in the
+// X-API-Key header), then polls /status every second and draws what it says.
+"use strict";
+
+const KEY = "pma-cache-api-key";
+const POLL_MS = 1000;
+const $ = (id) => document.getElementById(id);
+
+let timer = null;
+let shownFailure = null;
+let screenshotUrl = null;
+
+function key() { return sessionStorage.getItem(KEY); }
+
+async function api(path, options = {}) {
+  const headers = { "X-API-Key": key(), ...(options.headers || {}) };
+  const response = await fetch(path, { ...options, headers, cache: "no-store" });
+  if (response.status === 401) { signOut("That key was refused."); throw new Error("unauthorized"); }
+  return response;
+}
+
+function signOut(message) {
+  sessionStorage.removeItem(KEY);
+  clearTimeout(timer);
+  $("board").hidden = true;
+  $("sign-out").hidden = true;
+  $("login").hidden = false;
+  $("login-error").textContent = message || "";
+  // Nothing read with the key stays on the page.
+  for (const id of ["rows", "last-updated", "age", "sync-state", "phase", "last-error", "last-error-time", "next-run", "refresh-result"]) $(id).textContent = "";
+  $("history").replaceChildren();
+  $("chart").replaceChildren();
+  $("screenshot").removeAttribute("src");
+  if (screenshotUrl) URL.revokeObjectURL(screenshotUrl);
+  screenshotUrl = null;
+  shownFailure = null;
+}
+
+function duration(seconds) {
+  if (seconds == null) return "–";
+  seconds = Math.max(0, Math.round(seconds));
+  const d = Math.floor(seconds / 86400), h = Math.floor(seconds % 86400 / 3600);
+  const m = Math.floor(seconds % 3600 / 60), s = seconds % 60;
+  if (d) return `${d}d ${h}h`;
+  if (h) return `${h}h ${m}m`;
+  if (m) return `${m}m ${s}s`;
+  return `${s}s`;
+}
+
+function when(rfc3339) {
+  return rfc3339 ? new Date(rfc3339).toLocaleString() : "–";
+}
+
+function cell(text, cls) {
+  const td = document.createElement("td");
+  td.textContent = text;
+  if (cls) td.className = cls;
+  return td;
+}
+
+function drawHistory(recent) {
+  const rows = recent.map((s) => {
+    const tr = document.createElement("tr");
+    tr.append(cell(when(s.started_at)), cell(s.duration_seconds.toFixed(1) + " s"),
+      cell(s.rows == null ? "–" : s.rows.toLocaleString()), cell(s.result, s.result));
+    if (s.error) tr.title = s.error;
+    return tr;
+  });
+  $("history").replaceChildren(...rows);
+
+  // Oldest on the left; bar height is the duration, colour the result.
+  const ns = "http://www.w3.org/2000/svg";
+  const svg = document.createElementNS(ns, "svg");
+  const width = 600, height = 90, slot = width / 20;
+  svg.setAttribute("viewBox", `0 0 ${width} ${height}`);
+  svg.setAttribute("preserveAspectRatio", "none");
+  const chronological = [...recent].reverse();
+  const longest = Math.max(1, ...chronological.map((s) => s.duration_seconds));
+  chronological.forEach((s, i) => {
+    const rect = document.createElementNS(ns, "rect");
+    const h = Math.max(3, (s.duration_seconds / longest) * (height - 10));
+    rect.setAttribute("x", i * slot + 3);
+    rect.setAttribute("y", height - h);
+    rect.setAttribute("width", slot - 6);
+    rect.setAttribute("height", h);
+    rect.setAttribute("class", s.result);
+    const title = document.createElementNS(ns, "title");
+    title.textContent = `${when(s.started_at)}: ${s.result}, ${s.duration_seconds.toFixed(1)} s`;
+    rect.append(title);
+    svg.append(rect);
+  });
+  $("chart").replaceChildren(svg);
+}
+
+async function showScreenshot(lastFailure) {
+  if (!lastFailure || lastFailure === shownFailure) return;
+  shownFailure = lastFailure;
+  const response = await api("/failures/latest.png");
+  if (!response.ok) { $("screenshot-box").hidden = true; return; }
+  if (screenshotUrl) URL.revokeObjectURL(screenshotUrl);
+  screenshotUrl = URL.createObjectURL(await response.blob());
+  $("screenshot").src = screenshotUrl;
+  $("screenshot-name").textContent = response.headers.get("X-Failure-File") || "";
+  $("screenshot-box").hidden = false;
+}
+
+function draw(status) {
+  const cache = status.cache, sync = status.sync;
+  $("rows").textContent = cache.count == null ? "no cache" : cache.count.toLocaleString();
+  $("last-updated").textContent = when(cache.last_updated);
+  $("last-updated").dataset.time = cache.last_updated || "";
+  const age = $("age");
+  age.textContent = duration(cache.age_seconds);
+  age.classList.toggle("stale", !!cache.stale);
+  age.title = `stale after ${duration(cache.stale_after_seconds)}`;
+  const state = $("sync-state");
+  state.textContent = sync.configured ? sync.state : "not configured";
+  state.className = sync.state === "running" ? "running" : "";
+  $("phase").textContent = sync.phase ? sync.phase.replaceAll("_", " ") : "";
+  $("refresh").disabled = !sync.configured || sync.state === "running";
+  $("next-run").textContent = sync.next_run ? `next scheduled: ${when(sync.next_run)}` : "";
+  const failedLast = sync.last_failure && (!sync.last_success || sync.last_failure > sync.last_success);
+  $("last-error-box").hidden = !sync.last_error;
+  $("last-error-box").classList.toggle("current", !!failedLast);
+  $("last-error").textContent = sync.last_error || "";
+  $("last-error-time").textContent = sync.last_failure ? when(sync.last_failure) : "";
+  drawHistory(sync.recent || []);
+  showScreenshot(sync.last_failure).catch(() => {});
+}
+
+async function poll() {
+  clearTimeout(timer);
+  try {
+    const response = await api("/status");
+    if (response.ok) draw(await response.json());
+  } catch (e) {
+    if (e.message === "unauthorized") return;
+  }
+  if (key()) timer = setTimeout(poll, POLL_MS);
+}
+
+function open() {
+  $("login").hidden = true;
+  $("board").hidden = false;
+  $("sign-out").hidden = false;
+  poll();
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  $("login").addEventListener("submit", (event) => {
+    event.preventDefault();
+    sessionStorage.setItem(KEY, $("key").value);
+    $("key").value = "";
+    $("login-error").textContent = "";
+    open();
+  });
+  $("sign-out").addEventListener("click", () => signOut(""));
+  $("refresh").addEventListener("click", async () => {
+    $("refresh").disabled = true;
+    try {
+      const response = await api("/refresh", { method: "POST" });
+      const body = await response.json();
+      $("refresh-result").textContent = body.status || body.message || "";
+    } catch (e) { /* signed out */ }
+    poll();
+  });
+  if (key()) open();
+});

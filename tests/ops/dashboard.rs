@@ -1,0 +1,173 @@
+//! The dashboard in a real headless Chromium, through the test bed's ChromeDriver.
+
+use std::time::Duration;
+
+use fantoccini::{Client, ClientBuilder, Locator};
+use hyper_util::client::legacy::connect::HttpConnector;
+use serde_json::json;
+
+use crate::support::app::*;
+use crate::support::testbed::testbed;
+use crate::{pma_env, wait_for_recent, ONE_AT_A_TIME};
+
+async fn headless_chromium(webdriver_url: &str) -> Client {
+    let mut caps = serde_json::Map::new();
+    caps.insert("browserName".into(), json!("chrome"));
+    caps.insert(
+        "goog:chromeOptions".into(),
+        json!({"args": ["--headless=new", "--no-sandbox", "--disable-dev-shm-usage",
+                        "--window-size=1100,1000", "--lang=en-US"]}),
+    );
+    ClientBuilder::new(HttpConnector::new())
+        .capabilities(caps)
+        .connect(webdriver_url)
+        .await
+        .expect("ChromeDriver from the test bed")
+}
+
+async fn text(browser: &Client, id: &str) -> String {
+    browser
+        .find(Locator::Id(id))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+/// Waits until the element `id` shows text that `wanted` accepts; returns it.
+async fn wait_for_text(browser: &Client, id: &str, wanted: impl Fn(&str) -> bool) -> String {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(240);
+    loop {
+        let shown = text(browser, id).await;
+        if wanted(&shown) {
+            return shown;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "#{id} still shows {shown:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn digits(s: &str) -> String {
+    s.chars().filter(char::is_ascii_digit).collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_dashboard_asks_for_the_key_then_shows_the_cache_and_a_refresh() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let bed = testbed();
+    let app = spawn_app_with(Options {
+        seed: Some(SMALL_CSV),
+        env: pma_env(bed, &bed.pma_url),
+        ..Options::default()
+    })
+    .await;
+    let browser = headless_chromium(&bed.webdriver_url).await;
+    let result = async {
+        browser.goto(&app.url("/")).await.unwrap();
+        // Before the key: a form, and no data anywhere on the page.
+        let key_input = browser
+            .wait()
+            .for_element(Locator::Id("key"))
+            .await
+            .unwrap();
+        assert!(key_input.is_displayed().await.unwrap());
+        assert!(!browser
+            .find(Locator::Id("board"))
+            .await
+            .unwrap()
+            .is_displayed()
+            .await
+            .unwrap());
+        assert_eq!(text(&browser, "rows").await, "");
+
+        key_input.send_keys(KEY).await.unwrap();
+        browser
+            .find(Locator::Css("#login button[type=submit]"))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+        assert_eq!(
+            wait_for_text(&browser, "rows", |t| !t.is_empty()).await,
+            "2"
+        );
+        assert_eq!(
+            wait_for_text(&browser, "sync-state", |t| !t.is_empty()).await,
+            "idle"
+        );
+        assert!(!browser
+            .find(Locator::Id("login"))
+            .await
+            .unwrap()
+            .is_displayed()
+            .await
+            .unwrap());
+        let url = browser.current_url().await.unwrap();
+        assert!(
+            !url.as_str().contains(KEY),
+            "the key never goes in the URL: {url}"
+        );
+
+        // Refresh now: the live phase shows, then the new rows and the sync in the history.
+        browser
+            .find(Locator::Id("refresh"))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+        wait_for_text(&browser, "sync-state", |t| t == "running").await;
+        let phase = wait_for_text(&browser, "phase", |t| !t.is_empty()).await;
+        assert!(
+            [
+                "starting browser",
+                "logging in",
+                "exporting",
+                "downloading",
+                "converting",
+                "writing"
+            ]
+            .contains(&phase.as_str()),
+            "{phase}"
+        );
+        let status = wait_for_recent(&app, 1).await;
+        let rows = status["cache"]["count"].as_u64().unwrap().to_string();
+        wait_for_text(&browser, "rows", |t| digits(t) == rows).await;
+        wait_for_text(&browser, "sync-state", |t| t == "idle").await;
+        let history = wait_for_text(&browser, "history", |t| t.contains("success")).await;
+        assert!(digits(&history).contains(&rows), "{history}");
+        assert_eq!(
+            browser
+                .find_all(Locator::Css("#chart svg rect.success"))
+                .await
+                .unwrap()
+                .len(),
+            1
+        );
+        assert!(!text(&browser, "last-updated").await.is_empty());
+
+        let png = browser.screenshot().await.unwrap();
+        let out = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard.png");
+        std::fs::write(&out, png).unwrap();
+        eprintln!("dashboard screenshot: {}", out.display());
+
+        // Forgetting the key leaves no data on the page.
+        browser
+            .find(Locator::Id("sign-out"))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+        assert_eq!(text(&browser, "rows").await, "");
+        assert_eq!(text(&browser, "history").await, "");
+    }
+    .await;
+    browser.close().await.ok();
+    result
+}
