@@ -11,8 +11,6 @@ mod logging;
 mod metrics;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -22,12 +20,12 @@ use tokio::sync::mpsc;
 
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-/// The test bed's settings with phpMyAdmin reached at `pma_url`, through the bed's ChromeDriver.
+/// The test bed's settings with phpMyAdmin reached at `pma_url`. The server starts its own
+/// ChromeDriver, which ends with it; the bed's serves the dashboard test's browser.
 fn pma_env(bed: &Testbed, pma_url: &str) -> Vec<(&'static str, String)> {
     let mut env = bed.pma_env();
     env.retain(|(k, _)| *k != "PMA_URL");
     env.push(("PMA_URL", pma_url.to_owned()));
-    env.push(("WEBDRIVER_URL", bed.webdriver_url.clone()));
     env
 }
 
@@ -66,11 +64,11 @@ impl Receiver {
     }
 }
 
-/// A TCP relay to phpMyAdmin that can be switched off: while off, connections are reset, as
-/// when the server is down.
+/// A TCP relay to phpMyAdmin that can be switched off: while off, nothing listens on its port
+/// (connections are refused, as when the server is down).
 struct Switch {
     url: String,
-    up: Arc<AtomicBool>,
+    up: tokio::sync::watch::Sender<bool>,
 }
 
 impl Switch {
@@ -81,30 +79,62 @@ impl Switch {
             target.host_str().unwrap(),
             target.port_or_known_default().unwrap()
         );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}/", listener.local_addr().unwrap());
-        let up = Arc::new(AtomicBool::new(true));
-        let on = Arc::clone(&up);
+        let first = relay_socket(0);
+        let addr = first.local_addr().unwrap();
+        let url = format!("http://{addr}/");
+        let (up, mut wanted) = tokio::sync::watch::channel(true);
         tokio::spawn(async move {
+            let mut socket = Some(first);
             loop {
-                let (mut inbound, _) = listener.accept().await.unwrap();
-                if !on.load(Ordering::SeqCst) {
+                if !*wanted.borrow_and_update() {
+                    drop(socket.take());
+                    if wanted.changed().await.is_err() {
+                        return;
+                    }
                     continue;
                 }
-                let target = target.clone();
-                tokio::spawn(async move {
-                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await {
-                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                let listener = socket
+                    .take()
+                    .unwrap_or_else(|| relay_socket(addr.port()))
+                    .listen(64)
+                    .unwrap();
+                loop {
+                    tokio::select! {
+                        changed = wanted.changed() => {
+                            if changed.is_err() {
+                                return;
+                            }
+                            break;
+                        }
+                        accepted = listener.accept() => {
+                            let (mut inbound, _) = accepted.unwrap();
+                            let target = target.clone();
+                            tokio::spawn(async move {
+                                if let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await {
+                                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                                }
+                            });
+                        }
                     }
-                });
+                }
             }
         });
         Self { url, up }
     }
 
     fn set(&self, up: bool) {
-        self.up.store(up, Ordering::SeqCst);
+        self.up.send_replace(up);
     }
+}
+
+/// A loopback socket on `port` (0: any), reusable at once after the previous one closed.
+fn relay_socket(port: u16) -> tokio::net::TcpSocket {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_reuseaddr(true).unwrap();
+    socket
+        .bind(std::net::SocketAddr::from(([127, 0, 0, 1], port)))
+        .unwrap();
+    socket
 }
 
 /// `/metrics` parsed by a Prometheus text parser: each sample's value by name and labels
