@@ -109,16 +109,21 @@ async fn a_failure_is_alerted_once_then_the_recovery_and_metrics_follow() {
     assert!(!app.logs().contains(&bed.password));
 }
 
-#[tokio::test]
-async fn a_cache_older_than_stale_after_is_alerted() {
-    let mut receiver = Receiver::start().await;
+/// The small cache's bytes, as if written on 2020-01-01.
+fn cache_written_in_2020() -> Vec<u8> {
     let dir = tempfile::tempdir().unwrap();
     let seeded = dir.path().join("seed.json");
     import_csv(&seeded, SMALL_CSV).unwrap();
     let mut cache: Value = serde_json::from_slice(&std::fs::read(&seeded).unwrap()).unwrap();
     cache["last_updated"] = "2020-01-01T00:00:00Z".into();
+    serde_json::to_vec(&cache).unwrap()
+}
+
+#[tokio::test]
+async fn a_cache_older_than_stale_after_is_alerted() {
+    let mut receiver = Receiver::start().await;
     let app = spawn_app_with(Options {
-        cache_contents: Some(serde_json::to_vec(&cache).unwrap()),
+        cache_contents: Some(cache_written_in_2020()),
         env: vec![
             ("ALERT_WEBHOOK_URL", receiver.url.clone()),
             ("STALE_AFTER", "1h".into()),
@@ -145,13 +150,8 @@ async fn an_unreachable_webhook_is_retried_and_never_stops_the_server() {
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}/hook", closed.local_addr().unwrap());
     drop(closed);
-    let dir = tempfile::tempdir().unwrap();
-    let seeded = dir.path().join("seed.json");
-    import_csv(&seeded, SMALL_CSV).unwrap();
-    let mut cache: Value = serde_json::from_slice(&std::fs::read(&seeded).unwrap()).unwrap();
-    cache["last_updated"] = "2020-01-01T00:00:00Z".into();
     let app = spawn_app_with(Options {
-        cache_contents: Some(serde_json::to_vec(&cache).unwrap()),
+        cache_contents: Some(cache_written_in_2020()),
         env: vec![("ALERT_WEBHOOK_URL", url)],
         ..Options::default()
     })

@@ -51,6 +51,10 @@ async fn wait_for_text(browser: &Client, id: &str, wanted: impl Fn(&str) -> bool
     }
 }
 
+async fn click(browser: &Client, what: Locator<'_>) {
+    browser.find(what).await.unwrap().click().await.unwrap();
+}
+
 fn digits(s: &str) -> String {
     s.chars().filter(char::is_ascii_digit).collect()
 }
@@ -85,17 +89,8 @@ async fn the_dashboard_asks_for_the_key_then_shows_the_cache_and_a_refresh() {
         assert_eq!(text(&browser, "rows").await, "");
 
         key_input.send_keys(KEY).await.unwrap();
-        browser
-            .find(Locator::Css("#login button[type=submit]"))
-            .await
-            .unwrap()
-            .click()
-            .await
-            .unwrap();
-        assert_eq!(
-            wait_for_text(&browser, "rows", |t| !t.is_empty()).await,
-            "2"
-        );
+        click(&browser, Locator::Css("#login button[type=submit]")).await;
+        wait_for_text(&browser, "rows", |t| t == "2").await;
         assert_eq!(
             wait_for_text(&browser, "sync-state", |t| !t.is_empty()).await,
             "idle"
@@ -114,13 +109,7 @@ async fn the_dashboard_asks_for_the_key_then_shows_the_cache_and_a_refresh() {
         );
 
         // Refresh now: the live phase shows, then the new rows and the sync in the history.
-        browser
-            .find(Locator::Id("refresh"))
-            .await
-            .unwrap()
-            .click()
-            .await
-            .unwrap();
+        click(&browser, Locator::Id("refresh")).await;
         wait_for_text(&browser, "sync-state", |t| t == "running").await;
         let phase = wait_for_text(&browser, "phase", |t| !t.is_empty()).await;
         assert!(
@@ -157,13 +146,7 @@ async fn the_dashboard_asks_for_the_key_then_shows_the_cache_and_a_refresh() {
         eprintln!("dashboard screenshot: {}", out.display());
 
         // Forgetting the key leaves no data on the page.
-        browser
-            .find(Locator::Id("sign-out"))
-            .await
-            .unwrap()
-            .click()
-            .await
-            .unwrap();
+        click(&browser, Locator::Id("sign-out")).await;
         assert_eq!(text(&browser, "rows").await, "");
         assert_eq!(text(&browser, "history").await, "");
     }
