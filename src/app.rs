@@ -25,6 +25,7 @@ pub struct Application {
     state: AppState,
     cors_origins: Vec<String>,
     alerts: Option<AlertTask>,
+    write_timeout: Duration,
 }
 
 impl Application {
@@ -70,6 +71,7 @@ impl Application {
             },
             cors_origins: config.cors_allow_origins,
             alerts,
+            write_timeout: config.sse_write_timeout,
         })
     }
 
@@ -108,7 +110,7 @@ impl Application {
         tracing::info!("listening on http://{addr}");
         let app = api::router(state.clone(), &self.cors_origins);
         let token = state.shutdown.clone();
-        let result = api::serve(self.listener, app, async move {
+        let result = api::serve(self.listener, self.write_timeout, app, async move {
             stop.await;
             tracing::info!("shutting down");
             token.cancel();

@@ -158,6 +158,10 @@ pub struct ServeArgs {
     /// Refresh the cache on this schedule (e.g. `1h`, `30m`); unset refreshes on request only.
     #[arg(long, env = "SYNC_INTERVAL", value_parser = parse_duration)]
     pub sync_interval: Option<Duration>,
+    /// Drop a client (an event stream's above all) that takes no data for this long, so a
+    /// stalled reader does not pin the version it was being sent.
+    #[arg(long, env = "SSE_WRITE_TIMEOUT", value_parser = parse_duration, default_value = "60s")]
+    pub sse_write_timeout: Duration,
     #[command(flatten)]
     pub cache: CacheArgs,
     #[command(flatten)]
@@ -416,6 +420,7 @@ pub struct ServeConfig {
     pub sync: Option<SyncSettings>,
     pub sync_interval: Option<Duration>,
     pub alerts: AlertSettings,
+    pub sse_write_timeout: Duration,
 }
 
 impl ServeArgs {
@@ -468,6 +473,7 @@ impl ServeArgs {
             sync,
             sync_interval: self.sync_interval,
             alerts: self.alerts.validate(self.sync_interval)?,
+            sse_write_timeout: self.sse_write_timeout,
         })
     }
 }

@@ -1,6 +1,9 @@
 //! `GET /fetch-data`: the cached table, sent from ready-made bytes in the encoding the client
-//! accepts, with validators so unchanged data costs a 304.
+//! accepts, with validators so unchanged data costs a 304. The validators follow the data: the
+//! weak ETag is a hash of the columns and rows, and `Last-Modified` is when these rows were first
+//! served, so a sync that finds the same rows changes neither.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 use axum::body::Body;
@@ -9,6 +12,7 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 
+use super::encoder::StreamEncoder;
 use super::error::ApiError;
 use super::{sse, AppState};
 use crate::cache::{Encoding, Snapshot};
@@ -87,7 +91,7 @@ pub async fn fetch_data(
 ) -> Result<Response, ApiError> {
     let params = FetchParams::parse(query.as_deref())?;
     if params.stream {
-        return Ok(sse::stream(state, params.refresh, params.payload).await);
+        return Ok(sse::stream(state, &headers, params.refresh, params.payload).await);
     }
     let info = match params.refresh {
         false => None,
@@ -103,7 +107,7 @@ pub async fn fetch_data(
     let snapshot = current_snapshot(&state)?;
     Ok(match info {
         None => cached_response(&snapshot, &headers),
-        Some(info) => response_with_info(&snapshot, info),
+        Some(info) => response_with_info(&snapshot, &headers, info),
     })
 }
 
@@ -117,7 +121,7 @@ pub fn current_snapshot(state: &AppState) -> Result<Arc<Snapshot>, ApiError> {
 }
 
 fn cached_response(snapshot: &Snapshot, request: &HeaderMap) -> Response {
-    let encoding = choose_encoding(request.get(header::ACCEPT_ENCODING), snapshot);
+    let encoding = accepted_encoding(request.get(header::ACCEPT_ENCODING), Some(snapshot), true);
     let mut headers = HeaderMap::new();
     headers.insert(header::VARY, HeaderValue::from_static("Accept-Encoding"));
     headers.insert(
@@ -130,7 +134,7 @@ fn cached_response(snapshot: &Snapshot, request: &HeaderMap) -> Response {
     if let Ok(v) = HeaderValue::from_str(&snapshot.http_date) {
         headers.insert(header::LAST_MODIFIED, v);
     }
-    if not_modified(request, &snapshot.etag) {
+    if not_modified(request, snapshot) {
         return (StatusCode::NOT_MODIFIED, headers).into_response();
     }
     headers.insert(
@@ -150,57 +154,108 @@ fn cached_response(snapshot: &Snapshot, request: &HeaderMap) -> Response {
     (headers, body).into_response()
 }
 
-/// The cached body with `"_info"` in front, sent as two chunks that share the snapshot's bytes.
-fn response_with_info(snapshot: &Snapshot, info: &str) -> Response {
-    let prefix = Bytes::from(format!("{{\"_info\":{},", serde_json::Value::from(info)));
-    let rest = snapshot.body.slice(1..);
-    let chunks = [prefix, rest].map(Ok::<_, std::convert::Infallible>);
+/// The cached body with `"_info"` in front, sent as chunks that share the snapshot's bytes:
+/// gzip from the precompressed body when the client takes gzip and it is built, else identity.
+fn response_with_info(snapshot: &Snapshot, request: &HeaderMap, info: &str) -> Response {
+    let prefix = format!("{{\"_info\":{},", serde_json::Value::from(info));
+    let accept = request.get(header::ACCEPT_ENCODING);
+    let mut chunks = VecDeque::new();
+    let mut gzip = StreamEncoder::new(Encoding::Gzip);
+    let gzipped = quality(accept, Encoding::Gzip) > 0.0 && {
+        gzip.text(prefix.as_bytes(), &mut chunks);
+        gzip.body_after_brace(snapshot, &mut chunks)
+    };
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(header::VARY, HeaderValue::from_static("Accept-Encoding"));
+    if gzipped {
+        gzip.finish(&mut chunks);
+        headers.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+    } else {
+        chunks = VecDeque::from([Bytes::from(prefix), snapshot.body.slice(1..)]);
+    }
+    let chunks = chunks.into_iter().map(Ok::<_, std::convert::Infallible>);
     (
-        [
-            (header::CONTENT_TYPE, "application/json"),
-            (header::CACHE_CONTROL, "no-store"),
-        ],
+        headers,
         Body::from_stream(futures_util::stream::iter(chunks)),
     )
         .into_response()
 }
 
-/// Picks the best ready encoding the client accepts (by q-value; zstd, then gzip, on ties).
-fn choose_encoding(accept: Option<&HeaderValue>, snapshot: &Snapshot) -> Encoding {
+/// The q-value `accept` gives `encoding` (0 when not accepted).
+fn quality(accept: Option<&HeaderValue>, encoding: Encoding) -> f32 {
     let Some(accept) = accept.and_then(|v| v.to_str().ok()) else {
-        return Encoding::Identity;
+        return 0.0;
     };
-    let q_of = |token: &str| -> f32 {
-        let mut wildcard = None;
-        for item in accept.split(',') {
-            let mut parts = item.split(';').map(str::trim);
-            let name = parts.next().unwrap_or("");
-            let q = parts
-                .find_map(|p| p.strip_prefix("q="))
-                .and_then(|q| q.parse::<f32>().ok())
-                .unwrap_or(1.0);
-            if name.eq_ignore_ascii_case(token) {
-                return q;
-            }
-            if name == "*" {
-                wildcard = Some(q);
-            }
+    let mut wildcard = None;
+    for item in accept.split(',') {
+        let mut parts = item.split(';').map(str::trim);
+        let name = parts.next().unwrap_or("");
+        let q = parts
+            .find_map(|p| p.strip_prefix("q="))
+            .and_then(|q| q.parse::<f32>().ok())
+            .unwrap_or(1.0);
+        if name.eq_ignore_ascii_case(encoding.token()) {
+            return q;
         }
-        wildcard.unwrap_or(0.0)
-    };
+        if name == "*" {
+            wildcard = Some(q);
+        }
+    }
+    wildcard.unwrap_or(0.0)
+}
+
+/// The encoding to answer in: the highest q-value among zstd and gzip; on a tie, the smaller
+/// of the two built variants (zstd when not both are built yet). With `need_ready`, only
+/// variants already built count (a one-off answer cannot wait; an event stream can).
+pub fn accepted_encoding(
+    accept: Option<&HeaderValue>,
+    snapshot: Option<&Snapshot>,
+    need_ready: bool,
+) -> Encoding {
+    let size = |e: Encoding| snapshot.and_then(|s| s.encoded(e)).map(Bytes::len);
     let mut best = (Encoding::Identity, 0.0f32);
     for encoding in [Encoding::Zstd, Encoding::Gzip] {
-        let q = q_of(encoding.token());
-        if q > best.1 && snapshot.encoded(encoding).is_some() {
+        let q = quality(accept, encoding);
+        if q <= 0.0 || (need_ready && size(encoding).is_none()) {
+            continue;
+        }
+        let smaller = match (size(encoding), size(best.0)) {
+            (Some(mine), Some(theirs)) => mine < theirs,
+            _ => false,
+        };
+        if q > best.1 || (q == best.1 && smaller) {
             best = (encoding, q);
         }
     }
     best.0
 }
 
-/// Whether `If-None-Match` names this version of the data, in any encoding.
-fn not_modified(request: &HeaderMap, base: &str) -> bool {
-    let base = base.trim_matches('"');
+/// Whether the client's validators match this version of the data: `If-None-Match` names its
+/// ETag in any encoding, or, without `If-None-Match`, `If-Modified-Since` is not older than the
+/// data.
+fn not_modified(request: &HeaderMap, snapshot: &Snapshot) -> bool {
+    if request.contains_key(header::IF_NONE_MATCH) {
+        return etag_matches(request, &snapshot.etag);
+    }
+    request
+        .get(header::IF_MODIFIED_SINCE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| httpdate::parse_http_date(v).ok())
+        .and_then(|since| {
+            let modified = httpdate::parse_http_date(&snapshot.http_date).ok()?;
+            Some(modified <= since)
+        })
+        .unwrap_or(false)
+}
+
+/// Whether `If-None-Match` names the ETag `base` in any encoding (weak comparison).
+fn etag_matches(request: &HeaderMap, base: &str) -> bool {
+    let base = base.trim_start_matches("W/").trim_matches('"');
     request
         .get_all(header::IF_NONE_MATCH)
         .iter()
@@ -250,7 +305,7 @@ mod tests {
             header::IF_NONE_MATCH,
             HeaderValue::from_static("\"other\", W/\"abc-12-gzip\""),
         );
-        assert!(not_modified(&h, "\"abc-12\""));
-        assert!(!not_modified(&h, "\"abc-13\""));
+        assert!(etag_matches(&h, "W/\"abc-12\""));
+        assert!(!etag_matches(&h, "W/\"abc-13\""));
     }
 }

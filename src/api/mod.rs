@@ -1,6 +1,7 @@
 //! The HTTP API.
 //!
 //! - [`auth`] — API keys.
+//! - [`encoder`] — gzip and zstd answers spliced from precompressed bytes.
 //! - [`fetch`] — `/fetch-data` from ready-made bytes.
 //! - [`sse`] — `/fetch-data?stream=true`.
 //! - [`status`] — `/health`, `/status`, `/refresh`.
@@ -8,6 +9,7 @@
 
 pub mod auth;
 pub mod dashboard;
+pub mod encoder;
 pub mod error;
 pub mod fetch;
 pub mod metrics;
@@ -15,6 +17,8 @@ pub mod sse;
 pub mod status;
 
 use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -24,7 +28,8 @@ use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::{get, post};
 use axum::Router;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_io_timeout::TimeoutWriter;
 use tokio_util::sync::CancellationToken;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
@@ -104,29 +109,66 @@ fn cors_layer(origins: &[String]) -> CorsLayer {
         .max_age(Duration::from_secs(3600))
 }
 
-/// Logs each request's method, path (never the query: it may hold `api_key`), status and time.
+/// Logs each request's method, path (never the query: it may hold `api_key`), status, content
+/// encoding and time.
 async fn log_request(request: Request, next: Next) -> Response {
     let started = Instant::now();
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
     let response = next.run(request).await;
+    let encoding = response
+        .headers()
+        .get(header::CONTENT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("identity")
+        .to_owned();
     tracing::info!(
         %method,
         path,
         status = response.status().as_u16(),
+        encoding,
         ms = format_args!("{:.1}", started.elapsed().as_secs_f64() * 1000.0),
         "request"
     );
     response
 }
 
-/// Serves the API on `listener` until `shutdown` completes, then finishes open requests.
+/// Serves the API on `listener` until `shutdown` completes, then finishes open requests. A
+/// connection whose write makes no progress for `write_timeout` is closed.
 pub async fn serve(
     listener: TcpListener,
+    write_timeout: Duration,
     app: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    let listener = WriteTimeoutListener {
+        inner: listener,
+        write_timeout,
+    };
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await
+}
+
+/// Accepts connections whose writes fail after `write_timeout` without progress: a client that
+/// stops reading is dropped, and what it was being sent is freed, instead of waiting forever.
+struct WriteTimeoutListener {
+    inner: TcpListener,
+    write_timeout: Duration,
+}
+
+impl axum::serve::Listener for WriteTimeoutListener {
+    type Io = Pin<Box<TimeoutWriter<TcpStream>>>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        let (stream, addr) = axum::serve::Listener::accept(&mut self.inner).await;
+        let mut stream = TimeoutWriter::new(stream);
+        stream.set_timeout(Some(self.write_timeout));
+        (Box::pin(stream), addr)
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.inner.local_addr()
+    }
 }

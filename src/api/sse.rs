@@ -2,27 +2,59 @@
 //!
 //! Each event is one `data:` line of JSON (`{"type":"cached","payload":…}`, then `updated` or
 //! `error`, then `done`). With `payload=none` the snapshot events carry only `last_updated`,
-//! `count` and `etag`. The 80 MB payload is sent from the snapshot's shared bytes, not copied
-//! into an event string. The stream ends on `done`, on shutdown, or when the client goes away.
+//! `count` and `etag`. The 90 MB payload is sent from the snapshot's shared bytes, not copied
+//! into an event string, and in the encoding the client accepts from the snapshot's
+//! precompressed bytes (see [`super::encoder`]), never compressed again per subscriber.
+//!
+//! A subscriber follows versions through a `watch` channel: however slowly it reads, it holds
+//! the version it is sending and nothing older is queued for it. A subscriber that takes no data
+//! for `SSE_WRITE_TIMEOUT` is dropped by the connection's write timeout (see [`super::serve`]).
+//! The stream ends on `done`, on shutdown, or when the client goes away.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 
 use axum::body::Body;
-use axum::http::header;
+use axum::http::{header, HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use tokio::sync::broadcast::{self, error::RecvError};
 
-use super::fetch::Payload;
+use super::encoder::StreamEncoder;
+use super::fetch::{self, Payload};
 use super::AppState;
-use crate::cache::{CacheEvent, Snapshot};
+use crate::cache::{Encoding, Snapshot, Versions};
 use crate::sync::Trigger;
 
 const NO_CACHE: &str = "No cached data";
+const KEEP_ALIVE: &str = ": keep-alive\n\n";
+
+/// Which snapshot event is being prepared.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Cached,
+    Updated,
+}
+
+impl Kind {
+    fn as_str(self) -> &'static str {
+        match self {
+            Kind::Cached => "cached",
+            Kind::Updated => "updated",
+        }
+    }
+}
 
 struct EventStream {
-    events: broadcast::Receiver<CacheEvent>,
+    versions: Versions,
+    failures: broadcast::Receiver<Arc<str>>,
+    /// Encoded chunks ready to send.
     queue: VecDeque<Bytes>,
+    encoder: StreamEncoder,
+    /// A snapshot event waiting for the body in the stream's encoding to be built.
+    waiting: Option<(Kind, Arc<Snapshot>)>,
+    /// Why the refresh asked for cannot run, reported after the `cached` event.
+    refusal: Option<String>,
     next_id: u64,
     finished: bool,
     payload: Payload,
@@ -30,33 +62,60 @@ struct EventStream {
 }
 
 impl EventStream {
-    fn push_event(&mut self, json_before: &str, payload: Option<&Bytes>, json_after: &str) {
-        self.queue.push_back(Bytes::from(format!(
-            "id: {}\ndata: {json_before}",
-            self.next_id
-        )));
-        if let Some(payload) = payload {
-            self.queue.push_back(payload.clone());
-        }
-        self.queue
-            .push_back(Bytes::from(format!("{json_after}\n\n")));
+    fn push_text(&mut self, text: &str) {
+        self.encoder.text(text.as_bytes(), &mut self.queue);
+    }
+
+    fn push_event(&mut self, json: &str) {
+        let text = format!("id: {}\ndata: {json}\n\n", self.next_id);
+        self.push_text(&text);
         self.next_id += 1;
     }
 
-    fn push_snapshot(&mut self, kind: &str, snapshot: &Snapshot) {
-        match self.payload {
-            Payload::Full => {
-                let before = format!("{{\"type\":\"{kind}\",\"payload\":");
-                self.push_event(&before, Some(&snapshot.body), "}");
-            }
-            Payload::None => {
-                let json = serde_json::json!({
-                    "type": kind,
-                    "last_updated": snapshot.last_updated,
-                    "count": snapshot.count,
-                    "etag": snapshot.etag,
-                });
-                self.push_event(&json.to_string(), None, "");
+    /// Sends a snapshot event now if its body is ready in this stream's encoding, else keeps it
+    /// until it is.
+    fn push_snapshot(&mut self, kind: Kind, snapshot: Arc<Snapshot>) {
+        if self.payload == Payload::None {
+            let json = serde_json::json!({
+                "type": kind.as_str(),
+                "last_updated": snapshot.last_updated,
+                "count": snapshot.count,
+                "etag": snapshot.etag,
+            });
+            self.push_event(&json.to_string());
+            return self.after_snapshot(kind);
+        }
+        match self.encoder.encoding() {
+            Encoding::Identity => self.push_full(kind, &snapshot, None),
+            encoding => match snapshot.encoded(encoding).cloned() {
+                Some(variant) => self.push_full(kind, &snapshot, Some(variant)),
+                None => self.waiting = Some((kind, snapshot)),
+            },
+        }
+    }
+
+    fn push_full(&mut self, kind: Kind, snapshot: &Snapshot, variant: Option<Bytes>) {
+        let before = format!(
+            "id: {}\ndata: {{\"type\":\"{}\",\"payload\":",
+            self.next_id,
+            kind.as_str()
+        );
+        self.next_id += 1;
+        self.push_text(&before);
+        self.encoder.body(&snapshot.body, variant, &mut self.queue);
+        self.push_text("}\n\n");
+        self.after_snapshot(kind);
+    }
+
+    /// Ends the stream after `updated`; after `cached`, reports a refresh that cannot run.
+    fn after_snapshot(&mut self, kind: Kind) {
+        match kind {
+            Kind::Updated => self.finish(),
+            Kind::Cached => {
+                if let Some(message) = self.refusal.take() {
+                    self.push_error(&message);
+                    self.finish();
+                }
             }
         }
     }
@@ -70,20 +129,22 @@ impl EventStream {
                 "type": "cached", "last_updated": null, "count": null, "etag": null, "message": NO_CACHE,
             }),
         };
-        self.push_event(&json.to_string(), None, "");
+        self.push_event(&json.to_string());
     }
 
     fn push_error(&mut self, message: &str) {
         let json = serde_json::json!({"type": "error", "message": message}).to_string();
-        self.push_event(&json, None, "");
+        self.push_event(&json);
     }
 
     fn finish(&mut self) {
-        self.push_event("{\"type\":\"done\"}", None, "");
+        self.push_event("{\"type\":\"done\"}");
+        self.encoder.finish(&mut self.queue);
         self.finished = true;
     }
 
-    /// The next chunk to send, waiting for news when there is nothing queued.
+    /// The next chunk to send, waiting for news (or a compressed body) when nothing is queued.
+    /// Keep-alives go out whenever the stream has been idle for the keep-alive interval.
     async fn next_chunk(&mut self) -> Option<Bytes> {
         loop {
             if let Some(chunk) = self.queue.pop_front() {
@@ -92,28 +153,42 @@ impl EventStream {
             if self.finished {
                 return None;
             }
+            let keepalive = tokio::time::sleep(self.state.sse_keepalive);
+            if let Some((kind, snapshot)) = self.waiting.take() {
+                let encoding = self.encoder.encoding();
+                tokio::select! {
+                    () = self.state.shutdown.cancelled() => return None,
+                    () = keepalive => {
+                        self.waiting = Some((kind, snapshot));
+                        self.push_text(KEEP_ALIVE);
+                    }
+                    variant = snapshot.encoded_when_ready(encoding) => {
+                        self.push_full(kind, &snapshot, variant);
+                    }
+                }
+                continue;
+            }
             tokio::select! {
                 () = self.state.shutdown.cancelled() => return None,
-                () = tokio::time::sleep(self.state.sse_keepalive) => {
-                    self.queue.push_back(Bytes::from_static(b": keep-alive\n\n"));
+                () = keepalive => {
+                    self.push_text(KEEP_ALIVE);
                 }
-                event = self.events.recv() => match event {
-                    Ok(CacheEvent::Updated(snapshot)) => {
-                        self.push_snapshot("updated", &snapshot);
-                        self.finish();
+                changed = self.versions.changed() => {
+                    if changed.is_err() {
+                        return None;
                     }
-                    Ok(CacheEvent::SyncFailed(message)) => {
+                    let newest = self.versions.borrow_and_update().clone();
+                    if let Some(snapshot) = newest {
+                        self.push_snapshot(Kind::Updated, snapshot);
+                    }
+                }
+                failure = self.failures.recv() => match failure {
+                    Ok(message) => {
                         self.push_error(&message);
                         self.finish();
                     }
-                    // Missed news: the newest snapshot is what counts.
-                    Err(RecvError::Lagged(_)) => match self.state.cache.current() {
-                        Some(snapshot) => {
-                            self.push_snapshot("updated", &snapshot);
-                            self.finish();
-                        }
-                        None => continue,
-                    },
+                    // Only reasons were missed; the next one will do.
+                    Err(RecvError::Lagged(_)) => {}
                     Err(RecvError::Closed) => return None,
                 },
             }
@@ -121,38 +196,65 @@ impl EventStream {
     }
 }
 
-/// Starts the event stream; with `refresh`, also starts a sync.
-pub async fn stream(state: AppState, refresh: bool, payload: Payload) -> Response {
-    // Subscribe before reading the snapshot, so an update between the two is not missed.
-    let events = state.cache.subscribe();
+/// Starts the event stream, in the best encoding `request` accepts; with `refresh`, also
+/// starts a sync.
+pub async fn stream(
+    state: AppState,
+    request: &HeaderMap,
+    refresh: bool,
+    payload: Payload,
+) -> Response {
+    // Subscribe before looking at the current version, so an update between the two is seen.
+    let failures = state.syncer.subscribe_failures();
+    let mut versions = state.cache.subscribe();
+    let cached = versions.borrow_and_update().clone();
+    let encoding = fetch::accepted_encoding(
+        request.get(header::ACCEPT_ENCODING),
+        cached.as_deref(),
+        false,
+    );
+    let refusal = (refresh && state.syncer.trigger().await == Trigger::NotConfigured)
+        .then(|| super::error::ApiError::SyncNotConfigured.to_string());
     let mut stream = EventStream {
-        events,
+        versions,
+        failures,
         queue: VecDeque::new(),
+        encoder: StreamEncoder::new(encoding),
+        waiting: None,
+        refusal,
         next_id: 1,
         finished: false,
         payload,
-        state: state.clone(),
+        state,
     };
-    match state.cache.current() {
-        Some(snapshot) => stream.push_snapshot("cached", &snapshot),
-        None => stream.push_nothing_cached(),
-    }
-    if refresh && state.syncer.trigger().await == Trigger::NotConfigured {
-        stream.push_error(&super::error::ApiError::SyncNotConfigured.to_string());
-        stream.finish();
+    match cached {
+        Some(snapshot) => stream.push_snapshot(Kind::Cached, snapshot),
+        None => {
+            stream.push_nothing_cached();
+            stream.after_snapshot(Kind::Cached);
+        }
     }
     let body = futures_util::stream::unfold(stream, |mut s| async move {
         s.next_chunk()
             .await
             .map(|chunk| (Ok::<_, std::convert::Infallible>(chunk), s))
     });
-    (
-        [
-            (header::CONTENT_TYPE, "text/event-stream"),
-            (header::CACHE_CONTROL, "no-cache"),
-            (header::HeaderName::from_static("x-accel-buffering"), "no"),
-        ],
-        Body::from_stream(body),
-    )
-        .into_response()
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    headers.insert(
+        header::HeaderName::from_static("x-accel-buffering"),
+        HeaderValue::from_static("no"),
+    );
+    headers.insert(header::VARY, HeaderValue::from_static("Accept-Encoding"));
+    if encoding != Encoding::Identity {
+        headers.insert(
+            header::CONTENT_ENCODING,
+            HeaderValue::from_static(encoding.token()),
+        );
+    }
+    (headers, Body::from_stream(body)).into_response()
 }

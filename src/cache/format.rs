@@ -19,6 +19,9 @@ pub const BODY_ROOM: usize = BODY_PREFIX.len() - 1;
 pub struct DocumentFacts {
     pub last_updated: String,
     pub count: usize,
+    /// A hash of the columns and the rows (as laid out in the document), for validators that
+    /// follow the data rather than the sync time.
+    pub data_hash: u64,
 }
 
 /// The fields of a cache file, checked while the data stays unparsed.
@@ -50,10 +53,29 @@ pub fn check_document(doc: &[u8]) -> anyhow::Result<DocumentFacts> {
     if let Some(bad) = view.data.iter().position(|r| !r.get().starts_with('{')) {
         anyhow::bail!("record {bad} of the cache file is not a JSON object");
     }
+    let data_hash = view.data_hash();
     Ok(DocumentFacts {
         last_updated: view.last_updated,
         count: view.count,
+        data_hash,
     })
+}
+
+impl CacheFileView<'_> {
+    fn data_hash(&self) -> u64 {
+        use std::hash::Hasher;
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        for column in &self.columns {
+            h.write(column.as_bytes());
+            h.write_u8(0);
+        }
+        h.write_usize(self.data.len());
+        for record in &self.data {
+            h.write(record.get().as_bytes());
+            h.write_u8(0);
+        }
+        h.finish()
+    }
 }
 
 #[cfg(test)]

@@ -8,7 +8,9 @@
 //! - [`snapshot`] — the ready-to-send bodies the API serves.
 //!
 //! Readers never wait: the current snapshot sits behind an [`ArcSwapOption`], so a request takes a
-//! reference-counted handle and a new cache is swapped in without blocking anyone.
+//! reference-counted handle and a new cache is swapped in without blocking anyone. Event streams
+//! follow versions through a [`watch`] channel: only the newest matters, so a subscriber that
+//! falls behind holds the version it is sending and never a queue of older ones.
 
 pub mod convert;
 pub mod format;
@@ -23,7 +25,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use arc_swap::ArcSwapOption;
-use tokio::sync::broadcast;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 pub use convert::{csv_to_cache_json, ConvertError, Converted};
@@ -39,14 +41,8 @@ pub const WATCH_INTERVAL: Duration = Duration::from_millis(500);
 /// How often a replica asks Redis for the current version, in case it missed the news.
 pub const SHARED_CHECK_INTERVAL: Duration = Duration::from_secs(5);
 
-/// News for SSE subscribers.
-#[derive(Debug, Clone)]
-pub enum CacheEvent {
-    /// A new cache is being served.
-    Updated(Arc<Snapshot>),
-    /// A sync failed; the previous cache is still served.
-    SyncFailed(Arc<str>),
-}
+/// The newest served version, for event streams; `None` until a cache is served.
+pub type Versions = watch::Receiver<Option<Arc<Snapshot>>>;
 
 /// The served cache and where its versions live: the file, or Redis with the file as a local
 /// copy to start from when Redis is unreachable.
@@ -64,7 +60,8 @@ pub struct Cache {
     known: Mutex<Option<FileStamp>>,
     /// Why the file on disk could not be used, if it could not.
     load_error: Mutex<Option<String>>,
-    events: broadcast::Sender<CacheEvent>,
+    /// The same snapshot as `current`, for subscribers to wait on.
+    versions: watch::Sender<Option<Arc<Snapshot>>>,
     /// Whether this process serves the cache (keeps snapshots) or only writes the file.
     serving: bool,
 }
@@ -96,7 +93,7 @@ impl Cache {
             record: ArcSwapOption::empty(),
             known: Mutex::new(None),
             load_error: Mutex::new(None),
-            events: broadcast::channel(16).0,
+            versions: watch::Sender::new(None),
             serving,
         })
     }
@@ -210,14 +207,9 @@ impl Cache {
         shared.or_else(|| lock(&self.load_error).clone())
     }
 
-    /// Subscribes to cache news.
-    pub fn subscribe(&self) -> broadcast::Receiver<CacheEvent> {
-        self.events.subscribe()
-    }
-
-    /// Tells subscribers that a sync failed.
-    pub fn publish_failure(&self, message: &str) {
-        let _ = self.events.send(CacheEvent::SyncFailed(message.into()));
+    /// Subscribes to served versions (`borrow_and_update` gives the current one).
+    pub fn subscribe(&self) -> Versions {
+        self.versions.subscribe()
     }
 
     /// Makes a freshly converted table the current version, with its record, and serves it.
@@ -385,7 +377,10 @@ impl Cache {
 
     /// Serves `snapshot`, tells subscribers, and builds its compressed variants off the request
     /// path (requests get identity until each variant is ready).
-    fn install(&self, snapshot: Snapshot, record: Option<Arc<VersionRecord>>) -> Arc<Snapshot> {
+    fn install(&self, mut snapshot: Snapshot, record: Option<Arc<VersionRecord>>) -> Arc<Snapshot> {
+        if let Some(previous) = self.current() {
+            snapshot.keep_data_date_of(&previous);
+        }
         let snapshot = Arc::new(snapshot);
         self.record.store(record);
         self.current.store(Some(Arc::clone(&snapshot)));
@@ -395,7 +390,7 @@ impl Cache {
             last_updated = %snapshot.last_updated,
             "serving a new cache"
         );
-        let _ = self.events.send(CacheEvent::Updated(Arc::clone(&snapshot)));
+        self.versions.send_replace(Some(Arc::clone(&snapshot)));
         for encoding in [Encoding::Zstd, Encoding::Gzip] {
             let snapshot = Arc::clone(&snapshot);
             // Finishes on its own within seconds; holds only its snapshot.

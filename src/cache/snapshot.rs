@@ -1,16 +1,35 @@
 //! The in-memory snapshot: the `/fetch-data` body, serialised once per new cache, plus its
 //! compressed variants, built once off the request path. Requests only clone `Bytes` handles.
+//!
+//! The body is compact JSON whatever the file's layout (a pretty-printed file is compacted on
+//! load), so it fits on one SSE `data:` line. The gzip variant ends its deflate data with a sync
+//! flush, so event streams can splice those same bytes into their own gzip stream; the zstd
+//! variant is one frame, and zstd streams may concatenate frames. Validators follow the data:
+//! the ETag is a weak tag over columns and rows, and `Last-Modified` stays put while a sync finds
+//! the same rows.
 
-use std::hash::Hasher;
 use std::io::Write;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context;
 use bytes::Bytes;
+use tokio::sync::Notify;
 
 use super::convert::Converted;
 use super::format::{check_document, BODY_PREFIX, BODY_ROOM};
+
+/// gzip level of the precompressed body; chosen with `bench/compression` (see README).
+pub const GZIP_LEVEL: u32 = 9;
+/// zstd level of the precompressed body; chosen with `bench/compression` (see README).
+pub const ZSTD_LEVEL: i32 = 9;
+
+/// The fixed gzip header the gzip variant starts with (no name, no time, unknown OS).
+pub const GZIP_HEADER: [u8; 10] = [0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 255];
+/// A non-final stored deflate block holding `{`.
+const BRACE_BLOCK: [u8; 6] = [0x00, 0x01, 0x00, 0xFE, 0xFF, b'{'];
+/// The gzip variant's end: an empty final fixed-Huffman block, then CRC-32 and length (8 bytes).
+const GZIP_TAIL_LEN: usize = 2 + 8;
 
 /// A content encoding the API can send.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,16 +53,25 @@ impl Encoding {
 /// One version of the cache, ready to send.
 #[derive(Debug)]
 pub struct Snapshot {
-    /// The identity `/fetch-data` body.
+    /// The identity `/fetch-data` body, compact JSON.
     pub body: Bytes,
-    gzip: OnceLock<Bytes>,
-    zstd: OnceLock<Bytes>,
-    /// Strong validator of the identity body, quoted (`"…"`).
+    /// Each compressed variant: unset while being built, `None` if building it failed.
+    gzip: OnceLock<Option<Bytes>>,
+    zstd: OnceLock<Option<Bytes>>,
+    /// CRC-32 of the body after its opening `{`, set with the gzip variant.
+    rest_crc: OnceLock<u32>,
+    /// Woken when a variant is set.
+    variant_ready: Notify,
+    /// Weak validator of the data (columns and rows), quoted (`W/"…"`).
     pub etag: String,
-    /// The strong ETag of each encoded representation: the identity tag marked with the encoding.
+    /// The ETag of each encoded representation: the identity tag marked with the encoding.
     etag_gzip: String,
     etag_zstd: String,
-    /// `last_modified` as an HTTP date, for the `Last-Modified` header.
+    /// Hash of the columns and rows, to tell a new version with the same data.
+    data_hash: u64,
+    /// When this data was first served (an unchanged sync keeps it), for `Last-Modified`.
+    pub data_modified: SystemTime,
+    /// `data_modified` as an HTTP date.
     pub http_date: String,
     pub last_updated: String,
     pub last_modified: SystemTime,
@@ -55,55 +83,61 @@ pub struct Snapshot {
 impl Snapshot {
     /// Builds a snapshot from a buffer holding a cache file at `buf[BODY_ROOM..]`, validating it.
     /// The buffer becomes the response body in place: no copy of the data is made.
-    pub fn from_cache_buffer(buf: Vec<u8>) -> anyhow::Result<Self> {
+    pub fn from_cache_buffer(mut buf: Vec<u8>) -> anyhow::Result<Self> {
         anyhow::ensure!(buf.len() > BODY_ROOM, "the cache file is empty");
+        let file_size = (buf.len() - BODY_ROOM) as u64;
+        compact_json(&mut buf, BODY_ROOM);
         let facts = check_document(&buf[BODY_ROOM..])?;
-        let (last_updated, count) = (facts.last_updated, facts.count);
+        let (last_updated, count, data_hash) = (facts.last_updated, facts.count, facts.data_hash);
         let last_modified = parse_rfc3339(&last_updated)
             .with_context(|| format!("last_updated {last_updated:?} is not an RFC 3339 time"))?;
-        Self::assemble(buf, last_updated, last_modified, count)
+        Self::assemble(
+            buf,
+            file_size,
+            last_updated,
+            last_modified,
+            count,
+            data_hash,
+        )
     }
 
-    /// Builds a snapshot from a table this process just converted: already known to be valid.
+    /// Builds a snapshot from a table this process just converted.
     pub fn from_converted(converted: Converted) -> Self {
-        let last_modified =
-            parse_rfc3339(&converted.last_updated).unwrap_or_else(|_| SystemTime::now());
-        Self::assemble(
-            converted.buf,
-            converted.last_updated,
-            last_modified,
-            converted.count,
-        )
-        .expect("a converted table is a complete cache document")
+        Self::from_cache_buffer(converted.buf)
+            .expect("a converted table is a complete cache document")
     }
 
     fn assemble(
         mut buf: Vec<u8>,
+        file_size: u64,
         last_updated: String,
         last_modified: SystemTime,
         count: usize,
+        data_hash: u64,
     ) -> anyhow::Result<Self> {
-        let file_size = (buf.len() - BODY_ROOM) as u64;
-        // The document starts with `{` after optional white space; the prefix ends on that byte.
-        let open = BODY_ROOM
-            + buf[BODY_ROOM..]
-                .iter()
-                .position(|b| !b.is_ascii_whitespace())
-                .context("the cache file is blank")?;
-        let start = open + 1 - BODY_PREFIX.len();
-        buf[start..=open].copy_from_slice(BODY_PREFIX);
+        // Compacted: the document's `{` is the first byte; the prefix ends on that byte.
+        anyhow::ensure!(
+            buf.get(BODY_ROOM) == Some(&b'{'),
+            "the cache file is not an object"
+        );
+        let start = BODY_ROOM + 1 - BODY_PREFIX.len();
+        buf[start..=BODY_ROOM].copy_from_slice(BODY_PREFIX);
         let body = Bytes::from(buf).slice(start..);
-        let etag = etag_of(&body);
+        let etag = format!("W/\"{data_hash:016x}-{count:x}\"");
         let marked =
             |encoding: Encoding| format!("{}-{}\"", etag.trim_end_matches('"'), encoding.token());
         Ok(Self {
             etag_gzip: marked(Encoding::Gzip),
             etag_zstd: marked(Encoding::Zstd),
             etag,
+            data_hash,
+            data_modified: last_modified,
             http_date: httpdate::fmt_http_date(last_modified),
             body,
             gzip: OnceLock::new(),
             zstd: OnceLock::new(),
+            rest_crc: OnceLock::new(),
+            variant_ready: Notify::new(),
             last_updated,
             last_modified,
             count,
@@ -111,16 +145,73 @@ impl Snapshot {
         })
     }
 
-    /// The body in `encoding`, if that variant is built (identity always is).
-    pub fn encoded(&self, encoding: Encoding) -> Option<&Bytes> {
-        match encoding {
-            Encoding::Identity => Some(&self.body),
-            Encoding::Gzip => self.gzip.get(),
-            Encoding::Zstd => self.zstd.get(),
+    /// Whether `other` holds the same columns and rows.
+    pub fn same_data_as(&self, other: &Snapshot) -> bool {
+        self.data_hash == other.data_hash && self.count == other.count
+    }
+
+    /// Keeps `previous`'s `Last-Modified` when the data did not change, so that validators
+    /// follow the rows, not the time of the last sync.
+    pub fn keep_data_date_of(&mut self, previous: &Snapshot) {
+        if self.same_data_as(previous) {
+            self.data_modified = previous.data_modified;
+            self.http_date.clone_from(&previous.http_date);
         }
     }
 
-    /// The strong ETag of the body in `encoding`.
+    fn cell(&self, encoding: Encoding) -> Option<&OnceLock<Option<Bytes>>> {
+        match encoding {
+            Encoding::Identity => None,
+            Encoding::Gzip => Some(&self.gzip),
+            Encoding::Zstd => Some(&self.zstd),
+        }
+    }
+
+    /// The body in `encoding`, if that variant is built (identity always is).
+    pub fn encoded(&self, encoding: Encoding) -> Option<&Bytes> {
+        match self.cell(encoding) {
+            None => Some(&self.body),
+            Some(cell) => cell.get().and_then(Option::as_ref),
+        }
+    }
+
+    /// The body in `encoding` once that variant is built; `None` if building it failed.
+    pub async fn encoded_when_ready(&self, encoding: Encoding) -> Option<Bytes> {
+        let cell = self.cell(encoding)?;
+        loop {
+            let notified = self.variant_ready.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if let Some(variant) = cell.get() {
+                return variant.clone();
+            }
+            notified.await;
+        }
+    }
+
+    /// The deflate data of the body after its opening `{` with its CRC-32, once the gzip
+    /// variant is built, for answers that put their own fields first.
+    pub fn deflate_after_brace(&self) -> Option<(Bytes, u32)> {
+        let gzip = self.encoded(Encoding::Gzip)?;
+        let rest = GZIP_HEADER.len() + BRACE_BLOCK.len();
+        Some((
+            gzip.slice(rest..gzip.len() - GZIP_TAIL_LEN),
+            *self.rest_crc.get()?,
+        ))
+    }
+
+    /// The gzip variant's deflate data (ending on a byte boundary, no final block) with the
+    /// CRC-32 of the body, for splicing into another gzip stream.
+    pub fn deflate_part(gzip: &Bytes) -> (Bytes, u32) {
+        let tail = &gzip[gzip.len() - 8..];
+        let crc = u32::from_le_bytes([tail[0], tail[1], tail[2], tail[3]]);
+        (
+            gzip.slice(GZIP_HEADER.len()..gzip.len() - GZIP_TAIL_LEN),
+            crc,
+        )
+    }
+
+    /// The ETag of the body in `encoding`.
     pub fn etag(&self, encoding: Encoding) -> &str {
         match encoding {
             Encoding::Identity => &self.etag,
@@ -137,23 +228,28 @@ impl Snapshot {
             .collect()
     }
 
-    /// Builds the compressed variants. CPU-heavy: call from a blocking thread.
+    /// Builds a compressed variant at the level chosen for it. CPU-heavy: call from a
+    /// blocking thread. On failure the variant is marked as unavailable.
     pub fn compress(&self, encoding: Encoding) -> anyhow::Result<Duration> {
         let started = Instant::now();
-        let (cell, bytes) = match encoding {
-            Encoding::Identity => return Ok(Duration::ZERO),
-            Encoding::Gzip => {
-                let mut enc = flate2::write::GzEncoder::new(
-                    Vec::with_capacity(self.body.len() / 6),
-                    flate2::Compression::new(6),
-                );
-                enc.write_all(&self.body)?;
-                (&self.gzip, enc.finish()?)
-            }
-            Encoding::Zstd => (&self.zstd, zstd::bulk::compress(&self.body, 3)?),
+        let Some(cell) = self.cell(encoding) else {
+            return Ok(Duration::ZERO);
         };
-        let _ = cell.set(Bytes::from(bytes));
-        Ok(started.elapsed())
+        let level = match encoding {
+            Encoding::Gzip => GZIP_LEVEL as i32,
+            _ => ZSTD_LEVEL,
+        };
+        if encoding == Encoding::Gzip {
+            let _ = self.rest_crc.set(crc32fast::hash(&self.body[1..]));
+        }
+        let result = compress_body(&self.body, encoding, level);
+        let (variant, result) = match result {
+            Ok(bytes) => (Some(Bytes::from(bytes)), Ok(started.elapsed())),
+            Err(e) => (None, Err(e)),
+        };
+        let _ = cell.set(variant);
+        self.variant_ready.notify_waiters();
+        result
     }
 
     /// Age of the cache.
@@ -164,11 +260,60 @@ impl Snapshot {
     }
 }
 
-fn etag_of(body: &[u8]) -> String {
-    // SipHash over the body plus its length: a strong validator for this representation.
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    h.write(body);
-    format!("\"{:016x}-{:x}\"", h.finish(), body.len())
+/// `body` compressed as `encoding` at `level`; gzip in the spliceable form the snapshot keeps.
+pub fn compress_body(body: &[u8], encoding: Encoding, level: i32) -> anyhow::Result<Vec<u8>> {
+    match encoding {
+        Encoding::Identity => Ok(body.to_vec()),
+        Encoding::Gzip => gzip_spliceable(body, level.clamp(0, 9) as u32),
+        Encoding::Zstd => Ok(zstd::bulk::compress(body, level)?),
+    }
+}
+
+/// gzip made to be cut up: the body's opening `{` in a stored block of its own, then the rest
+/// compressed and ended with a sync flush, then an empty final block. The deflate data between
+/// header and final block, with or without the `{`, can be reused inside another gzip stream,
+/// since it refers back to nothing before it.
+fn gzip_spliceable(body: &[u8], level: u32) -> anyhow::Result<Vec<u8>> {
+    anyhow::ensure!(body.first() == Some(&b'{'), "the body is not a JSON object");
+    let mut out = Vec::with_capacity(body.len() / 8);
+    out.extend_from_slice(&GZIP_HEADER);
+    out.extend_from_slice(&BRACE_BLOCK);
+    let mut enc = flate2::write::DeflateEncoder::new(out, flate2::Compression::new(level));
+    enc.write_all(&body[1..])?;
+    enc.flush()?;
+    let mut out = std::mem::take(enc.get_mut());
+    drop(enc);
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(body);
+    out.extend_from_slice(&[0x03, 0x00]);
+    out.extend_from_slice(&crc.finalize().to_le_bytes());
+    out.extend_from_slice(&(body.len() as u32).to_le_bytes());
+    Ok(out)
+}
+
+/// Removes the white space outside strings from the JSON at `buf[from..]`, in place (a JSON
+/// string cannot hold a raw newline, so the result has none).
+fn compact_json(buf: &mut Vec<u8>, from: usize) {
+    let (mut write, mut in_string, mut escaped) = (from, false, false);
+    for read in from..buf.len() {
+        let b = buf[read];
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                in_string = false;
+            }
+        } else if matches!(b, b' ' | b'\n' | b'\r' | b'\t') {
+            continue;
+        } else if b == b'"' {
+            in_string = true;
+        }
+        buf[write] = b;
+        write += 1;
+    }
+    buf.truncate(write);
 }
 
 fn parse_rfc3339(s: &str) -> anyhow::Result<SystemTime> {
@@ -199,6 +344,7 @@ mod tests {
         assert_eq!(s.file_size, GOOD.len() as u64);
         assert_eq!(s.http_date, "Fri, 02 Jan 2026 03:04:05 GMT");
         let base = s.etag(Encoding::Identity).trim_end_matches('"');
+        assert!(base.starts_with("W/\""), "{base}");
         assert_eq!(s.etag(Encoding::Zstd), format!("{base}-zstd\""));
     }
 
@@ -207,6 +353,46 @@ mod tests {
         let s = Snapshot::from_cache_buffer(buffer(&format!("\n  {GOOD}\n"))).unwrap();
         assert!(s.body.starts_with(BODY_PREFIX));
         serde_json::from_slice::<serde_json::Value>(&s.body).unwrap();
+    }
+
+    #[test]
+    fn a_pretty_printed_file_becomes_one_compact_line_with_its_strings_intact() {
+        let doc = serde_json::json!({
+            "last_updated": "2026-01-02T03:04:05Z",
+            "count": 1,
+            "columns": ["id", "note"],
+            "data": [{"id": "1", "note": "two  spaces,\na \"quoted\\\" newline\r\n\tand tab"}],
+        });
+        let pretty = serde_json::to_string_pretty(&doc).unwrap() + "\r\n";
+        assert!(pretty.contains('\n'));
+        let s = Snapshot::from_cache_buffer(buffer(&pretty)).unwrap();
+        assert!(!s.body.contains(&b'\n') && !s.body.contains(&b'\r'));
+        let v: serde_json::Value = serde_json::from_slice(&s.body).unwrap();
+        assert_eq!(v["data"], doc["data"]);
+        assert_eq!(s.file_size, pretty.len() as u64);
+        // Same data, other layout: same validator.
+        let compact = Snapshot::from_cache_buffer(buffer(&doc.to_string())).unwrap();
+        assert_eq!(compact.etag, s.etag);
+    }
+
+    #[test]
+    fn the_etag_follows_the_rows_not_the_sync_time() {
+        let a = Snapshot::from_cache_buffer(buffer(GOOD)).unwrap();
+        let later = GOOD.replace("2026-01-02T03:04:05Z", "2026-01-02T04:04:05Z");
+        let mut b = Snapshot::from_cache_buffer(buffer(&later)).unwrap();
+        assert_eq!(a.etag, b.etag);
+        assert_ne!(a.http_date, b.http_date);
+        b.keep_data_date_of(&a);
+        assert_eq!(
+            a.http_date, b.http_date,
+            "unchanged rows keep Last-Modified"
+        );
+        assert_eq!(b.last_updated, "2026-01-02T04:04:05Z");
+        let mut c =
+            Snapshot::from_cache_buffer(buffer(&later.replace("\"1\"}", "\"2\"}"))).unwrap();
+        assert_ne!(a.etag, c.etag);
+        c.keep_data_date_of(&a);
+        assert_ne!(a.http_date, c.http_date);
     }
 
     #[test]
@@ -233,6 +419,16 @@ mod tests {
         )
         .unwrap();
         assert_eq!(out, s.body);
+        let (deflate, crc) = Snapshot::deflate_part(s.encoded(Encoding::Gzip).unwrap());
+        assert_eq!(crc, crc32fast::hash(&s.body));
+        let closed = [&deflate[..], &[0x03, 0x00]].concat();
+        let mut out = Vec::new();
+        std::io::Read::read_to_end(
+            &mut flate2::read::DeflateDecoder::new(&closed[..]),
+            &mut out,
+        )
+        .unwrap();
+        assert_eq!(out, s.body, "the deflate part alone decodes to the body");
         let out = zstd::decode_all(&s.encoded(Encoding::Zstd).unwrap()[..]).unwrap();
         assert_eq!(out, s.body);
     }

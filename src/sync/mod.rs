@@ -33,6 +33,7 @@ use anyhow::{bail, Context};
 use futures_util::FutureExt;
 use rand::Rng;
 use time::OffsetDateTime;
+use tokio::sync::broadcast;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -319,6 +320,8 @@ pub struct Syncer {
     running: AtomicBool,
     /// Whether the last sync this process ran succeeded, sent when each one ends.
     outcomes: watch::Sender<Option<bool>>,
+    /// Why each failed sync failed, for event streams (a new cache is news of the cache's).
+    failures: broadcast::Sender<Arc<str>>,
     tasks: TaskTracker,
     shutdown: CancellationToken,
     /// The browser kept, logged in, between syncs (see [`Syncer::keep_browser_idle`]).
@@ -360,6 +363,7 @@ impl Syncer {
             board: StatusBoard::default(),
             running: AtomicBool::new(false),
             outcomes: watch::Sender::new(None),
+            failures: broadcast::channel(16).0,
             tasks: TaskTracker::new(),
             shutdown,
             browser: tokio::sync::Mutex::new(None),
@@ -386,6 +390,11 @@ impl Syncer {
             status.merge_version_record(&record);
         }
         status
+    }
+
+    /// Subscribes to the reasons of failed syncs.
+    pub fn subscribe_failures(&self) -> broadcast::Receiver<Arc<str>> {
+        self.failures.subscribe()
     }
 
     /// Starts a sync in the background unless one is running, here or in another process that
@@ -496,7 +505,7 @@ impl Syncer {
             Err(e) => {
                 let message = format!("{e:#}");
                 tracing::error!("sync failed, the previous cache is still served: {message}");
-                self.cache.publish_failure(&message);
+                let _ = self.failures.send(message.as_str().into());
                 self.board.update(|s| {
                     s.state = "idle";
                     s.phase = None;

@@ -13,6 +13,25 @@ pub const OTHER_KEY: &str = "rotated-key-77b2d0";
 
 pub const SMALL_CSV: &str = "id,name,note\n1,\"Ada \"\"the\"\" first\",NULL\n2,,\"multi\nline\"\n";
 
+/// A CSV of `rows` order-like rows, about 120 bytes each; `tag` starts every note.
+pub fn orders_csv(rows: usize, tag: &str) -> String {
+    let mut csv = String::from("id,customer,email,total,note\n");
+    for i in 0..rows {
+        csv.push_str(&format!(
+            "{i},Customer {n},c{n}@example.com,{}.{:02},\"{tag} order {i}, shipped\"\n",
+            i * 7 % 1000,
+            i % 100,
+            n = i % 5000
+        ));
+    }
+    csv
+}
+
+/// A generated CSV as the `'static` text [`Options::seed`] takes (tests are short-lived).
+pub fn leak(csv: String) -> &'static str {
+    Box::leak(csv.into_boxed_str())
+}
+
 pub fn binary() -> &'static str {
     env!("CARGO_BIN_EXE_pma-cache")
 }

@@ -6,6 +6,8 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod browser_streams;
+
 use std::path::Path;
 use std::process::{Command, Output};
 use std::time::Duration;
