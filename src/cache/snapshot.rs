@@ -19,9 +19,11 @@ use tokio::sync::Notify;
 use super::convert::Converted;
 use super::format::{check_document, BODY_PREFIX, BODY_ROOM};
 
-/// gzip level of the precompressed body; chosen with `bench/compression` (see README).
+/// gzip level of the precompressed body: 7% smaller than level 6 for 2.7x the time, off the
+/// request path (measurements in README, "Compression levels").
 pub const GZIP_LEVEL: u32 = 9;
-/// zstd level of the precompressed body; chosen with `bench/compression` (see README).
+/// zstd level of the precompressed body: 21% smaller than level 3 and 16% smaller than gzip 9;
+/// level 12 saves 5% more for 2.4x the time, level 19 20% more for 30x (README).
 pub const ZSTD_LEVEL: i32 = 9;
 
 /// The fixed gzip header the gzip variant starts with (no name, no time, unknown OS).
