@@ -33,6 +33,11 @@ const SUPERVISOR: &str = r#"command -v "$1" >/dev/null 2>&1 || exit 127
 read -r _
 kill -KILL 0"#;
 
+/// The supervisor's name on its command line (`$0`): how [`crate::sync::leftovers`] tells a group
+/// this program started from a ChromeDriver someone else runs (`WEBDRIVER_URL`), which it must
+/// never end.
+pub const SUPERVISOR_NAME: &str = "pma-cache-chromedriver-supervisor";
+
 /// How long ChromeDriver may take to answer `/status` with `ready: true`.
 const READY_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -70,7 +75,7 @@ impl ChromeDriver {
             .map_err(ExportError::Transient)?;
         let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
         let mut child = Command::new("sh")
-            .args(["-c", SUPERVISOR, "sh"])
+            .args(["-c", SUPERVISOR, SUPERVISOR_NAME])
             .arg(program)
             .arg(format!("--port={port}"))
             .stdin(Stdio::piped())

@@ -4,10 +4,13 @@
 //! `pma-cache-<kind>-<pid>-<start time>-<random>`. The start time (in clock ticks since boot, from
 //! `/proc`) tells a live owner from a new process that got the same pid. Chromium names the folder
 //! on its command line (`--user-data-dir` inside it), so the processes that served a folder are
-//! found by it, and their ChromeDriver is the leader of their process group.
+//! found by it. A ChromeDriver this program started leads their process group under its
+//! supervisor; a ChromeDriver run by someone else (`WEBDRIVER_URL`) is never ended.
 
 use std::io;
 use std::path::{Path, PathBuf};
+
+use crate::sync::chromedriver;
 
 /// Creates a folder of `kind` for this process in the temp folder; removed when dropped.
 pub fn folder(kind: &str) -> io::Result<tempfile::TempDir> {
@@ -78,8 +81,8 @@ fn cmdline(pid: u32) -> String {
         .unwrap_or_default()
 }
 
-/// Kills the processes whose command line names `folder`, and the ChromeDriver leading their
-/// process group.
+/// Kills the processes whose command line names `folder`, and the process group of the ChromeDriver
+/// that served them when this program started it (its supervisor leads the group).
 fn end_processes_serving(folder: &Path) {
     let needle = folder.display().to_string();
     let Ok(entries) = std::fs::read_dir("/proc") else {
@@ -94,7 +97,7 @@ fn end_processes_serving(folder: &Path) {
     let mut groups: Vec<u32> = Vec::new();
     for &pid in &pids {
         if let Some(group) = stat_field(pid, 5).map(|g| g as u32) {
-            if group != pid && cmdline(group).contains("chromedriver") && !groups.contains(&group) {
+            if group != pid && is_our_supervisor(group) && !groups.contains(&group) {
                 groups.push(group);
             }
         }
@@ -103,6 +106,19 @@ fn end_processes_serving(folder: &Path) {
     for group in groups {
         kill(group, true);
     }
+}
+
+/// Whether `pid` is a ChromeDriver supervisor started by pma-cache (see
+/// [`chromedriver::SUPERVISOR_NAME`]); its `$0` is the supervisor's name, the word after the script.
+fn is_our_supervisor(pid: u32) -> bool {
+    let Ok(raw) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+        return false;
+    };
+    let args: Vec<&[u8]> = raw.split(|b| *b == 0).collect();
+    args.len() > 3
+        && args[0].ends_with(b"sh")
+        && args[1] == b"-c"
+        && args[3] == chromedriver::SUPERVISOR_NAME.as_bytes()
 }
 
 fn kill(pid: u32, group: bool) {
@@ -121,6 +137,13 @@ fn kill(pid: u32, group: bool) {
 mod tests {
     use super::*;
 
+    /// `clean_stale` sweeps the whole temp folder: tests that call it take turns, or one would
+    /// remove the other's stale folder first.
+    fn one_sweep_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+        static SWEEP: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        SWEEP.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     #[test]
     fn folder_names_record_their_owner() {
         let dir = folder("test").unwrap();
@@ -134,6 +157,7 @@ mod tests {
 
     #[test]
     fn folders_of_live_processes_are_kept_and_of_dead_ones_removed() {
+        let _turn = one_sweep_at_a_time();
         let mine = folder("test").unwrap();
         // A pid that is alive (this one) but started at another time: a reused pid.
         let reused =
@@ -143,5 +167,45 @@ mod tests {
         assert!(removed.contains(&reused), "{removed:?}");
         assert!(!reused.exists());
         assert!(mine.path().exists());
+    }
+
+    #[test]
+    fn a_webdriver_someone_else_runs_survives_the_cleanup_of_our_stale_browser() {
+        use std::os::unix::process::CommandExt;
+        let _turn = one_sweep_at_a_time();
+        let stale =
+            std::env::temp_dir().join(format!("pma-cache-test-{}-2-webdrv", std::process::id()));
+        std::fs::create_dir_all(&stale).unwrap();
+        // A ChromeDriver started by someone else leads its group; its "Chromium" names our
+        // stale folder, as a browser of a killed pma-cache using WEBDRIVER_URL would.
+        let mut driver = std::process::Command::new("sh")
+            .args([
+                "-c",
+                r#"sh -c 'while :; do sleep 1; done' browser "$PROFILE" & sleep 300; :"#,
+                "chromedriver",
+            ])
+            .env("PROFILE", stale.join("profile"))
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let needle = stale.display().to_string();
+        let browser_seen = (0..100).any(|_| {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            std::fs::read_dir("/proc").unwrap().flatten().any(|e| {
+                let pid = e.file_name().to_str().and_then(|p| p.parse::<u32>().ok());
+                pid.is_some_and(|pid| cmdline(pid).contains(&needle))
+            })
+        });
+        assert!(browser_seen, "the stand-in browser did not start");
+
+        let removed = clean_stale();
+        let driver_alive = driver.try_wait().unwrap().is_none();
+        kill(driver.id(), true);
+        let _ = driver.wait();
+        assert!(removed.contains(&stale), "{removed:?}");
+        assert!(
+            driver_alive,
+            "the cleanup ended a ChromeDriver it did not start"
+        );
     }
 }
