@@ -163,8 +163,8 @@ mod tests {
         let reused =
             std::env::temp_dir().join(format!("pma-cache-test-{}-1-abcdef", std::process::id()));
         std::fs::create_dir_all(&reused).unwrap();
-        let removed = clean_stale();
-        assert!(removed.contains(&reused), "{removed:?}");
+        // Any pma-cache starting on this machine sweeps too: what counts is that the folder went.
+        clean_stale();
         assert!(!reused.exists());
         assert!(mine.path().exists());
     }
@@ -189,7 +189,7 @@ mod tests {
             .spawn()
             .unwrap();
         let needle = stale.display().to_string();
-        let browser_seen = (0..100).any(|_| {
+        let browser_seen = (0..500).any(|_| {
             std::thread::sleep(std::time::Duration::from_millis(20));
             std::fs::read_dir("/proc").unwrap().flatten().any(|e| {
                 let pid = e.file_name().to_str().and_then(|p| p.parse::<u32>().ok());
@@ -198,11 +198,11 @@ mod tests {
         });
         assert!(browser_seen, "the stand-in browser did not start");
 
-        let removed = clean_stale();
+        clean_stale();
         let driver_alive = driver.try_wait().unwrap().is_none();
         kill(driver.id(), true);
         let _ = driver.wait();
-        assert!(removed.contains(&stale), "{removed:?}");
+        assert!(!stale.exists(), "the stale folder is still there");
         assert!(
             driver_alive,
             "the cleanup ended a ChromeDriver it did not start"
