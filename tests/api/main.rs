@@ -3,6 +3,7 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod load;
 mod streams;
 
 use std::io::Read;
