@@ -29,18 +29,24 @@ pub struct SyncBusy(String);
 
 /// Runs `command` to completion.
 pub async fn run(command: Command) -> anyhow::Result<()> {
-    // What earlier, killed runs left behind (browser folders, a browser still running).
-    if let Err(e) = tokio::task::spawn_blocking(leftovers::clean_stale).await {
-        tracing::warn!("looking for leftovers of earlier runs failed: {e}");
-    }
     match command {
         Command::Serve(args) => {
-            let app = Application::build(args.validate()?).await?;
+            let config = args.validate()?;
+            sweep_leftovers().await;
+            let app = Application::build(config).await?;
             app.run_until_stopped(shutdown::signal()).await
         }
         Command::Import(args) => import(args).await,
         Command::Worker(args) => worker(args).await,
         Command::Sync(args) => sync(args).await,
+    }
+}
+
+/// Ends what earlier, killed runs left behind (browser folders, a browser still running). Runs
+/// once the settings are known to be valid, so a configuration error stays the only line printed.
+async fn sweep_leftovers() {
+    if let Err(e) = tokio::task::spawn_blocking(leftovers::clean_stale).await {
+        tracing::warn!("looking for leftovers of earlier runs failed: {e}");
     }
 }
 
@@ -69,6 +75,7 @@ pub fn open_cache(
 
 async fn import(args: ImportArgs) -> anyhow::Result<()> {
     let (cache_file, shared) = args.cache.validate()?;
+    sweep_leftovers().await;
     let cache = open_cache(cache_file.clone(), shared, false)?;
     let held = wait_for_lock(&cache).await?;
     let result = import_locked(&cache, args.file, args.null, &cache_file).await;
@@ -136,7 +143,7 @@ async fn wait_for_lock(cache: &Cache) -> anyhow::Result<SyncLockGuard> {
 }
 
 /// The cache (not serving) and sync settings of `sync` and `worker`, both required.
-fn sync_settings(
+async fn sync_settings(
     cache: CacheArgs,
     pma: PmaArgs,
 ) -> anyhow::Result<(PathBuf, Arc<Cache>, SyncSettings)> {
@@ -144,12 +151,13 @@ fn sync_settings(
     let settings = pma
         .validate(&cache_file, true)?
         .context("PMA_URL is not set")?;
+    sweep_leftovers().await;
     let cache = open_cache(cache_file.clone(), shared, false)?;
     Ok((cache_file, cache, settings))
 }
 
 async fn sync(args: SyncArgs) -> anyhow::Result<()> {
-    let (cache_file, cache, settings) = sync_settings(args.cache, args.pma)?;
+    let (cache_file, cache, settings) = sync_settings(args.cache, args.pma).await?;
     let before = cache.version_tag().await;
     let held = match cache.sync_lock().try_acquire().await? {
         Some(held) => held,
@@ -217,7 +225,7 @@ async fn sync(args: SyncArgs) -> anyhow::Result<()> {
 }
 
 async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
-    let (cache_file, cache, settings) = sync_settings(args.cache, args.pma)?;
+    let (cache_file, cache, settings) = sync_settings(args.cache, args.pma).await?;
     // A restart (or a crash loop) does not sync again while the cache is fresh.
     let first = match cache.age().await {
         Some(age) => args.sync_interval.saturating_sub(age),
