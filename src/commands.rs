@@ -105,15 +105,7 @@ async fn import_locked(
         converted.columns.len(),
         converted.cache_bytes().len(),
     );
-    let record = VersionRecord {
-        version: format!("{:016x}", rand::random::<u64>()),
-        last_updated: converted.last_updated.clone(),
-        rows,
-        written_by: VersionRecord::this_process(),
-        started_at,
-        finished_at: rfc3339(OffsetDateTime::now_utc()),
-        duration_seconds: started.elapsed().as_secs_f64(),
-    };
+    let record = VersionRecord::made_now(converted.last_updated.clone(), rows, started_at, started);
     cache.replace(converted, record).await?;
     tracing::info!(
         rows,

@@ -139,6 +139,28 @@ pub struct VersionRecord {
 }
 
 impl VersionRecord {
+    /// The record of a version this process has just made: a new id, this process as its
+    /// writer, finished now, `started` (a sync's or an import's start) giving its duration.
+    pub fn made_now(
+        last_updated: String,
+        rows: usize,
+        started_at: String,
+        started: std::time::Instant,
+    ) -> Self {
+        let now = time::OffsetDateTime::now_utc();
+        Self {
+            version: format!("{:016x}", rand::random::<u64>()),
+            last_updated,
+            rows,
+            written_by: Self::this_process(),
+            started_at,
+            finished_at: now
+                .format(&time::format_description::well_known::Rfc3339)
+                .unwrap_or_else(|_| now.unix_timestamp().to_string()),
+            duration_seconds: started.elapsed().as_secs_f64(),
+        }
+    }
+
     /// The sidecar file that holds the record of the version at `cache_file`.
     pub fn path_for(cache_file: &Path) -> PathBuf {
         let mut name = cache_file.as_os_str().to_owned();

@@ -159,15 +159,7 @@ async fn sync_steps(
 
     progress.enter(Phase::Writing);
     let (rows, bytes) = (converted.count, converted.cache_bytes().len());
-    let record = VersionRecord {
-        version: format!("{:016x}", rand::thread_rng().gen::<u64>()),
-        last_updated: converted.last_updated.clone(),
-        rows,
-        written_by: VersionRecord::this_process(),
-        started_at,
-        finished_at: rfc3339(OffsetDateTime::now_utc()),
-        duration_seconds: started.elapsed().as_secs_f64(),
-    };
+    let record = VersionRecord::made_now(converted.last_updated.clone(), rows, started_at, started);
     cache
         .replace(converted, record)
         .await
