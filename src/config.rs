@@ -35,7 +35,37 @@ impl Secret {
     pub fn expose(&self) -> &str {
         &self.0
     }
+
+    /// `text` with this secret replaced by `[redacted]`. A secret shorter than
+    /// [`SHORT_SECRET`] characters is replaced only where it stands alone (not inside a longer
+    /// word), so that a one-letter password does not garble every message while an echo of it
+    /// (`password 'x'`) is still hidden.
+    pub fn scrub(&self, text: &str) -> String {
+        let secret = self.0.as_str();
+        if secret.is_empty() {
+            return text.to_owned();
+        }
+        if secret.chars().count() >= SHORT_SECRET {
+            return text.replace(secret, "[redacted]");
+        }
+        let word = |c: Option<char>| c.is_some_and(char::is_alphanumeric);
+        let mut out = String::with_capacity(text.len());
+        let mut rest = text;
+        while let Some(at) = rest.find(secret) {
+            let (before, after) = (&rest[..at], &rest[at + secret.len()..]);
+            let alone = !word(before.chars().next_back().or(out.chars().next_back()))
+                && !word(after.chars().next());
+            out.push_str(before);
+            out.push_str(if alone { "[redacted]" } else { secret });
+            rest = after;
+        }
+        out.push_str(rest);
+        out
+    }
 }
+
+/// Secrets shorter than this are redacted only where they stand alone as a word.
+const SHORT_SECRET: usize = 4;
 
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

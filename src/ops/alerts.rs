@@ -243,7 +243,7 @@ impl AlertTask {
     fn scrub(&self, text: &str) -> String {
         self.secrets
             .iter()
-            .fold(text.to_owned(), |t, s| t.replace(s.expose(), "[redacted]"))
+            .fold(text.to_owned(), |t, s| s.scrub(&t))
     }
 
     async fn deliver(&self, event: &'static str, payload: &Value) {

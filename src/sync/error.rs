@@ -3,6 +3,8 @@
 
 use anyhow::anyhow;
 
+use crate::config::Secret;
+
 /// Why an export failed. The caller retries only [`ExportError::Transient`].
 #[derive(Debug, thiserror::Error)]
 pub enum ExportError {
@@ -23,21 +25,20 @@ pub enum ExportError {
 
 impl ExportError {
     /// Removes `password` from the error's text, should phpMyAdmin or a driver ever echo it.
-    pub fn redact(self, password: &str) -> Self {
-        if password.is_empty() {
-            return self;
-        }
-        let scrub = |e: anyhow::Error| anyhow!(format!("{e:#}").replace(password, "[redacted]"));
+    pub fn redact(self, password: &Secret) -> Self {
+        let scrub = |e: anyhow::Error| {
+            let text = format!("{e:#}");
+            let clean = password.scrub(&text);
+            if clean == text {
+                e
+            } else {
+                anyhow!(clean)
+            }
+        };
         match self {
-            ExportError::LoginRejected(m) if m.contains(password) => {
-                ExportError::LoginRejected(m.replace(password, "[redacted]"))
-            }
-            ExportError::Transient(e) if format!("{e:#}").contains(password) => {
-                ExportError::Transient(scrub(e))
-            }
-            ExportError::Fatal(e) if format!("{e:#}").contains(password) => {
-                ExportError::Fatal(scrub(e))
-            }
+            ExportError::LoginRejected(m) => ExportError::LoginRejected(password.scrub(&m)),
+            ExportError::Transient(e) => ExportError::Transient(scrub(e)),
+            ExportError::Fatal(e) => ExportError::Fatal(scrub(e)),
             other => other,
         }
     }
@@ -49,12 +50,28 @@ mod tests {
 
     #[test]
     fn the_password_never_survives_in_an_error() {
-        let e = ExportError::LoginRejected("bad s3cret here".into()).redact("s3cret");
+        let secret = Secret::new("s3cret");
+        let e = ExportError::LoginRejected("bad s3cret here".into()).redact(&secret);
         assert_eq!(
             e.to_string(),
             "phpMyAdmin rejected the login: bad [redacted] here"
         );
-        let e = ExportError::Transient(anyhow!("typed s3cret").context("step")).redact("s3cret");
+        let e = ExportError::Transient(anyhow!("typed s3cret").context("step")).redact(&secret);
         assert!(!format!("{e:#}").contains("s3cret"));
+    }
+
+    #[test]
+    fn a_short_password_is_hidden_where_it_stands_alone_and_leaves_words_whole() {
+        let secret = Secret::new("a");
+        let e = ExportError::LoginRejected("Access denied for 'pma' (password: a)".into())
+            .redact(&secret);
+        assert_eq!(
+            e.to_string(),
+            "phpMyAdmin rejected the login: Access denied for 'pma' (password: [redacted])"
+        );
+        let e = ExportError::Fatal(anyhow!("table a missing")).redact(&Secret::new("ab"));
+        assert_eq!(format!("{e:#}"), "table a missing");
+        let e = ExportError::Fatal(anyhow!("ab,ab")).redact(&Secret::new("ab"));
+        assert_eq!(format!("{e:#}"), "[redacted],[redacted]");
     }
 }

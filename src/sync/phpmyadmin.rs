@@ -45,7 +45,7 @@ pub async fn export_table_csv(
                 }
                 browser.close().await;
             }
-            Err(e.redact(settings.password.expose()))
+            Err(e.redact(&settings.password))
         }
     }
 }
