@@ -93,7 +93,11 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
     for (k, v) in &options.env {
-        cmd.env(k, v);
+        match *k {
+            // The address is read from the "listening on" line, whatever level a test asks for.
+            "RUST_LOG" => cmd.env(k, format!("{v},pma_cache::app=info")),
+            _ => cmd.env(k, v),
+        };
     }
     let mut child = cmd.spawn().expect("start pma-cache serve");
     let log = Arc::new(Mutex::new(String::new()));
