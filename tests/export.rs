@@ -6,8 +6,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use pma_cache::cache::csv_to_cache_json;
 use pma_cache::config::{BrowserSettings, Secret, SyncSettings};
 use pma_cache::sync::error::ExportError;
+use pma_cache::sync::follow::FollowedConversion;
 use pma_cache::sync::phpmyadmin::export_table_csv;
 use pma_cache::sync::session::Browser;
 use pma_cache::sync::status::Progress;
@@ -114,8 +116,59 @@ async fn export_with(
         token,
         &Progress::new(None),
         &CancellationToken::new(),
+        &mut |_| {},
     )
     .await
+}
+
+/// An export whose CSV is converted while Chromium writes it, as the sync does. Checks that the
+/// conversion read the very file that was downloaded and made the JSON that converting the
+/// finished file makes.
+async fn export_following(
+    settings: &SyncSettings,
+    kept: &mut Option<Browser>,
+    token: &str,
+) -> Result<PathBuf, ExportError> {
+    let mut following = None;
+    let mut follow = |file| {
+        following = Some(
+            FollowedConversion::start(file, token.to_owned(), CancellationToken::new()).unwrap(),
+        )
+    };
+    let exported = export_table_csv(
+        settings,
+        kept,
+        token,
+        &Progress::new(None),
+        &CancellationToken::new(),
+        &mut follow,
+    )
+    .await;
+    let following = following.expect("the download was handed over as soon as it appeared");
+    let Ok(csv) = exported else {
+        following.abandon().await;
+        return exported;
+    };
+    assert!(
+        following.follows(&csv),
+        "the conversion read the downloaded file"
+    );
+    let size = std::fs::metadata(&csv).unwrap().len();
+    let followed = following
+        .finish(size)
+        .await
+        .expect("the followed conversion");
+    let whole = csv_to_cache_json(std::fs::File::open(&csv).unwrap(), Some(token), "T", 0).unwrap();
+    let unstamped = |bytes: &[u8]| {
+        let mut v: serde_json::Value = serde_json::from_slice(bytes).unwrap();
+        v["last_updated"] = "T".into();
+        v
+    };
+    assert_eq!(
+        unstamped(followed.cache_bytes()),
+        unstamped(whole.cache_bytes())
+    );
+    Ok(csv)
 }
 
 fn settings_for(settings: &SyncSettings, pma_url: &str) -> SyncSettings {
@@ -398,8 +451,16 @@ async fn an_export_cancelled_by_its_deadline_leaves_no_browser_behind() {
     // Long enough for Chromium to be up, too short for the whole export. Then cancelled: the
     // export closes its browser before it returns.
     let mut kept = None;
+    let mut ignore_download = |_| {};
     let err = {
-        let export = export_table_csv(&settings, &mut kept, &token, &progress, &cancel);
+        let export = export_table_csv(
+            &settings,
+            &mut kept,
+            &token,
+            &progress,
+            &cancel,
+            &mut ignore_download,
+        );
         tokio::pin!(export);
         let outcome = tokio::time::timeout(Duration::from_millis(1500), &mut export).await;
         assert!(
@@ -416,7 +477,14 @@ async fn an_export_cancelled_by_its_deadline_leaves_no_browser_behind() {
     // Dropped instead of cancelled (a caller that gives up): Drop ends the browser's processes.
     let mut kept = None;
     let never = CancellationToken::new();
-    let export = export_table_csv(&settings, &mut kept, &token, &progress, &never);
+    let export = export_table_csv(
+        &settings,
+        &mut kept,
+        &token,
+        &progress,
+        &never,
+        &mut ignore_download,
+    );
     let outcome = tokio::time::timeout(Duration::from_millis(1500), export).await;
     assert!(outcome.is_err(), "still running: {outcome:?}");
     drop(kept);
@@ -583,7 +651,7 @@ async fn every_phpmyadmin_version_exports_the_table_exactly_cold_and_warm() {
         let token = null_token();
         let mut kept = None;
         for run in ["cold", "warm"] {
-            let csv = export_with(&settings, &mut kept, &token)
+            let csv = export_following(&settings, &mut kept, &token)
                 .await
                 .unwrap_or_else(|e| panic!("phpMyAdmin {version}, {run} export: {e:#}"));
             assert_csv_equals_table(&csv, &token, bed);

@@ -1,5 +1,5 @@
-//! The download: find the file Chromium saves, wait until it is complete, and refuse what is
-//! not CSV (an HTML page saved under a CSV name).
+//! The download: find the file Chromium saves, hand it over for reading as soon as it appears,
+//! wait until it is complete, and refuse what is not CSV (an HTML page saved under a CSV name).
 
 use std::collections::HashSet;
 use std::ffi::OsString;
@@ -10,10 +10,17 @@ use anyhow::{anyhow, Context};
 use fantoccini::Client;
 
 use crate::sync::error::ExportError;
-use crate::sync::page::{chrome_error, page_state, POLL};
+use crate::sync::page::{chrome_error, page_state};
 
 /// A download that has not grown for this long is given up.
 const DOWNLOAD_STALL_TIMEOUT: Duration = Duration::from_secs(120);
+/// How often the download folder is listed: a listing is cheap, and the time between the
+/// download's last byte and its conversion's end waits for it.
+const FOLDER_POLL: Duration = Duration::from_millis(10);
+
+/// Told of the download's file, opened, as soon as it appears (usually `*.crdownload`, which
+/// Chromium renames when complete), so that it can be read while it is written.
+pub type OnDownload<'a> = &'a mut (dyn FnMut(std::fs::File) + Send);
 
 /// The names in `dir`, to tell the new download from what was there before.
 pub fn entries(dir: &Path) -> anyhow::Result<HashSet<OsString>> {
@@ -55,21 +62,43 @@ fn new_downloads(dir: &Path, before: &HashSet<OsString>) -> anyhow::Result<Vec<D
     Ok(found)
 }
 
+/// Opens the file to read while it is written: the partial one when there is one, else the only
+/// new file (a download so small that it completed between two looks). `None` when there is
+/// nothing yet, or the file was renamed between the look and the opening.
+fn open_download(found: &[Download]) -> Option<std::fs::File> {
+    let partial = found.iter().find(|d| d.partial);
+    let chosen = match (partial, found) {
+        (Some(d), _) => d,
+        (None, [only]) => only,
+        _ => return None,
+    };
+    std::fs::File::open(&chosen.path).ok()
+}
+
 /// Waits for a finished download: a new file that is not `*.crdownload` and whose size held
-/// between two looks. While nothing arrives, the page is checked for an error instead.
+/// between two looks. The file is passed to `on_download` as soon as it appears. While nothing
+/// arrives, the page is checked for an error instead.
 pub async fn wait_for_download(
     client: &Client,
     dir: &Path,
     before: &HashSet<OsString>,
     limit: Duration,
+    on_download: OnDownload<'_>,
 ) -> Result<PathBuf, ExportError> {
     let started = Instant::now();
+    let mut handed_over = false;
     let mut last_growth = Instant::now();
     let mut last_total = 0u64;
     let mut candidate: Option<(PathBuf, u64)> = None;
     let mut next_page_check = Instant::now() + Duration::from_secs(2);
     loop {
         let found = new_downloads(dir, before).map_err(ExportError::Transient)?;
+        if !handed_over {
+            if let Some(file) = open_download(&found) {
+                on_download(file);
+                handed_over = true;
+            }
+        }
         let total: u64 = found.iter().map(|d| d.size).sum();
         if total != last_total {
             last_total = total;
@@ -125,7 +154,7 @@ pub async fn wait_for_download(
                 DOWNLOAD_STALL_TIMEOUT.as_secs()
             )));
         }
-        tokio::time::sleep(POLL).await;
+        tokio::time::sleep(FOLDER_POLL).await;
     }
 }
 

@@ -7,6 +7,7 @@
 //!   - [`chromedriver`]: the ChromeDriver process; [`session`]: the WebDriver session and its
 //!     time-limited steps; [`page`]: reading what a page shows;
 //!   - [`login`], [`export_page`], [`download`]: phpMyAdmin's pages and the downloaded file;
+//!   - [`follow`]: the conversion that reads the download while Chromium writes it;
 //!   - [`leftovers`]: the folders and processes of killed runs, ended at the next start;
 //!   - [`evidence`]: the screenshot and page source of a failed sync;
 //!   - [`error`]: why an export failed, apart so that nothing imports in a circle.
@@ -16,6 +17,7 @@ pub mod download;
 pub mod error;
 pub mod evidence;
 pub mod export_page;
+pub mod follow;
 pub mod leftovers;
 pub mod login;
 pub mod page;
@@ -24,10 +26,10 @@ pub mod session;
 pub mod status;
 
 use std::panic::AssertUnwindSafe;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{bail, Context};
 use futures_util::FutureExt;
@@ -42,6 +44,7 @@ use crate::cache::{csv_to_cache_json, Cache, Converted, SyncLockGuard, VersionRe
 use crate::config::SyncSettings;
 use crate::ops::{SyncObserver, SyncOutcome};
 use error::ExportError;
+use follow::FollowedConversion;
 use phpmyadmin::export_table_csv;
 use session::Browser;
 use status::{rfc3339, Phase, Progress, StatusBoard};
@@ -126,22 +129,20 @@ async fn sync_steps(
     // the next download) while it converts.
     let work = leftovers::folder("sync").context("cannot create a work folder")?;
     let null_token = null_token();
-    let downloaded = export_with_retries(settings, browser, &null_token, progress, stop).await;
+    let exported = export_with_retries(settings, browser, &null_token, progress, stop).await;
     let closing = match keep {
         true => None,
         false => browser.take().map(|b| tokio::spawn(b.close())),
     };
     let csv_path = work.path().join("export.csv");
-    let moved = downloaded.and_then(|file| {
-        std::fs::rename(&file, &csv_path)
-            .with_context(|| format!("cannot move the export {}", file.display()))
-    });
-    let converted = match moved {
-        Ok(()) => {
+    let (converted, last_byte) = match exported {
+        Ok(exported) => {
+            let last_byte = std::fs::metadata(&exported.csv).and_then(|m| m.modified());
             progress.enter(Phase::Converting);
-            convert(csv_path, null_token).await
+            let converted = finish_conversion(exported, &csv_path, null_token).await;
+            (converted, last_byte.ok())
         }
-        Err(e) => Err(e),
+        Err(e) => (Err(e), None),
     };
     if let Some(closing) = closing {
         if let Err(e) = closing.await {
@@ -164,7 +165,49 @@ async fn sync_steps(
         .replace(converted, record)
         .await
         .with_context(|| format!("cannot write the cache file {}", cache.path().display()))?;
+    // The download's file was last modified by its last byte: from there to here is what a
+    // refresh waits for beyond the export itself.
+    if let Some(tail) = last_byte.and_then(|t| SystemTime::now().duration_since(t).ok()) {
+        tracing::info!(
+            seconds = format_args!("{:.3}", tail.as_secs_f64()),
+            "from the download's last byte to the durable cache file"
+        );
+    }
     Ok((rows, bytes))
+}
+
+/// The export's CSV, and the conversion that has been reading it since it appeared, if any.
+struct Exported {
+    csv: PathBuf,
+    following: Option<FollowedConversion>,
+}
+
+/// Moves the CSV to `csv_path` (so that the browser can close or take the next download) and
+/// ends its conversion: the one that followed the download when it read this very file, else a
+/// conversion of the whole file.
+async fn finish_conversion(
+    exported: Exported,
+    csv_path: &Path,
+    null_token: String,
+) -> anyhow::Result<Converted> {
+    let Exported { csv, following } = exported;
+    let moved = std::fs::rename(&csv, csv_path)
+        .with_context(|| format!("cannot move the export {}", csv.display()));
+    let size = moved.and_then(|()| {
+        std::fs::metadata(csv_path)
+            .map(|m| m.len())
+            .with_context(|| format!("cannot read the export {}", csv_path.display()))
+    });
+    match (following, size) {
+        (Some(following), Ok(size)) if following.follows(csv_path) => following.finish(size).await,
+        (following, size) => {
+            if let Some(following) = following {
+                following.abandon().await;
+            }
+            size?;
+            convert(csv_path.to_owned(), null_token).await
+        }
+    }
 }
 
 /// Converts the downloaded CSV into the cache's JSON, off the runtime's threads.
@@ -197,15 +240,34 @@ async fn export_with_retries(
     null_token: &str,
     progress: &Progress,
     stop: &CancellationToken,
-) -> anyhow::Result<PathBuf> {
+) -> anyhow::Result<Exported> {
     let what = format!(
         "exporting {}.{} from phpMyAdmin at {}",
         settings.database, settings.table, settings.pma_url
     );
     let mut backoff = FIRST_BACKOFF;
     for attempt in 1..=EXPORT_ATTEMPTS {
-        match export_table_csv(settings, browser, null_token, progress, stop).await {
-            Ok(csv) => return Ok(csv),
+        let mut following = None;
+        let mut follow = |file: std::fs::File| match FollowedConversion::start(
+            file,
+            null_token.to_owned(),
+            stop.child_token(),
+        ) {
+            Ok(conversion) => following = Some(conversion),
+            Err(e) => tracing::warn!(
+                "cannot read the download while it is written; it is converted once complete: {e}"
+            ),
+        };
+        let exported =
+            export_table_csv(settings, browser, null_token, progress, stop, &mut follow).await;
+        if exported.is_err() {
+            // The conversion of a failed attempt reads a file that will not complete.
+            if let Some(conversion) = following.take() {
+                conversion.abandon().await;
+            }
+        }
+        match exported {
+            Ok(csv) => return Ok(Exported { csv, following }),
             Err(ExportError::Transient(e)) if attempt < EXPORT_ATTEMPTS => {
                 tracing::warn!(
                     attempt,

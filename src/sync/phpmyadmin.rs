@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::SyncSettings;
-use crate::sync::download::{check_is_csv, entries, wait_for_download};
+use crate::sync::download::{check_is_csv, entries, wait_for_download, OnDownload};
 use crate::sync::error::ExportError;
 use crate::sync::evidence::save_failure;
 use crate::sync::export_page::{choose_csv_options, click_export, reach_export_form};
@@ -21,7 +21,8 @@ use crate::sync::status::{Phase, Progress};
 
 /// Exports `settings.table` as CSV with the browser in `kept`, starting one if there is none or
 /// the one there no longer answers; SQL NULL is written as `null_token`. Returns the CSV's path
-/// in the browser's folder; the caller removes it when done.
+/// in the browser's folder; the caller removes it when done. `on_download` gets the download's
+/// file as soon as it appears, to read it while it is written.
 ///
 /// After a success the browser stays in `kept`, logged in, for the next export. After a failure
 /// or a cancellation it is closed (and awaited), and `kept` is empty.
@@ -31,9 +32,10 @@ pub async fn export_table_csv(
     null_token: &str,
     progress: &Progress,
     cancel: &CancellationToken,
+    on_download: OnDownload<'_>,
 ) -> Result<PathBuf, ExportError> {
     let outcome = tokio::select! {
-        r = export(settings, kept, null_token, progress) => r,
+        r = export(settings, kept, null_token, progress, on_download) => r,
         () = cancel.cancelled() => Err(ExportError::Cancelled),
     };
     match outcome {
@@ -55,6 +57,7 @@ async fn export(
     kept: &mut Option<Browser>,
     null_token: &str,
     progress: &Progress,
+    on_download: OnDownload<'_>,
 ) -> Result<PathBuf, ExportError> {
     if let Some(mut browser) = kept.take() {
         if browser.is_alive().await {
@@ -79,7 +82,14 @@ async fn export(
     click_export(client).await?;
 
     progress.enter(Phase::Downloading);
-    let file = wait_for_download(client, browser.download_dir(), &before, settings.timeout).await?;
+    let file = wait_for_download(
+        client,
+        browser.download_dir(),
+        &before,
+        settings.timeout,
+        on_download,
+    )
+    .await?;
     let size = std::fs::metadata(&file).map(|m| m.len()).unwrap_or(0);
     progress.note("downloaded bytes", size);
     check_is_csv(&file)?;
