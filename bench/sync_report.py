@@ -19,6 +19,8 @@ def sync_run(i):
     r = {p: float(s) for p, s in re.findall(r'sync phase done phase="(\w+)" seconds=([0-9.]+)', text)}
     m = re.search(r"sync succeeded rows=(\d+) bytes=(\d+) seconds=([0-9.]+)", text)
     r["rows"], r["json"], r["logged"] = int(m.group(1)), int(m.group(2)), float(m.group(3))
+    t = re.search(r"last byte to the durable cache file seconds=([0-9.]+)", text)
+    r["tail"] = float(t.group(1)) if t else float("nan")
     d = re.search(r"downloaded bytes: (\d+)", text)
     r["csv"] = int(d.group(1)) if d else 0
     wall, rss = read("run-%d.time" % i).split()[-2:]
@@ -67,6 +69,7 @@ w("| | cold run | warm median |")
 w("|---|---:|---:|")
 for p in PHASES:
     w("| %s (s) | %.3f | %.3f |" % (p, cold.get(p, 0), med(p)))
+w("| download's last byte → durable cache file (s) | %.3f | %.3f |" % (cold["tail"], med("tail")))
 w("| sync total, as logged (s) | %.3f | %.3f |" % (cold["logged"], med("logged")))
 w("| **sync total, process wall (s)** | %.2f | **%.2f** |" % (cold["wall"], sync_total))
 w("| peak RSS, `/usr/bin/time %%M` (MB) | %.0f | %.0f |" % (KB_MB(cold["time_rss_kb"]), KB_MB(med("time_rss_kb"))))
@@ -97,7 +100,7 @@ w("| ratios and targets (issue 3) | value | target | |")
 w("|---|---:|---:|---|")
 w("| sync total / plain export total | %.2f× | | |" % (sync_total / floor_total))
 w("| browser overhead = sync total − floor | %.2f s | | |" % (sync_total - floor_total))
-w("| conversion + write in the sync (converting + writing, median) | %.3f s | < 0.3 s | %s |" % (conv_write, ok(conv_write < 0.3)))
+w("| converting + writing phases in the sync, from the completed download (median) | %.3f s | < 0.3 s | %s |" % (conv_write, ok(conv_write < 0.3)))
 w("| conversion + write alone (`import`, median wall) | %.3f s | < 0.3 s | %s |" % (imp_s, ok(imp_s < 0.3)))
 w("| whole sync (process wall, warm median) | %.2f s | < 4 s | %s |" % (sync_total, ok(sync_total < 4)))
 w("| whole sync, cold run | %.2f s | < 4 s | %s |" % (cold["wall"], ok(cold["wall"] < 4)))
@@ -131,8 +134,12 @@ w("| warm sync: refresh in a running `serve`, median of %d, POST to done (server
   % (len(warm_runs["warm"]), warm_server, warm_med, warm_floor, warm_med / warm_floor, ok(warm_med <= 1.5 * warm_floor)))
 w("| cold `pma-cache sync` (run 0, process wall) | %.2f s | %.2f s | %.2f× | ≤ 3× | %s |"
   % (cold["wall"], floor_total, cold["wall"] / floor_total, ok(cold["wall"] <= 3 * floor_total)))
-w("| conversion + durable write, %s rows (%s) | %.3f s | | | < 0.3 s | %s |"
+w("| conversion + durable write of the whole CSV (pma-cache import), %s rows (%s) | %.3f s | | | < 0.3 s | %s |"
   % (format(rows, ","), conv_how, conv, ok(conv < 0.3)))
+tails = [float(t) for t in re.findall(r"last byte to the durable cache file seconds=([0-9.]+)", ANSI.sub("", read("serve.log")))]
+tail_sync = med("tail")
+w("| download's last byte → durable cache file (conversion tail + durable write; the CSV is converted while it downloads), median of the %d warm `pma-cache sync` runs%s | %.3f s | | | < 0.3 s | %s |"
+  % (runs - 1, "; %.3f s in the `serve` refreshes" % statistics.median(tails[1:] or tails) if tails else "", tail_sync, ok(tail_sync < 0.3)))
 w("| kept browser idle, %d processes: summed PSS (summed RSS) | %.0f MB (%.0f MB) | | | reported | |"
   % (warm_runs["idle_processes"], KB_MB(warm_runs["idle_pss_kb"]), KB_MB(warm_runs["idle_rss_kb"])))
 w("")

@@ -100,6 +100,7 @@ async fn import_locked(
             .with_context(|| format!("{} was not imported", csv_path.display()))
     })
     .await??;
+    let converted_in = started.elapsed();
     let (rows, columns, bytes) = (
         converted.count,
         converted.columns.len(),
@@ -107,6 +108,11 @@ async fn import_locked(
     );
     let record = VersionRecord::made_now(converted.last_updated.clone(), rows, started_at, started);
     cache.replace(converted, record).await?;
+    tracing::debug!(
+        convert_seconds = format_args!("{:.3}", converted_in.as_secs_f64()),
+        write_seconds = format_args!("{:.3}", (started.elapsed() - converted_in).as_secs_f64()),
+        "import timings"
+    );
     tracing::info!(
         rows,
         columns,

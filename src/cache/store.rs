@@ -63,6 +63,17 @@ pub fn write_atomic(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
 
 /// [`write_atomic`] of the concatenation of `parts`.
 pub fn write_atomic_parts(path: &Path, parts: &[&[u8]]) -> anyhow::Result<()> {
+    replace_file(path, parts, true)
+}
+
+/// Replaces `path` with `contents` so that a reader sees the old file or the new one, without
+/// waiting for the disk: after a crash the old version, or none, may be there. For files whose
+/// loss costs nothing.
+pub fn write_atomic_unsynced(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
+    replace_file(path, &[contents], false)
+}
+
+fn replace_file(path: &Path, parts: &[&[u8]], durable: bool) -> anyhow::Result<()> {
     let dir = folder_of(path);
     let mut tmp = tempfile::Builder::new()
         .prefix(&format!("{TEMP_PREFIX}{}-", std::process::id()))
@@ -73,7 +84,10 @@ pub fn write_atomic_parts(path: &Path, parts: &[&[u8]]) -> anyhow::Result<()> {
     parts
         .iter()
         .try_for_each(|part| tmp.write_all(part))
-        .and_then(|()| tmp.as_file().sync_all())
+        .and_then(|()| match durable {
+            true => tmp.as_file().sync_all(),
+            false => Ok(()),
+        })
         .map_err(|e| with_cause(e, &dir))
         .with_context(|| format!("cannot write the new version of {}", path.display()))?;
     // Other processes (a separate `serve`) read this file.
@@ -81,6 +95,9 @@ pub fn write_atomic_parts(path: &Path, parts: &[&[u8]]) -> anyhow::Result<()> {
     tmp.persist(path)
         .map_err(|e| with_cause(e.error, path))
         .with_context(|| format!("cannot rename the new version over {}", path.display()))?;
+    if !durable {
+        return Ok(());
+    }
     File::open(&dir)
         .and_then(|d| d.sync_all())
         .with_context(|| format!("cannot fsync the folder {}", dir.display()))?;
@@ -169,10 +186,12 @@ impl VersionRecord {
     }
 
     /// Writes the record beside `cache_file`, atomically. Written before the cache itself: a
-    /// reader trusts it only when it matches the version it loaded.
+    /// reader trusts it only when it matches the version it loaded, so it needs no fsync of its
+    /// own: after a crash a lost or older record is ignored, and the cache file's durable write
+    /// (which syncs the same folder) follows at once.
     pub fn write(&self, cache_file: &Path) -> anyhow::Result<()> {
         let json = serde_json::to_vec(self)?;
-        write_atomic(&Self::path_for(cache_file), &json)
+        write_atomic_unsynced(&Self::path_for(cache_file), &json)
     }
 
     /// The record of the version with `last_updated` and `rows`, if the sidecar holds it.
