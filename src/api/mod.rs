@@ -28,6 +28,7 @@ use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::{get, post};
 use axum::Router;
+use socket2::SockRef;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_io_timeout::TimeoutWriter;
 use tokio_util::sync::CancellationToken;
@@ -150,8 +151,14 @@ pub async fn serve(
         .await
 }
 
-/// Accepts connections whose writes fail after `write_timeout` without progress: a client that
-/// stops reading is dropped, and what it was being sent is freed, instead of waiting forever.
+/// Accepts connections that end when the client takes no data for `write_timeout`, instead of
+/// waiting forever, so what it was being sent is freed:
+/// - a write of ours that makes no progress fails after `write_timeout` (the event being sent
+///   is larger than what the kernel buffers);
+/// - the kernel aborts the connection when data it holds stays unacknowledged, or unsent because
+///   the client's receive window is shut, for `write_timeout` (`TCP_USER_TIMEOUT`). This catches
+///   a client whose events all fitted in the kernel's buffers: our writes of keep-alives would
+///   otherwise keep succeeding into the socket's send buffer forever.
 struct WriteTimeoutListener {
     inner: TcpListener,
     write_timeout: Duration,
@@ -163,6 +170,9 @@ impl axum::serve::Listener for WriteTimeoutListener {
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
         let (stream, addr) = axum::serve::Listener::accept(&mut self.inner).await;
+        if let Err(e) = SockRef::from(&stream).set_tcp_user_timeout(Some(self.write_timeout)) {
+            tracing::warn!(%addr, "cannot set TCP_USER_TIMEOUT: {e}");
+        }
         let mut stream = TimeoutWriter::new(stream);
         stream.set_timeout(Some(self.write_timeout));
         (Box::pin(stream), addr)

@@ -8,7 +8,8 @@
 //!
 //! A subscriber follows versions through a `watch` channel: however slowly it reads, it holds
 //! the version it is sending and nothing older is queued for it. A subscriber that takes no data
-//! for `SSE_WRITE_TIMEOUT` is dropped by the connection's write timeout (see [`super::serve`]).
+//! for `SSE_WRITE_TIMEOUT` is dropped by the connection's write timeout, or by the kernel's
+//! when the bytes already left the process (see [`super::serve`]).
 //! The stream ends on `done`, on shutdown, or when the client goes away.
 
 use std::collections::VecDeque;

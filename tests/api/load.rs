@@ -11,7 +11,7 @@ use tokio::net::TcpStream;
 use crate::support::app::*;
 
 /// The server's resident and peak resident memory, in bytes.
-fn rss_of(pid: u32) -> (u64, u64) {
+pub(super) fn rss_of(pid: u32) -> (u64, u64) {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     let field = |name: &str| -> u64 {
         status
@@ -27,21 +27,26 @@ fn rss_of(pid: u32) -> (u64, u64) {
 
 /// Opens an event stream on a raw connection with a small receive buffer (so a subscriber
 /// that does not read stalls the server's writes soon).
-async fn subscribe(app: &TestApp, query: &str) -> TcpStream {
+pub(super) async fn subscribe(app: &TestApp, query: &str) -> TcpStream {
+    subscribe_with(app, query, "identity").await
+}
+
+/// [`subscribe`], asking for the content encoding `accept`.
+pub(super) async fn subscribe_with(app: &TestApp, query: &str, accept: &str) -> TcpStream {
     let addr = app.base.trim_start_matches("http://");
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     socket.set_recv_buffer_size(16 * 1024).unwrap();
     let mut conn = socket.connect(addr.parse().unwrap()).await.unwrap();
     let request = format!(
         "GET /fetch-data?stream=true{query} HTTP/1.1\r\nHost: {addr}\r\nX-API-Key: {KEY}\r\n\
-         Connection: close\r\n\r\n"
+         Accept-Encoding: {accept}\r\nConnection: close\r\n\r\n"
     );
     conn.write_all(request.as_bytes()).await.unwrap();
     conn
 }
 
 /// Reads a subscriber's stream until the server closes it; returns the bytes read.
-async fn read_to_end(mut conn: TcpStream) -> Vec<u8> {
+pub(super) async fn read_to_end(mut conn: TcpStream) -> Vec<u8> {
     let mut out = Vec::new();
     let mut buf = vec![0u8; 256 * 1024];
     while let Ok(n @ 1..) = conn.read(&mut buf).await {
@@ -50,7 +55,7 @@ async fn read_to_end(mut conn: TcpStream) -> Vec<u8> {
     out
 }
 
-fn count(haystack: &[u8], needle: &[u8]) -> usize {
+pub(super) fn count(haystack: &[u8], needle: &[u8]) -> usize {
     haystack
         .windows(needle.len())
         .filter(|w| *w == needle)
@@ -58,7 +63,7 @@ fn count(haystack: &[u8], needle: &[u8]) -> usize {
 }
 
 /// Waits until the served cache has `rows` rows and its compressed variants are built.
-async fn wait_for_version(app: &TestApp, rows: usize) {
+pub(super) async fn wait_for_version(app: &TestApp, rows: usize) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
         let status = app.get_status().await;
@@ -75,7 +80,7 @@ async fn wait_for_version(app: &TestApp, rows: usize) {
     }
 }
 
-async fn import_in_background(app: &TestApp, csv: String) {
+pub(super) async fn import_in_background(app: &TestApp, csv: String) {
     let cache_file = app.cache_file.clone();
     tokio::task::spawn_blocking(move || import_csv(&cache_file, &csv).unwrap())
         .await

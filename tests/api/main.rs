@@ -4,6 +4,7 @@
 mod support;
 
 mod load;
+mod stalled;
 mod streams;
 
 use std::io::Read;

@@ -1,0 +1,140 @@
+//! Subscribers that stop reading: dropped after `SSE_WRITE_TIMEOUT`, and while they last they
+//! pin the version they were being sent, never the versions that land after it.
+//!
+//! A stalled subscriber is a raw connection with a small receive buffer that never reads: the
+//! server's writes stop once the kernel's buffers are full, in the middle of a large event.
+
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::io::AsyncReadExt;
+
+use super::load::{
+    count, import_in_background, read_to_end, subscribe, subscribe_with, wait_for_version,
+};
+use crate::support::app::*;
+
+/// The number of open event streams, from `/metrics`.
+async fn subscribers(app: &TestApp) -> u64 {
+    let text = app
+        .client
+        .get(app.url("/metrics"))
+        .header("X-API-Key", KEY)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix("pma_cache_sse_subscribers "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .unwrap_or_else(|| panic!("no pma_cache_sse_subscribers in:\n{text}")) as u64
+}
+
+/// Waits until `/metrics` counts `n` open event streams.
+async fn wait_for_subscribers(app: &TestApp, n: u64, limit: Duration) {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let open = subscribers(app).await;
+        if open == n {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{open} event streams open, expected {n}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A subscriber that stops reading in the middle of a large event is disconnected once its
+/// writes have made no progress for `SSE_WRITE_TIMEOUT`, while a subscriber that reads gets
+/// every event and `/fetch-data` keeps answering. The body (about 8 MB) is larger than what
+/// the kernel buffers between the two ends, so the server's writes stall for real.
+#[tokio::test]
+async fn a_subscriber_that_stops_reading_is_dropped_after_the_write_timeout() {
+    const ROWS: usize = 60_000;
+    let app = spawn_app_with(Options {
+        seed: Some(leak(orders_csv(ROWS, "first"))),
+        env: vec![
+            ("SSE_WRITE_TIMEOUT", "2s".into()),
+            ("RUST_LOG", "info".into()),
+        ],
+        ..Options::default()
+    })
+    .await;
+    wait_for_version(&app, ROWS).await;
+    let body_len = app.get_fetch_data("").await.bytes().await.unwrap().len();
+
+    let mut stalled = subscribe(&app, "").await;
+    let reader = tokio::spawn(read_to_end(subscribe(&app, "").await));
+    wait_for_subscribers(&app, 2, Duration::from_secs(20)).await;
+
+    // The stalled one goes; the reader stays (it waits for the next version).
+    wait_for_subscribers(&app, 1, Duration::from_secs(60)).await;
+    let r = app.get_fetch_data("").await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.json::<Value>().await.unwrap()["count"], ROWS);
+
+    // The connection was closed before the whole event arrived.
+    let mut received = Vec::new();
+    tokio::time::timeout(Duration::from_secs(30), stalled.read_to_end(&mut received))
+        .await
+        .expect("the server closed the stalled connection")
+        .ok();
+    assert!(received.starts_with(b"HTTP/1.1 200 OK\r\n"));
+    assert_eq!(count(&received, b"{\"type\":\"cached\""), 1);
+    assert!(
+        received.len() < body_len,
+        "{} bytes received of a {body_len} byte event",
+        received.len()
+    );
+    assert_eq!(count(&received, b"{\"type\":\"done\"}"), 0);
+
+    import_in_background(&app, "id,name\n7,fresh\n".into()).await;
+    let bytes = tokio::time::timeout(Duration::from_secs(60), reader)
+        .await
+        .expect("the reader's stream ends after done")
+        .unwrap();
+    assert_eq!(count(&bytes, b"{\"type\":\"cached\""), 1);
+    assert_eq!(count(&bytes, b"first order 59999, shipped"), 1);
+    assert_eq!(count(&bytes, b"{\"type\":\"updated\""), 1);
+    assert_eq!(count(&bytes, b"{\"type\":\"done\"}"), 1);
+    wait_for_subscribers(&app, 0, Duration::from_secs(20)).await;
+}
+
+/// A stalled subscriber whose event fits whole in the kernel's buffers (a small table, in gzip)
+/// leaves the server no write to wait on: the kernel holds the bytes and the client's window is
+/// shut. It is dropped all the same, by the kernel's `TCP_USER_TIMEOUT`, before the next
+/// keep-alive (15 s) could even be written.
+#[tokio::test]
+async fn a_stalled_subscriber_is_dropped_even_when_its_event_fits_in_the_kernels_buffers() {
+    let app = spawn_app_with(Options {
+        seed: Some(leak(orders_csv(2_000, "small"))),
+        env: vec![("SSE_WRITE_TIMEOUT", "2s".into())],
+        ..Options::default()
+    })
+    .await;
+    wait_for_version(&app, 2_000).await;
+    let gzip_len = app
+        .raw_client
+        .get(app.url("/fetch-data"))
+        .header("X-API-Key", KEY)
+        .header("Accept-Encoding", "gzip")
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap()
+        .len();
+    assert!(gzip_len < 100_000, "the event is small: {gzip_len} bytes");
+
+    let stalled = subscribe_with(&app, "", "gzip").await;
+    wait_for_subscribers(&app, 1, Duration::from_secs(20)).await;
+    // Dropped within the write timeout and the kernel's probes, not at the next keep-alive.
+    wait_for_subscribers(&app, 0, Duration::from_secs(12)).await;
+    assert_eq!(app.get_fetch_data("").await.status(), 200);
+    drop(stalled);
+}
