@@ -523,6 +523,14 @@ fn logins_served(bed: &Testbed) -> usize {
         .count()
 }
 
+/// How many times phpMyAdmin 5.2 has served the table's export page so far.
+fn export_pages_served(bed: &Testbed) -> usize {
+    let log = std::fs::read_to_string(bed.dir.join("php.log")).unwrap_or_default();
+    log.lines()
+        .filter(|l| l.contains("GET /index.php?route=%2Ftable%2Fexport&"))
+        .count()
+}
+
 fn assert_csv_equals_table(file: &Path, token: &str, bed: &Testbed) {
     let (columns, expected) = bed.table_as_rows(&bed.database, &bed.table);
     let (header, rows) = read_csv(file, token);
@@ -556,8 +564,10 @@ async fn a_kept_browser_exports_again_and_logs_in_again_when_phpmyadmin_forgot_i
         .download_dir()
         .to_owned();
 
-    // The same browser again: straight to the export page, no login.
+    // The same browser again: the export form still shown is submitted again, no login and no
+    // new load of the export page.
     let logins = logins_served(bed);
+    let pages = export_pages_served(bed);
     let second = export_with(&settings, &mut kept, &token)
         .await
         .unwrap_or_else(|e| panic!("second export: {e:#}"));
@@ -567,11 +577,16 @@ async fn a_kept_browser_exports_again_and_logs_in_again_when_phpmyadmin_forgot_i
         "same browser"
     );
     assert_eq!(logins_served(bed), logins, "no new login");
+    assert_eq!(
+        export_pages_served(bed),
+        pages,
+        "no new load of the export page"
+    );
     assert_csv_equals_table(&second, &token, bed);
     std::fs::remove_file(&second).unwrap();
 
-    // phpMyAdmin forgets every session (as after a restart, or past LoginCookieValidity): the
-    // export page shows the login form, and the same export logs in again.
+    // phpMyAdmin forgets every session (as after a restart, or past LoginCookieValidity): it
+    // answers the export with its login page, and the same export logs in again.
     for session in std::fs::read_dir(bed.dir.join("php-sessions")).unwrap() {
         let _ = std::fs::remove_file(session.unwrap().path());
     }

@@ -17,6 +17,9 @@ const DOWNLOAD_STALL_TIMEOUT: Duration = Duration::from_secs(120);
 /// How often the download folder is listed: a listing is cheap, and the time between the
 /// download's last byte and its conversion's end waits for it.
 const FOLDER_POLL: Duration = Duration::from_millis(10);
+/// How often the page is looked at while no download has appeared: phpMyAdmin may have answered
+/// with a page (its login page, an error) instead of a file.
+const PAGE_CHECK: Duration = Duration::from_millis(500);
 
 /// Told of the download's file, opened, as soon as it appears (usually `*.crdownload`, which
 /// Chromium renames when complete), so that it can be read while it is written.
@@ -62,6 +65,15 @@ fn new_downloads(dir: &Path, before: &HashSet<OsString>) -> anyhow::Result<Vec<D
     Ok(found)
 }
 
+/// What the export's request brought.
+#[derive(Debug)]
+pub enum Answer {
+    /// The finished download.
+    File(PathBuf),
+    /// phpMyAdmin's login page instead: its session ended.
+    LoginPage,
+}
+
 /// Opens the file to read while it is written: the partial one when there is one, else the only
 /// new file (a download so small that it completed between two looks). `None` when there is
 /// nothing yet, or the file was renamed between the look and the opening.
@@ -77,20 +89,20 @@ fn open_download(found: &[Download]) -> Option<std::fs::File> {
 
 /// Waits for a finished download: a new file that is not `*.crdownload` and whose size held
 /// between two looks. The file is passed to `on_download` as soon as it appears. While nothing
-/// arrives, the page is checked for an error instead.
+/// arrives, the page is checked for an error, or the login page, instead.
 pub async fn wait_for_download(
     client: &Client,
     dir: &Path,
     before: &HashSet<OsString>,
     limit: Duration,
     on_download: OnDownload<'_>,
-) -> Result<PathBuf, ExportError> {
+) -> Result<Answer, ExportError> {
     let started = Instant::now();
     let mut handed_over = false;
     let mut last_growth = Instant::now();
     let mut last_total = 0u64;
     let mut candidate: Option<(PathBuf, u64)> = None;
-    let mut next_page_check = Instant::now() + Duration::from_secs(2);
+    let mut next_page_check = Instant::now() + PAGE_CHECK;
     loop {
         let found = new_downloads(dir, before).map_err(ExportError::Transient)?;
         if !handed_over {
@@ -108,7 +120,7 @@ pub async fn wait_for_download(
         if found.iter().all(|d| !d.partial) && finished.len() == 1 {
             let now = (finished[0].path.clone(), finished[0].size);
             if candidate.as_ref() == Some(&now) {
-                return Ok(now.0);
+                return Ok(Answer::File(now.0));
             }
             candidate = Some(now);
         } else {
@@ -123,22 +135,21 @@ pub async fn wait_for_download(
         }
         if found.is_empty() && Instant::now() >= next_page_check {
             // No download yet: phpMyAdmin may have answered with a page instead of a file.
-            next_page_check = Instant::now() + Duration::from_secs(2);
+            next_page_check = Instant::now() + PAGE_CHECK;
             if let Some(error) = chrome_error(client).await? {
                 return Err(ExportError::Transient(anyhow!(
                     "the export request failed: {error}"
                 )));
             }
             let state = page_state(client).await?;
+            // Before the error boxes: the login page of an ended session may carry one.
+            if state.ready && state.login_form {
+                return Ok(Answer::LoginPage);
+            }
             if state.ready && !state.export_form && !state.errors.is_empty() {
                 return Err(ExportError::Fatal(anyhow!(
                     "phpMyAdmin answered the export with an error page: {}",
                     state.message()
-                )));
-            }
-            if state.ready && state.login_form {
-                return Err(ExportError::Transient(anyhow!(
-                    "phpMyAdmin answered the export with its login page (session expired?)"
                 )));
             }
         }

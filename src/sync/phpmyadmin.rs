@@ -1,5 +1,7 @@
 //! The phpMyAdmin flow, as a person would do it in the browser: open the table's export page,
 //! log in there if phpMyAdmin asks, export CSV with a NULL token, and collect the downloaded file.
+//! A kept browser that still shows the last export's form submits it again without loading it,
+//! and logs in again when phpMyAdmin answers with its login page.
 //! The steps live in their own rooms ([`login`](super::login),
 //! [`export_page`](super::export_page), [`download`](super::download)); this file puts them in
 //! order and decides what happens to the browser.
@@ -9,13 +11,16 @@
 
 use std::path::PathBuf;
 
+use anyhow::anyhow;
+
 use tokio_util::sync::CancellationToken;
 
 use crate::config::SyncSettings;
-use crate::sync::download::{check_is_csv, entries, wait_for_download, OnDownload};
+use crate::sync::download::{check_is_csv, entries, wait_for_download, Answer, OnDownload};
 use crate::sync::error::ExportError;
 use crate::sync::evidence::save_failure;
 use crate::sync::export_page::{choose_csv_options, click_export, reach_export_form};
+use crate::sync::page::page_state;
 use crate::sync::session::Browser;
 use crate::sync::status::{Phase, Progress};
 
@@ -67,7 +72,8 @@ async fn export(
             browser.close().await;
         }
     }
-    if kept.is_some() {
+    let warm = kept.is_some();
+    if warm {
         progress.enter(Phase::Exporting);
     } else {
         progress.enter(Phase::StartingBrowser);
@@ -75,21 +81,59 @@ async fn export(
         progress.enter(Phase::LoggingIn);
     }
     let browser = kept.as_mut().expect("a browser was kept or started");
+    if warm && shows_last_export_form(browser).await? {
+        // The last export's page, with its session's token, is still there: submit it again
+        // instead of loading it again. An ended session answers with the login page.
+        match submit(browser, settings, null_token, progress, &mut *on_download).await? {
+            Answer::File(file) => return checked(file, progress),
+            Answer::LoginPage => {
+                tracing::info!("phpMyAdmin answered the export with its login page")
+            }
+        }
+    }
     reach_export_form(browser, settings, progress).await?;
+    match submit(browser, settings, null_token, progress, on_download).await? {
+        Answer::File(file) => checked(file, progress),
+        Answer::LoginPage => Err(ExportError::Transient(anyhow!(
+            "phpMyAdmin answered the export with its login page (session expired?)"
+        ))),
+    }
+}
+
+/// Whether the browser still shows the export form of the last export, logged in.
+async fn shows_last_export_form(browser: &Browser) -> Result<bool, ExportError> {
+    let Some(url) = &browser.export_url else {
+        return Ok(false);
+    };
+    let state = page_state(browser.client()).await?;
+    Ok(state.ready && state.export_form && !state.login_form && state.address == url.as_str())
+}
+
+/// Sets the CSV options on the export form shown, presses Export, and waits for the answer.
+async fn submit(
+    browser: &Browser,
+    settings: &SyncSettings,
+    null_token: &str,
+    progress: &Progress,
+    on_download: OnDownload<'_>,
+) -> Result<Answer, ExportError> {
     let client = browser.client();
     choose_csv_options(client, null_token).await?;
     let before = entries(browser.download_dir()).map_err(ExportError::Transient)?;
     click_export(client).await?;
-
     progress.enter(Phase::Downloading);
-    let file = wait_for_download(
+    wait_for_download(
         client,
         browser.download_dir(),
         &before,
         settings.timeout,
         on_download,
     )
-    .await?;
+    .await
+}
+
+/// The downloaded file, once it is known to be CSV.
+fn checked(file: PathBuf, progress: &Progress) -> Result<PathBuf, ExportError> {
     let size = std::fs::metadata(&file).map(|m| m.len()).unwrap_or(0);
     progress.note("downloaded bytes", size);
     check_is_csv(&file)?;
