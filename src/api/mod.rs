@@ -16,7 +16,7 @@ pub mod metrics;
 pub mod sse;
 pub mod status;
 
-use std::future::Future;
+use std::future::{Future, IntoFuture};
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -134,8 +134,14 @@ async fn log_request(request: Request, next: Next) -> Response {
     response
 }
 
-/// Serves the API on `listener` until `shutdown` completes, then finishes open requests. A
-/// connection whose write makes no progress for `write_timeout` is closed.
+/// How long requests still being answered may go on once shutdown begins. Event streams end at
+/// once; this is for downloads in flight, and it keeps a client that stopped reading from holding
+/// the process for up to `SSE_WRITE_TIMEOUT` (a container is killed after 10 s by default).
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Serves the API on `listener` until `shutdown` completes, then finishes open requests for up
+/// to [`SHUTDOWN_GRACE`]. A connection whose write makes no progress for `write_timeout` is
+/// closed.
 pub async fn serve(
     listener: TcpListener,
     write_timeout: Duration,
@@ -146,9 +152,29 @@ pub async fn serve(
         inner: listener,
         write_timeout,
     };
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
+    let stopping = CancellationToken::new();
+    let signal = {
+        let stopping = stopping.clone();
+        async move {
+            shutdown.await;
+            stopping.cancel();
+        }
+    };
+    let server = axum::serve(listener, app).with_graceful_shutdown(signal);
+    tokio::select! {
+        result = server.into_future() => result,
+        () = async {
+            stopping.cancelled().await;
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+        } => {
+            // The connections' tasks end with the runtime, when the process exits.
+            tracing::warn!(
+                "connections still open {}s after shutdown began (clients not reading): left to close on exit",
+                SHUTDOWN_GRACE.as_secs()
+            );
+            Ok(())
+        }
+    }
 }
 
 /// Accepts connections that end when the client takes no data for `write_timeout`, instead of

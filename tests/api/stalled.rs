@@ -104,6 +104,26 @@ async fn a_subscriber_that_stops_reading_is_dropped_after_the_write_timeout() {
     wait_for_subscribers(&app, 0, Duration::from_secs(20)).await;
 }
 
+/// SIGTERM stops the server within its shutdown grace even while a subscriber that stopped
+/// reading holds a write of a large event (it would otherwise wait for `SSE_WRITE_TIMEOUT`, here
+/// ten minutes); `stop` allows 10 s.
+#[tokio::test]
+async fn sigterm_stops_the_server_even_while_a_stalled_subscriber_holds_a_write() {
+    const ROWS: usize = 60_000;
+    let app = spawn_app_with(Options {
+        seed: Some(leak(orders_csv(ROWS, "first"))),
+        env: vec![("SSE_WRITE_TIMEOUT", "10m".into())],
+        ..Options::default()
+    })
+    .await;
+    wait_for_version(&app, ROWS).await;
+    let stalled = subscribe(&app, "").await;
+    wait_for_subscribers(&app, 1, Duration::from_secs(20)).await;
+    let status = app.stop();
+    assert!(status.success(), "{status}");
+    drop(stalled);
+}
+
 /// A stalled subscriber whose event fits whole in the kernel's buffers (a small table, in gzip)
 /// leaves the server no write to wait on: the kernel holds the bytes and the client's window is
 /// shut. It is dropped all the same, by the kernel's `TCP_USER_TIMEOUT`, before the next
