@@ -107,6 +107,10 @@ pub async fn wait_for_download(
         let found = new_downloads(dir, before).map_err(ExportError::Transient)?;
         if !handed_over {
             if let Some(file) = open_download(&found) {
+                tracing::debug!(
+                    seconds = format_args!("{:.3}", started.elapsed().as_secs_f64()),
+                    "the download's file appeared"
+                );
                 on_download(file);
                 handed_over = true;
             }
