@@ -8,6 +8,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use super::stalled::wait_for_subscribers;
 use crate::support::app::*;
 
 /// The server's resident and peak resident memory, in bytes.
@@ -109,8 +110,9 @@ async fn a_thousand_subscribers_get_cached_then_updated_with_bounded_memory() {
         let conn = subscribe(&app, "").await;
         readers.push(tokio::spawn(read_to_end(conn)));
     }
-    // Every subscriber has its `cached` event: the server holds all thousand streams open.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // The server holds all thousand streams open (each subscribed before its `cached` event, so
+    // the new version reaches every one as `updated`).
+    wait_for_subscribers(&app, SUBSCRIBERS as u64, Duration::from_secs(60)).await;
     let (with_subscribers, _) = rss_of(app.pid());
 
     import_in_background(&app, orders_csv(2_000, "second")).await;

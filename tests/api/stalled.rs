@@ -15,7 +15,7 @@ use super::load::{
 use crate::support::app::*;
 
 /// The number of open event streams, from `/metrics`.
-async fn subscribers(app: &TestApp) -> u64 {
+pub(super) async fn subscribers(app: &TestApp) -> u64 {
     let text = app
         .client
         .get(app.url("/metrics"))
@@ -33,7 +33,7 @@ async fn subscribers(app: &TestApp) -> u64 {
 }
 
 /// Waits until `/metrics` counts `n` open event streams.
-async fn wait_for_subscribers(app: &TestApp, n: u64, limit: Duration) {
+pub(super) async fn wait_for_subscribers(app: &TestApp, n: u64, limit: Duration) {
     let deadline = tokio::time::Instant::now() + limit;
     loop {
         let open = subscribers(app).await;
