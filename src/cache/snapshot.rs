@@ -263,12 +263,16 @@ impl Snapshot {
 }
 
 /// `body` compressed as `encoding` at `level`; gzip in the spliceable form the snapshot keeps.
+/// The result holds no spare capacity: the compressors write into buffers sized for the worst
+/// case (zstd: more than the body), which would otherwise stay allocated beside the snapshot.
 pub fn compress_body(body: &[u8], encoding: Encoding, level: i32) -> anyhow::Result<Vec<u8>> {
-    match encoding {
-        Encoding::Identity => Ok(body.to_vec()),
-        Encoding::Gzip => gzip_spliceable(body, level.clamp(0, 9) as u32),
-        Encoding::Zstd => Ok(zstd::bulk::compress(body, level)?),
-    }
+    let mut out = match encoding {
+        Encoding::Identity => body.to_vec(),
+        Encoding::Gzip => gzip_spliceable(body, level.clamp(0, 9) as u32)?,
+        Encoding::Zstd => zstd::bulk::compress(body, level)?,
+    };
+    out.shrink_to_fit();
+    Ok(out)
 }
 
 /// gzip made to be cut up: the body's opening `{` in a stored block of its own, then the rest
