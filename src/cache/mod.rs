@@ -220,7 +220,7 @@ impl Cache {
         converted: Converted,
         record: VersionRecord,
     ) -> anyhow::Result<()> {
-        let converted = match &self.shared {
+        let (converted, zstd_body) = match &self.shared {
             Some(shared) => {
                 *lock(&self.known_version) = Some(record.version.clone());
                 let (converted, prepared) = tokio::task::spawn_blocking({
@@ -236,13 +236,14 @@ impl Cache {
                 })
                 .await
                 .context("the compressor stopped")?;
+                let prepared = prepared?;
                 shared
-                    .publish(prepared?)
+                    .publish(&prepared)
                     .await
                     .context("the new version was not published; the previous one stays")?;
-                converted
+                (converted, Some(prepared.zstd_body()))
             }
-            None => converted,
+            None => (converted, None),
         };
         let cache = Arc::clone(self);
         let record = Arc::new(record);
@@ -259,6 +260,10 @@ impl Cache {
         .await
         .context("the cache writer stopped")??;
         if let Some(snapshot) = snapshot {
+            // The frame every replica serves: this process need not compress it again.
+            if let Some(frame) = zstd_body {
+                snapshot.adopt_zstd(frame);
+            }
             self.install(snapshot, Some(record));
         }
         Ok(())
@@ -307,7 +312,7 @@ impl Cache {
         if lock(&self.known_version).as_deref() == Some(meta.record.version.as_str()) {
             return Ok(false);
         }
-        let Some((meta, buf)) = shared.load().await? else {
+        let Some((meta, buf, frame)) = shared.load().await? else {
             return Ok(false);
         };
         *lock(&self.known_version) = Some(meta.record.version.clone());
@@ -315,6 +320,8 @@ impl Cache {
             .await
             .context("the cache reader stopped")?
             .context("the version in Redis is not valid")?;
+        // The zstd variant is the frame Redis holds, as published: no compression here.
+        snapshot.adopt_zstd(frame);
         let record = Arc::new(meta.record);
         let snapshot = self.install(snapshot, Some(Arc::clone(&record)));
         // The local copy to start from when Redis is unreachable, written once the new version
@@ -392,6 +399,9 @@ impl Cache {
         );
         self.versions.send_replace(Some(Arc::clone(&snapshot)));
         for encoding in [Encoding::Zstd, Encoding::Gzip] {
+            if snapshot.encoded(encoding).is_some() {
+                continue;
+            }
             let snapshot = Arc::clone(&snapshot);
             // Finishes on its own within seconds; holds only its snapshot.
             tokio::task::spawn_blocking(move || match snapshot.compress(encoding) {

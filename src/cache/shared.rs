@@ -2,8 +2,10 @@
 //! share no disk.
 //!
 //! - `<prefix>:current` — a hash holding the current version: `meta` (JSON [`SharedMeta`]) and
-//!   `body` (the cache document, zstd). Both fields are written by one `HSET` inside a
-//!   `MULTI`, so a reader never sees half a version; only the current version is kept.
+//!   `body` (the `/fetch-data` body: the document with [`BODY_PREFIX`] in place of its `{`, one
+//!   zstd frame at the snapshot's level, which replicas serve as their zstd variant as it is).
+//!   Both fields are written by one `HSET` inside a `MULTI`, so a reader never sees half a
+//!   version; only the current version is kept.
 //! - `<prefix>:versions` — the channel on which each new version id is published.
 //! - `<prefix>:lock` — the sync lock: `SET NX PX` with a random token, renewed while the sync
 //!   runs, released by a script that deletes it only while it still holds our token.
@@ -18,7 +20,8 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
-use super::format::BODY_ROOM;
+use super::format::{BODY_PREFIX, BODY_ROOM};
+use super::snapshot::zstd_body_of;
 use super::store::VersionRecord;
 
 /// A version as Redis holds it, beside its body.
@@ -39,8 +42,19 @@ type Bytes = Vec<u8>;
 #[derive(Debug)]
 pub struct Prepared {
     pub meta: SharedMeta,
-    body: Vec<u8>,
+    body: bytes::Bytes,
 }
+
+impl Prepared {
+    /// The zstd frame of the `/fetch-data` body, for the publisher's own snapshot.
+    pub fn zstd_body(&self) -> bytes::Bytes {
+        self.body.clone()
+    }
+}
+
+/// The current version as read from Redis: its metadata, the document in a buffer with
+/// [`BODY_ROOM`] spare bytes in front (as the snapshot wants it), and the zstd frame it came in.
+pub type Loaded = (SharedMeta, Vec<u8>, bytes::Bytes);
 
 /// A Redis server that holds the current version, its news and the sync lock.
 #[derive(Debug)]
@@ -105,8 +119,8 @@ impl SharedStore {
         }
     }
 
-    /// Compresses `document` (a cache file's bytes) and describes it, ready to publish.
-    /// CPU-heavy: call from a blocking thread.
+    /// Compresses `document` (a cache file's bytes, compact JSON) into the zstd variant of its
+    /// body and describes it, ready to publish. CPU-heavy: call from a blocking thread.
     pub fn prepare(
         document: &[u8],
         record: &VersionRecord,
@@ -114,7 +128,7 @@ impl SharedStore {
     ) -> anyhow::Result<Prepared> {
         let mut crc = flate2::Crc::new();
         crc.update(document);
-        let body = zstd::bulk::compress(document, 3).context("cannot compress the version")?;
+        let body = zstd_body_of(document).context("cannot compress the version")?;
         Ok(Prepared {
             meta: SharedMeta {
                 record: record.clone(),
@@ -122,23 +136,20 @@ impl SharedStore {
                 document_bytes: document.len(),
                 checksum: crc.sum(),
             },
-            body,
+            body: body.into(),
         })
     }
 
     /// Publishes a prepared version as the current one, atomically, and announces it. The
     /// previous version stays if this fails.
-    pub async fn publish(&self, version: Prepared) -> anyhow::Result<()> {
+    pub async fn publish(&self, version: &Prepared) -> anyhow::Result<()> {
         let meta_json = serde_json::to_vec(&version.meta)?;
         let mut conn = self.conn.clone();
         let result: redis::RedisResult<()> = redis::pipe()
             .atomic()
             .hset_multiple(
                 &self.current,
-                &[
-                    ("meta", meta_json.as_slice()),
-                    ("body", version.body.as_slice()),
-                ],
+                &[("meta", meta_json.as_slice()), ("body", &version.body[..])],
             )
             .ignore()
             .publish(&self.channel, &version.meta.record.version)
@@ -164,9 +175,8 @@ impl SharedStore {
             .map(Some)
     }
 
-    /// The current version: its metadata and the document in a buffer with [`BODY_ROOM`]
-    /// spare bytes in front (as the snapshot wants it). Checked against its checksum.
-    pub async fn load(&self) -> anyhow::Result<Option<(SharedMeta, Vec<u8>)>> {
+    /// The current version, checked against its checksum.
+    pub async fn load(&self) -> anyhow::Result<Option<Loaded>> {
         let mut conn = self.conn.clone();
         let result: redis::RedisResult<(Option<Bytes>, Option<Bytes>)> = redis::cmd("HMGET")
             .arg(&self.current)
@@ -180,21 +190,25 @@ impl SharedStore {
         let meta: SharedMeta =
             serde_json::from_slice(&meta).context("the version metadata in Redis is not valid")?;
         let expected = (meta.document_bytes, meta.checksum);
+        let body = bytes::Bytes::from(body);
+        let frame = body.clone();
         let buf = tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<u8>> {
+            // The body is the document with BODY_PREFIX in place of its `{`: decoded in place,
+            // putting the `{` back leaves the document at BODY_ROOM.
             let mut buf = Vec::with_capacity(BODY_ROOM + expected.0);
-            buf.resize(BODY_ROOM, b' ');
             zstd::stream::read::Decoder::new(&body[..])?.read_to_end(&mut buf)?;
-            let mut crc = flate2::Crc::new();
-            crc.update(&buf[BODY_ROOM..]);
-            anyhow::ensure!(
-                (buf.len() - BODY_ROOM, crc.sum()) == expected,
-                "the version in Redis does not match its checksum"
-            );
+            let matches = buf.len() == BODY_ROOM + expected.0 && buf.starts_with(BODY_PREFIX) && {
+                buf[BODY_ROOM] = b'{';
+                let mut crc = flate2::Crc::new();
+                crc.update(&buf[BODY_ROOM..]);
+                crc.sum() == expected.1
+            };
+            anyhow::ensure!(matches, "the version in Redis does not match its checksum");
             Ok(buf)
         })
         .await
         .context("the decompressor stopped")??;
-        Ok(Some((meta, buf)))
+        Ok(Some((meta, buf, frame)))
     }
 
     /// Calls `on_news` with each version id announced, until `stop`. Reconnects by itself.

@@ -230,6 +230,18 @@ impl Snapshot {
             .collect()
     }
 
+    /// Takes `frame`, one zstd frame of the `/fetch-data` body made from this version's
+    /// document as given (see [`zstd_body_of`]), as the zstd variant, when the body is that
+    /// document unchanged (the file was compact JSON already). Returns whether it did.
+    pub fn adopt_zstd(&self, frame: Bytes) -> bool {
+        if self.body.len() as u64 != BODY_ROOM as u64 + self.file_size {
+            return false;
+        }
+        let adopted = self.zstd.set(Some(frame)).is_ok();
+        self.variant_ready.notify_waiters();
+        adopted
+    }
+
     /// Builds a compressed variant at the level chosen for it. CPU-heavy: call from a
     /// blocking thread. On failure the variant is marked as unavailable.
     pub fn compress(&self, encoding: Encoding) -> anyhow::Result<Duration> {
@@ -271,6 +283,26 @@ pub fn compress_body(body: &[u8], encoding: Encoding, level: i32) -> anyhow::Res
         Encoding::Gzip => gzip_spliceable(body, level.clamp(0, 9) as u32)?,
         Encoding::Zstd => zstd::bulk::compress(body, level)?,
     };
+    out.shrink_to_fit();
+    Ok(out)
+}
+
+/// The zstd variant of the body a cache `document` (compact JSON) becomes, made from the
+/// document without building the body: one frame at [`ZSTD_LEVEL`] holding [`BODY_PREFIX`]
+/// and the document after its `{`. A publisher makes it once for every replica
+/// ([`Snapshot::adopt_zstd`]). CPU-heavy.
+pub fn zstd_body_of(document: &[u8]) -> anyhow::Result<Vec<u8>> {
+    anyhow::ensure!(
+        document.first() == Some(&b'{'),
+        "the document is not a JSON object"
+    );
+    let size = BODY_ROOM + document.len();
+    let mut enc = zstd::stream::write::Encoder::new(Vec::with_capacity(size / 8), ZSTD_LEVEL)?;
+    enc.set_pledged_src_size(Some(size as u64))?;
+    enc.include_contentsize(true)?;
+    enc.write_all(BODY_PREFIX)?;
+    enc.write_all(&document[1..])?;
+    let mut out = enc.finish()?;
     out.shrink_to_fit();
     Ok(out)
 }
@@ -410,6 +442,24 @@ mod tests {
         );
         assert!(Snapshot::from_cache_buffer(buffer("")).is_err());
         assert!(Snapshot::from_cache_buffer(buffer("[1,2]")).is_err());
+    }
+
+    #[test]
+    fn a_published_zstd_frame_is_adopted_only_for_a_compact_document() {
+        let frame = Bytes::from(zstd_body_of(GOOD.as_bytes()).unwrap());
+        let s = Snapshot::from_cache_buffer(buffer(GOOD)).unwrap();
+        assert_eq!(zstd::decode_all(&frame[..]).unwrap(), s.body);
+        assert!(s.adopt_zstd(frame.clone()));
+        assert_eq!(s.encoded(Encoding::Zstd), Some(&frame));
+
+        let pretty = GOOD.replace(",", ", ");
+        let s = Snapshot::from_cache_buffer(buffer(&pretty)).unwrap();
+        let frame = Bytes::from(zstd_body_of(pretty.as_bytes()).unwrap());
+        assert!(
+            !s.adopt_zstd(frame),
+            "the body is not the document as given"
+        );
+        assert!(s.encoded(Encoding::Zstd).is_none());
     }
 
     #[test]

@@ -141,6 +141,42 @@ async fn replicas_follow_a_version_published_by_another_process_and_a_late_one_s
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_replica_serves_the_published_zstd_frame_from_the_swap_on_and_it_decodes_to_identity() {
+    let redis = Redis::start();
+    let app = replica(&redis, vec![]).await;
+    let out = import_shared(&redis, &csv_with_rows(50));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_until_served(&app, 50).await;
+    let get = |accept: &'static str| {
+        app.raw_client
+            .get(app.url("/fetch-data"))
+            .header("X-API-Key", KEY)
+            .header("Accept-Encoding", accept)
+            .send()
+    };
+    // No wait for a compressor: the variant came with the version.
+    let zstd_answer = get("zstd").await.unwrap();
+    assert_eq!(zstd_answer.headers()["content-encoding"], "zstd");
+    let frame = zstd_answer.bytes().await.unwrap();
+    let mut conn = redis::Client::open(redis.url())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let published: Vec<u8> = redis::cmd("HGET")
+        .arg("pma-cache:current")
+        .arg("body")
+        .query(&mut conn)
+        .unwrap();
+    assert_eq!(frame, published, "the frame Redis holds, as it is");
+    let identity = get("identity").await.unwrap().bytes().await.unwrap();
+    assert_eq!(zstd::decode_all(&frame[..]).unwrap(), identity);
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn concurrent_refreshes_on_three_replicas_start_exactly_one_sync() {
     let redis = Redis::start();
     let mut replicas = Vec::new();
