@@ -15,6 +15,11 @@ static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     let logging = pma_cache::telemetry::init(cli.log_format);
+    // jemalloc's own threads give freed pages back as they age (10 s); without them it does so
+    // only when the process next allocates, and an idle server would keep the versions it freed.
+    if let Err(e) = tikv_jemalloc_ctl::background_thread::write(true) {
+        tracing::warn!("cannot start the allocator's background threads: {e}");
+    }
     let result = pma_cache::commands::run(cli.command).await;
     drop(logging);
     match result {
