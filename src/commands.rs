@@ -9,7 +9,9 @@ use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 
 use crate::app::Application;
-use crate::cache::{csv_to_cache_json, Cache, SharedStore, SyncLockGuard, VersionRecord};
+use crate::cache::{
+    csv_to_cache_json, json_capacity_for_csv, Cache, SharedStore, SyncLockGuard, VersionRecord,
+};
 use crate::config::{
     CacheArgs, Command, ImportArgs, PmaArgs, SharedSettings, SyncArgs, SyncSettings, WorkerArgs,
 };
@@ -96,7 +98,7 @@ async fn import_locked(
             .with_context(|| format!("cannot read {}", csv_path.display()))?;
         let size = file.metadata().map(|m| m.len() as usize).unwrap_or(0);
         let now = rfc3339(OffsetDateTime::now_utc().replace_nanosecond(0)?);
-        csv_to_cache_json(file, null.as_deref(), &now, size)
+        csv_to_cache_json(file, null.as_deref(), &now, json_capacity_for_csv(size))
             .with_context(|| format!("{} was not imported", csv_path.display()))
     })
     .await??;

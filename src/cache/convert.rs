@@ -7,7 +7,7 @@
 
 use std::io::Read;
 
-use super::format::BODY_ROOM;
+use super::format::{DataHasher, BODY_ROOM};
 
 /// Digits reserved for `count` until the number of rows is known.
 const COUNT_ROOM: usize = 20;
@@ -42,6 +42,8 @@ pub struct Converted {
     pub count: usize,
     pub columns: Vec<String>,
     pub last_updated: String,
+    /// The hash of the columns and records (see [`DataHasher`]).
+    pub data_hash: u64,
 }
 
 impl Converted {
@@ -51,13 +53,21 @@ impl Converted {
     }
 }
 
+/// Bytes to reserve for the JSON of a CSV file of `csv_bytes`: JSON is about 2.3x the CSV for
+/// typical tables, so most inputs need one allocation.
+pub fn json_capacity_for_csv(csv_bytes: usize) -> usize {
+    csv_bytes.saturating_mul(5) / 2 + 4096
+}
+
 /// Converts CSV (first row = column names) into cache JSON stamped `last_updated`.
 /// Fields exactly equal to `null_token` become `null`; with `None`, every field is a string.
+/// `json_capacity` is reserved up front (see [`json_capacity_for_csv`]): growing the buffer
+/// later copies it, and holds the old and the new buffer at once for a moment.
 pub fn csv_to_cache_json(
     reader: impl Read,
     null_token: Option<&str>,
     last_updated: &str,
-    size_hint: usize,
+    json_capacity: usize,
 ) -> Result<Converted, ConvertError> {
     let mut csv = csv::ReaderBuilder::new()
         .has_headers(false)
@@ -82,8 +92,7 @@ pub fn csv_to_cache_json(
         .collect();
     let keys_len: usize = keys.iter().map(Vec::len).sum();
 
-    // JSON is about 2.3x the CSV for typical tables: one allocation up front for most inputs.
-    let mut buf = Vec::with_capacity(BODY_ROOM + size_hint.saturating_mul(5) / 2 + 4096);
+    let mut buf = Vec::with_capacity(BODY_ROOM + json_capacity);
     buf.resize(BODY_ROOM, b' ');
     buf.extend_from_slice(b"{\"last_updated\":");
     push_json_string(&mut buf, last_updated.as_bytes());
@@ -100,6 +109,7 @@ pub fn csv_to_cache_json(
     buf.extend_from_slice(b"],\"data\":[");
 
     let null = null_token.map(str::as_bytes);
+    let mut hash = DataHasher::new(&columns);
     let mut count = 0usize;
     while read_record(&mut csv, &mut record)? {
         let line = line_of(&record);
@@ -124,6 +134,7 @@ pub fn csv_to_cache_json(
         if count > 0 {
             buf.push(b',');
         }
+        let record_at = buf.len();
         buf.push(b'{');
         for (i, (field, key)) in record.iter().zip(&keys).enumerate() {
             if i > 0 {
@@ -137,6 +148,7 @@ pub fn csv_to_cache_json(
             }
         }
         buf.push(b'}');
+        hash.record(&buf[record_at..]);
         count += 1;
     }
     buf.extend_from_slice(b"]}");
@@ -146,6 +158,7 @@ pub fn csv_to_cache_json(
         count,
         columns,
         last_updated: last_updated.to_owned(),
+        data_hash: hash.finish(count),
     })
 }
 
@@ -265,7 +278,8 @@ mod tests {
     use serde_json::{json, Value};
 
     fn convert(csv: &str, null: Option<&str>) -> Result<Value, ConvertError> {
-        let c = csv_to_cache_json(csv.as_bytes(), null, "2026-01-02T03:04:05Z", csv.len())?;
+        let capacity = json_capacity_for_csv(csv.len());
+        let c = csv_to_cache_json(csv.as_bytes(), null, "2026-01-02T03:04:05Z", capacity)?;
         let v: Value = serde_json::from_slice(c.cache_bytes()).expect("output is JSON");
         assert_eq!(v["count"], c.count);
         Ok(v)

@@ -53,7 +53,11 @@ pub fn check_document(doc: &[u8]) -> anyhow::Result<DocumentFacts> {
     if let Some(bad) = view.data.iter().position(|r| !r.get().starts_with('{')) {
         anyhow::bail!("record {bad} of the cache file is not a JSON object");
     }
-    let data_hash = view.data_hash();
+    let mut hash = DataHasher::new(&view.columns);
+    for record in &view.data {
+        hash.record(record.get().as_bytes());
+    }
+    let data_hash = hash.finish(view.count);
     Ok(DocumentFacts {
         last_updated: view.last_updated,
         count: view.count,
@@ -61,20 +65,35 @@ pub fn check_document(doc: &[u8]) -> anyhow::Result<DocumentFacts> {
     })
 }
 
-impl CacheFileView<'_> {
-    fn data_hash(&self) -> u64 {
+/// The hash of a document's columns and records (each as laid out in compact JSON), for
+/// validators that follow the data: computed by [`check_document`] from a parsed document, and
+/// by the converter as it writes the records, with the same result.
+pub struct DataHasher(std::collections::hash_map::DefaultHasher);
+
+impl DataHasher {
+    /// Starts the hash of a document with these columns.
+    pub fn new(columns: &[String]) -> Self {
         use std::hash::Hasher;
         let mut h = std::collections::hash_map::DefaultHasher::new();
-        for column in &self.columns {
+        for column in columns {
             h.write(column.as_bytes());
             h.write_u8(0);
         }
-        h.write_usize(self.data.len());
-        for record in &self.data {
-            h.write(record.get().as_bytes());
-            h.write_u8(0);
-        }
-        h.finish()
+        Self(h)
+    }
+
+    /// Adds one record, its JSON object as written.
+    pub fn record(&mut self, json: &[u8]) {
+        use std::hash::Hasher;
+        self.0.write(json);
+        self.0.write_u8(0);
+    }
+
+    /// The hash, once the `count` records are added.
+    pub fn finish(mut self, count: usize) -> u64 {
+        use std::hash::Hasher;
+        self.0.write_usize(count);
+        self.0.finish()
     }
 }
 

@@ -28,7 +28,7 @@ use arc_swap::ArcSwapOption;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-pub use convert::{csv_to_cache_json, ConvertError, Converted};
+pub use convert::{csv_to_cache_json, json_capacity_for_csv, ConvertError, Converted};
 pub use lock::{SyncLock, SyncLockGuard};
 pub use shared::SharedStore;
 pub use snapshot::{Encoding, Snapshot};
@@ -112,6 +112,19 @@ impl Cache {
             .await
             .context("the cache reader stopped")??;
         Ok(facts.map(|f| f.count))
+    }
+
+    /// The size in bytes of the current cache document, if there is one: a sync reserves room
+    /// for the new version from it.
+    pub async fn document_bytes(&self) -> Option<usize> {
+        if let Some(snapshot) = self.current() {
+            return usize::try_from(snapshot.file_size).ok();
+        }
+        if let Some(shared) = &self.shared {
+            return shared.current_meta().await.ok()?.map(|m| m.document_bytes);
+        }
+        let len = tokio::fs::metadata(&self.path).await.ok()?.len();
+        usize::try_from(len).ok()
     }
 
     /// How old the cache's data is (from its `last_updated`); `None` when there is no valid cache.
@@ -230,6 +243,7 @@ impl Cache {
                             converted.cache_bytes(),
                             &record,
                             converted.columns.clone(),
+                            Some(converted.data_hash),
                         );
                         (converted, prepared)
                     }
@@ -316,10 +330,19 @@ impl Cache {
             return Ok(false);
         };
         *lock(&self.known_version) = Some(meta.record.version.clone());
-        let snapshot = tokio::task::spawn_blocking(move || Snapshot::from_cache_buffer(buf))
-            .await
-            .context("the cache reader stopped")?
-            .context("the version in Redis is not valid")?;
+        // Checked against its checksum: with its facts published, the document is not parsed.
+        let facts = meta.data_hash.map(|data_hash| format::DocumentFacts {
+            last_updated: meta.record.last_updated.clone(),
+            count: meta.record.rows,
+            data_hash,
+        });
+        let snapshot = tokio::task::spawn_blocking(move || match facts {
+            Some(facts) => Snapshot::from_known_document(buf, facts),
+            None => Snapshot::from_cache_buffer(buf),
+        })
+        .await
+        .context("the cache reader stopped")?
+        .context("the version in Redis is not valid")?;
         // The zstd variant is the frame Redis holds, as published: no compression here.
         snapshot.adopt_zstd(frame);
         let record = Arc::new(meta.record);

@@ -33,6 +33,10 @@ pub struct SharedMeta {
     pub document_bytes: usize,
     /// CRC-32 of the uncompressed document.
     pub checksum: u32,
+    /// The hash of the document's columns and rows ([`super::format::DataHasher`]), when the
+    /// publisher knew it: replicas then serve the checked document without parsing it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_hash: Option<u64>,
 }
 
 /// One field read from Redis.
@@ -125,6 +129,7 @@ impl SharedStore {
         document: &[u8],
         record: &VersionRecord,
         columns: Vec<String>,
+        data_hash: Option<u64>,
     ) -> anyhow::Result<Prepared> {
         let mut crc = flate2::Crc::new();
         crc.update(document);
@@ -135,6 +140,7 @@ impl SharedStore {
                 columns,
                 document_bytes: document.len(),
                 checksum: crc.sum(),
+                data_hash,
             },
             body: body.into(),
         })

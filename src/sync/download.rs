@@ -109,7 +109,8 @@ pub async fn wait_for_download(
             if let Some(file) = open_download(&found) {
                 tracing::debug!(
                     seconds = format_args!("{:.3}", started.elapsed().as_secs_f64()),
-                    "the download's file appeared"
+                    "the download's file appeared: {:?}",
+                    found
                 );
                 on_download(file);
                 handed_over = true;

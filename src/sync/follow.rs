@@ -92,8 +92,14 @@ pub struct FollowedConversion {
 
 impl FollowedConversion {
     /// Starts converting `file` (opened on the download while it is written) into the cache's
-    /// JSON, SQL NULL being `null_token`. The reader gives up when `stop` fires.
-    pub fn start(file: File, null_token: String, stop: CancellationToken) -> io::Result<Self> {
+    /// JSON, SQL NULL being `null_token`, with `json_capacity` bytes reserved for it (the
+    /// download's size is not known yet). The reader gives up when `stop` fires.
+    pub fn start(
+        file: File,
+        null_token: String,
+        json_capacity: usize,
+        stop: CancellationToken,
+    ) -> io::Result<Self> {
         let meta = file.metadata()?;
         let control = Arc::new(Control {
             end: OnceLock::new(),
@@ -108,7 +114,7 @@ impl FollowedConversion {
             let now = OffsetDateTime::now_utc()
                 .replace_nanosecond(0)
                 .unwrap_or(OffsetDateTime::UNIX_EPOCH);
-            csv_to_cache_json(reader, Some(&null_token), &rfc3339(now), 0)
+            csv_to_cache_json(reader, Some(&null_token), &rfc3339(now), json_capacity)
         });
         Ok(Self {
             control,
@@ -187,6 +193,7 @@ mod tests {
         let conversion = FollowedConversion::start(
             File::open(&partial).unwrap(),
             "NULL~x".into(),
+            0,
             CancellationToken::new(),
         )
         .unwrap();
@@ -229,6 +236,7 @@ mod tests {
         let conversion = FollowedConversion::start(
             File::open(&path).unwrap(),
             "NULL~x".into(),
+            0,
             CancellationToken::new(),
         )
         .unwrap();
@@ -265,6 +273,7 @@ mod tests {
         let conversion = FollowedConversion::start(
             File::open(&path).unwrap(),
             "NULL~x".into(),
+            0,
             CancellationToken::new(),
         )
         .unwrap();
@@ -278,7 +287,7 @@ mod tests {
         std::fs::write(&path, &CSV[..30]).unwrap();
         let stop = CancellationToken::new();
         let conversion =
-            FollowedConversion::start(File::open(&path).unwrap(), "NULL~x".into(), stop.clone())
+            FollowedConversion::start(File::open(&path).unwrap(), "NULL~x".into(), 0, stop.clone())
                 .unwrap();
         stop.cancel();
         let err = conversion.finish(10_000).await.unwrap_err();
@@ -293,6 +302,7 @@ mod tests {
         let conversion = FollowedConversion::start(
             File::open(&path).unwrap(),
             "NULL~x".into(),
+            0,
             CancellationToken::new(),
         )
         .unwrap();
@@ -309,6 +319,7 @@ mod tests {
         let conversion = FollowedConversion::start(
             File::open(&path).unwrap(),
             "NULL~x".into(),
+            0,
             CancellationToken::new(),
         )
         .unwrap();

@@ -40,7 +40,9 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::cache::{csv_to_cache_json, Cache, Converted, SyncLockGuard, VersionRecord};
+use crate::cache::{
+    csv_to_cache_json, json_capacity_for_csv, Cache, Converted, SyncLockGuard, VersionRecord,
+};
 use crate::config::SyncSettings;
 use crate::ops::{SyncObserver, SyncOutcome};
 use error::ExportError;
@@ -125,11 +127,25 @@ async fn sync_steps(
     fault::hit().await;
     // Read before the export, so a worker never holds the old and the new table at once.
     let previous = cache.row_count().await;
+    // Room for the new version's JSON, reserved before the download starts so that the buffer
+    // never grows (and is copied) while the CSV arrives: the previous version's size and 1/8.
+    let json_capacity = cache
+        .document_bytes()
+        .await
+        .map_or(0, |bytes| bytes.saturating_add(bytes / 8));
     // The CSV is moved here, out of the browser's folder, so that the browser can close (or take
     // the next download) while it converts.
     let work = leftovers::folder("sync").context("cannot create a work folder")?;
     let null_token = null_token();
-    let exported = export_with_retries(settings, browser, &null_token, progress, stop).await;
+    let exported = export_with_retries(
+        settings,
+        browser,
+        &null_token,
+        json_capacity,
+        progress,
+        stop,
+    )
+    .await;
     let closing = match keep {
         true => None,
         false => browser.take().map(|b| tokio::spawn(b.close())),
@@ -217,7 +233,7 @@ async fn convert(csv_path: PathBuf, null_token: String) -> anyhow::Result<Conver
             .with_context(|| format!("cannot open the export {}", csv_path.display()))?;
         let size = file.metadata().map(|m| m.len() as usize).unwrap_or(0);
         let now = rfc3339(OffsetDateTime::now_utc().replace_nanosecond(0)?);
-        csv_to_cache_json(file, Some(&null_token), &now, size)
+        csv_to_cache_json(file, Some(&null_token), &now, json_capacity_for_csv(size))
             .context("the exported CSV could not be converted")
     })
     .await
@@ -238,6 +254,7 @@ async fn export_with_retries(
     settings: &SyncSettings,
     browser: &mut Option<Browser>,
     null_token: &str,
+    json_capacity: usize,
     progress: &Progress,
     stop: &CancellationToken,
 ) -> anyhow::Result<Exported> {
@@ -251,6 +268,7 @@ async fn export_with_retries(
         let mut follow = |file: std::fs::File| match FollowedConversion::start(
             file,
             null_token.to_owned(),
+            json_capacity,
             stop.child_token(),
         ) {
             Ok(conversion) => following = Some(conversion),
