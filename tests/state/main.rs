@@ -170,7 +170,8 @@ async fn a_panicking_sync_is_reported_as_a_failure_and_frees_the_single_flight()
         body["status"], "triggered",
         "the single flight is free again"
     );
-    assert!(app.logs().contains("sync failed"), "{}", app.logs());
+    let logs = app.wait_for_log("sync failed").await;
+    assert!(logs.contains("sync failed"), "{logs}");
 }
 
 #[tokio::test]

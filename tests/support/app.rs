@@ -229,6 +229,19 @@ impl TestApp {
         self.log.lock().unwrap().clone()
     }
 
+    /// Waits until the server has logged `needle` (lines reach the log a moment after what they
+    /// tell of: the log is written off the request path), 10 s at most; returns the log.
+    pub async fn wait_for_log(&self, needle: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let logs = self.logs();
+            if logs.contains(needle) || Instant::now() > deadline {
+                return logs;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Sends SIGTERM and waits for a clean exit.
     pub fn stop(mut self) -> std::process::ExitStatus {
         let pid = self.child.id().to_string();
