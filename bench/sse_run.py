@@ -252,6 +252,20 @@ async def fan_out(work):
           "their number.\n")
 
 
+async def settled_rss(pid, limit=30):
+    """VmRSS once it has not moved by 1 MB over 2 s (the allocator gives freed pages back
+    within seconds), `limit` seconds at most."""
+    started, samples = time.monotonic(), []
+    while True:
+        samples.append(memory(pid)[0])
+        recent = samples[-5:]
+        if len(recent) == 5 and max(recent) - min(recent) < 1 << 20:
+            return recent[-1]
+        if time.monotonic() - started > limit:
+            return samples[-1]
+        await asyncio.sleep(0.5)
+
+
 async def stalled_versions(work, stalled):
     """`stalled` subscribers stop reading in the middle of the table; VERSIONS versions land."""
     server = Server(work, CSVS[0], {"SSE_WRITE_TIMEOUT": "1h"})
@@ -272,14 +286,13 @@ async def stalled_versions(work, stalled):
             )
             sockets.append(sock)
         await server.wait_for_subscribers(stalled)
-        rss = [memory(server.proc.pid)[0]]
+        rss = [await settled_rss(server.proc.pid)]
         for v in range(1, VERSIONS + 1):
             await asyncio.get_running_loop().run_in_executor(
                 None, import_csv, server.cache_file, CSVS[v]
             )
             await server.wait_for(rows0 - v)
-            await asyncio.sleep(1)
-            rss.append(memory(server.proc.pid)[0])
+            rss.append(await settled_rss(server.proc.pid))
             say(f"stalled={stalled}: version {v + 1}: RSS {mb(rss[-1])}")
         still_open = await server.subscribers()
         _, peak = memory(server.proc.pid)
@@ -309,7 +322,8 @@ async def main():
               f"without ({json_bytes:,} bytes of JSON)\n")
         print("Stalled subscribers stop reading in the middle of the first version's `cached` "
               "event (16 KiB receive buffer, `SSE_WRITE_TIMEOUT=1h` so they stay); RSS once each "
-              "version's gzip and zstd variants are built.\n")
+              "version's gzip and zstd variants are built and the server's memory has settled "
+              "(no move of 1 MB over 2 s, 30 s at most).\n")
         print(f"| version | RSS, {STALLED} stalled | RSS, none stalled |\n| ---: | ---: | ---: |")
         for v in range(VERSIONS + 1):
             a, b = runs[STALLED][1][v], runs[0][1][v]
