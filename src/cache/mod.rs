@@ -108,10 +108,9 @@ impl Cache {
             return Ok(shared.current_meta().await?.map(|m| m.record.rows));
         }
         let path = self.path.clone();
-        let facts = tokio::task::spawn_blocking(move || store::read_facts(&path))
+        tokio::task::spawn_blocking(move || store::read_row_count(&path))
             .await
-            .context("the cache reader stopped")??;
-        Ok(facts.map(|f| f.count))
+            .context("the cache reader stopped")?
     }
 
     /// The size in bytes of the current cache document, if there is one: a sync reserves room

@@ -241,6 +241,58 @@ pub fn read_facts(path: &Path) -> anyhow::Result<Option<super::format::DocumentF
         .map(Some)
 }
 
+/// The number of records in the cache file at `path`, `Ok(None)` when there is none, read as a
+/// stream: the shrink guard needs it while the new table is converted, and holding the old table
+/// (90 MB) for that would double the sync's memory. An error when the file is not a complete
+/// cache document or its `count` does not match its records.
+pub fn read_row_count(path: &Path) -> anyhow::Result<Option<usize>> {
+    use serde::de::{IgnoredAny, SeqAccess, Visitor};
+
+    /// The records of `data`, counted and dropped one by one.
+    struct Records(usize);
+    impl<'de> Deserialize<'de> for Records {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct Count;
+            impl<'de> Visitor<'de> for Count {
+                type Value = Records;
+                fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                    f.write_str("an array of records")
+                }
+                fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Records, A::Error> {
+                    let mut n = 0;
+                    while seq.next_element::<IgnoredAny>()?.is_some() {
+                        n += 1;
+                    }
+                    Ok(Records(n))
+                }
+            }
+            d.deserialize_seq(Count)
+        }
+    }
+    #[derive(Deserialize)]
+    struct Counted {
+        count: usize,
+        data: Records,
+    }
+
+    let file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+    };
+    let counted: Counted =
+        serde_json::from_reader(std::io::BufReader::with_capacity(1 << 20, file))
+            .with_context(|| format!("{} is not a valid cache file", path.display()))?;
+    anyhow::ensure!(
+        counted.count == counted.data.0,
+        "{} says count {} but holds {} records",
+        path.display(),
+        counted.count,
+        counted.data.0
+    );
+    Ok(Some(counted.count))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -268,6 +320,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(read_facts(&path).unwrap().unwrap().count, 1);
+        assert_eq!(read_row_count(&path).unwrap(), Some(1));
         fs::write(
             &path,
             r#"{"last_updated":"T","count":102052,"columns":["id"],"da"#,
@@ -277,6 +330,18 @@ mod tests {
             read_facts(&path).is_err(),
             "a truncated file has no known count"
         );
+        assert!(read_row_count(&path).is_err());
+        fs::write(
+            &path,
+            "{\n  \"count\": 3,\n  \"data\": [{\"id\": \"1\"}, {\"id\": \"2\"}]\n}",
+        )
+        .unwrap();
+        assert!(
+            read_row_count(&path).is_err(),
+            "a count that does not match the records is not trusted"
+        );
+        fs::remove_file(&path).unwrap();
+        assert_eq!(read_row_count(&path).unwrap(), None);
     }
 
     #[test]

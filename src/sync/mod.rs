@@ -125,8 +125,6 @@ async fn sync_steps(
     let started = Instant::now();
     let started_at = rfc3339(OffsetDateTime::now_utc());
     fault::hit().await;
-    // Read before the export, so a worker never holds the old and the new table at once.
-    let previous = cache.row_count().await;
     // Room for the new version's JSON, reserved before the download starts so that the buffer
     // never grows (and is copied) while the CSV arrives: the previous version's size and 1/8.
     let json_capacity = cache
@@ -136,6 +134,12 @@ async fn sync_steps(
     // The CSV is moved here, out of the browser's folder, so that the browser can close (or take
     // the next download) while it converts.
     let work = leftovers::folder("sync").context("cannot create a work folder")?;
+    // The shrink guard's row count, read while the export runs: the file is read as a stream, so
+    // the old table is never held beside the new one. Awaited below on every path.
+    let counting = tokio::spawn({
+        let cache = Arc::clone(cache);
+        async move { cache.row_count().await }
+    });
     let null_token = null_token();
     let exported = export_with_retries(
         settings,
@@ -165,6 +169,9 @@ async fn sync_steps(
             tracing::warn!("closing the browser failed: {e}");
         }
     }
+    let previous = counting
+        .await
+        .unwrap_or_else(|e| Err(anyhow::anyhow!("the row count stopped: {e}")));
     let converted = converted?;
     progress.note("rows", converted.count);
     progress.note("json bytes", converted.cache_bytes().len());
