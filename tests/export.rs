@@ -666,7 +666,7 @@ async fn every_phpmyadmin_version_exports_the_table_exactly_cold_and_warm() {
     init_logs();
     let bed = testbed();
     let (mut exports, mut followed) = (0, 0);
-    for (version, url) in &bed.versions {
+    for (version, url) in &bed.versions() {
         let work = tempfile::tempdir().unwrap();
         let settings = settings(bed, url, &bed.password, None, &work.path().join("failures"));
         let token = null_token();

@@ -26,9 +26,9 @@ pub struct Testbed {
     pub webdriver_url: String,
     /// The folder that holds the bed's data and logs.
     pub dir: PathBuf,
-    /// Every phpMyAdmin the bed serves, as (version, address): Debian's 5.2.1 (`pma_url`) and
-    /// the released 4.9.11 and 5.1.4.
-    pub versions: Vec<(&'static str, String)>,
+    /// The released phpMyAdmins the bed serves beside Debian's, as (version, address), or why
+    /// it could not serve them; see [`Testbed::versions`].
+    releases: Result<Vec<(&'static str, String)>, String>,
 }
 
 /// The test bed, started on first use.
@@ -49,6 +49,7 @@ fn start_local_bed() -> PathBuf {
     let output = Command::new(root.join("bin").join("testbed"))
         .arg("up")
         .arg(&dir)
+        .arg("--releases")
         .output()
         .unwrap_or_else(|e| panic!("cannot run bin/testbed: {e}"));
     if !output.status.success() {
@@ -94,12 +95,35 @@ impl Testbed {
             mariadb_socket: PathBuf::from(get("TESTBED_MARIADB_SOCKET")),
             webdriver_url: get("TESTBED_WEBDRIVER_URL"),
             dir: PathBuf::from(get("TESTBED_DIR")),
-            versions: vec![
-                ("5.2.1", get("PMA_URL")),
-                ("4.9.11", get("PMA_URL_4_9")),
-                ("5.1.4", get("PMA_URL_5_1")),
-            ],
+            releases: match (
+                vars.get("TESTBED_RELEASES_MISSING"),
+                vars.get("TESTBED_RELEASES"),
+            ) {
+                (Some(why), _) if !why.is_empty() => Err(why.to_string()),
+                (_, Some(&"1")) => Ok(vec![
+                    ("4.9.11", get("PMA_URL_4_9")),
+                    ("5.1.4", get("PMA_URL_5_1")),
+                ]),
+                _ => Err(format!(
+                    "the test bed in {} was started without the released phpMyAdmins: \
+                     start it with `bin/testbed up DIR --releases` (bin/test does)",
+                    path.display()
+                )),
+            },
         }
+    }
+
+    /// Every phpMyAdmin the bed serves, as (version, address): Debian's 5.2.1 (`pma_url`) and
+    /// the released 4.9.11 and 5.1.4. Fails the test, saying how to provide them, when the bed
+    /// could not serve the released ones.
+    pub fn versions(&self) -> Vec<(&'static str, String)> {
+        let releases = self
+            .releases
+            .clone()
+            .unwrap_or_else(|why| panic!("cannot test every phpMyAdmin version: {why}"));
+        let mut all = vec![("5.2.1", self.pma_url.clone())];
+        all.extend(releases);
+        all
     }
 
     /// The settings that point a `pma-cache` process at this bed's phpMyAdmin table.
