@@ -37,10 +37,11 @@ pub async fn require_api_key(
     if in_query.is_some() && !is_stream(query) {
         return Err(ApiError::KeyInQuery);
     }
-    let given = from_header.or(in_query);
-    match given {
+    // An empty key is no key: say how to send one rather than that it is wrong.
+    match from_header.or(in_query).filter(|key| !key.is_empty()) {
         Some(key) if key_matches(&state.api_keys, &key) => Ok(next.run(request).await),
-        _ => Err(ApiError::Unauthorized),
+        Some(_) => Err(ApiError::WrongKey),
+        None => Err(ApiError::MissingKey),
     }
 }
 
@@ -63,7 +64,7 @@ fn is_stream(query: Option<&str>) -> bool {
     url::form_urlencoded::parse(query.unwrap_or("").as_bytes())
         .filter(|(k, _)| k == "stream")
         .last()
-        .is_some_and(|(k, v)| super::fetch::parse_bool(&k, &v).unwrap_or(false))
+        .is_some_and(|(k, v)| super::params::parse_bool(&k, &v).unwrap_or(false))
 }
 
 /// Compares `given` with every key, without stopping early, in constant time per key.

@@ -47,7 +47,8 @@ pub async fn style() -> Response {
     asset("text/css; charset=utf-8", DASHBOARD_CSS)
 }
 
-/// `GET /failures/latest.png` (key required): the newest failure screenshot, or 404.
+/// `GET /failures/latest.png` (key required): the newest failure screenshot, or a 404 that
+/// says there is none yet.
 pub async fn latest_failure_screenshot(
     State(state): State<AppState>,
 ) -> Result<Response, ApiError> {
@@ -66,10 +67,10 @@ pub async fn latest_failure_screenshot(
             }
         }
     }
-    let path = newest.ok_or(ApiError::NotFound)?;
+    let path = newest.ok_or(ApiError::NoFailureScreenshot)?;
     let png = tokio::fs::read(&path).await.map_err(|e| {
         tracing::warn!("cannot read {}: {e}", path.display());
-        ApiError::NotFound
+        ApiError::NoFailureScreenshot
     })?;
     let name = path
         .file_name()

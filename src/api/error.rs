@@ -11,9 +11,12 @@ pub const RETRY_AFTER_SECONDS: u64 = 30;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
-    /// 401: no key, or a key that is not configured.
-    #[error("Unauthorized")]
-    Unauthorized,
+    /// 401: no key was sent.
+    #[error("Missing API key: send it in the X-API-Key header (or as Authorization: Bearer <key>); it is the value of the server's API_KEY setting (on Render, the API_KEY that render.yaml generates)")]
+    MissingKey,
+    /// 401: a key was sent but it is none of the configured ones.
+    #[error("Wrong API key: the key sent is not one of the server's API_KEY values; check it, or ask whoever runs the server for the current one")]
+    WrongKey,
     /// 401: an `api_key` query parameter outside an event stream.
     #[error("The api_key query parameter is accepted only with stream=true (for EventSource); send the key in the X-API-Key header")]
     KeyInQuery,
@@ -21,30 +24,46 @@ pub enum ApiError {
     #[error("{0}")]
     BadRequest(String),
     /// 404: no such route.
-    #[error("Not found")]
+    #[error("Not found: no such route (the routes are /fetch-data, /status, /refresh, /metrics, /health and / for the dashboard)")]
     NotFound,
-    /// 405: the route exists but not with this method; `Allow` lists the ones it takes.
-    #[error("Method not allowed")]
-    MethodNotAllowed,
+    /// 404: the failure screenshot route, when no sync has failed with a screenshot yet.
+    #[error("No failure screenshot yet: one is kept each time a sync fails")]
+    NoFailureScreenshot,
+    /// 405: the route exists but not with this method; the router's `Allow` header lists the
+    /// methods it takes, as the message does.
+    #[error("Method {method} is not allowed on {path}: use {allowed}")]
+    MethodNotAllowed {
+        method: String,
+        path: String,
+        allowed: &'static str,
+    },
     /// 503: nothing cached yet.
     #[error("No cached data")]
     NoCache,
     /// 500: the cache file exists but cannot be served.
     #[error("Error reading cache")]
     CacheUnreadable,
-    /// 503: a refresh was asked for but no phpMyAdmin is configured.
-    #[error("No sync source configured: set PMA_URL, PMA_USERNAME, PMA_PASSWORD and PMA_DATABASE")]
+    /// 503: a refresh was asked for but no phpMyAdmin is configured and no Redis to reach a
+    /// worker through.
+    #[error("No sync source configured: set PMA_URL, PMA_USERNAME, PMA_PASSWORD and PMA_DATABASE, or REDIS_URL to forward refreshes to a `pma-cache worker`")]
     SyncNotConfigured,
+    /// 503: the refresh was forwarded through Redis but no worker answered.
+    #[error("No worker answered: this server has no phpMyAdmin settings and forwards refreshes through Redis to `pma-cache worker`, and none answered within 3 s; check that the worker runs with the same REDIS_URL")]
+    NoWorker,
 }
 
 impl ApiError {
     fn status(&self) -> StatusCode {
         match self {
-            ApiError::Unauthorized | ApiError::KeyInQuery => StatusCode::UNAUTHORIZED,
+            ApiError::MissingKey | ApiError::WrongKey | ApiError::KeyInQuery => {
+                StatusCode::UNAUTHORIZED
+            }
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            ApiError::NotFound => StatusCode::NOT_FOUND,
-            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            ApiError::NoCache | ApiError::SyncNotConfigured => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::NotFound | ApiError::NoFailureScreenshot => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::NoCache | ApiError::SyncNotConfigured | ApiError::NoWorker => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ApiError::CacheUnreadable => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -59,7 +78,7 @@ impl IntoResponse for ApiError {
             .into_response();
         let headers = response.headers_mut();
         match self {
-            ApiError::Unauthorized | ApiError::KeyInQuery => {
+            ApiError::MissingKey | ApiError::WrongKey | ApiError::KeyInQuery => {
                 headers.insert(
                     header::WWW_AUTHENTICATE,
                     HeaderValue::from_static("ApiKey header=\"X-API-Key\""),

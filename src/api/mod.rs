@@ -1,6 +1,7 @@
 //! The HTTP API.
 //!
 //! - [`auth`] — API keys.
+//! - [`params`] — what each route takes: methods and query parameters.
 //! - [`encoder`] — gzip and zstd answers spliced from precompressed bytes.
 //! - [`fetch`] — `/fetch-data` from ready-made bytes.
 //! - [`sse`] — `/fetch-data?stream=true`.
@@ -13,6 +14,7 @@ pub mod encoder;
 pub mod error;
 pub mod fetch;
 pub mod metrics;
+pub mod params;
 pub mod sse;
 pub mod status;
 
@@ -77,7 +79,8 @@ pub fn router(state: AppState, cors_origins: &[String]) -> Router {
         .merge(authed)
         .fallback(|| async { error::ApiError::NotFound })
         // Applies to the routes added above: keep it after the last `.route`/`.merge`.
-        .method_not_allowed_fallback(|| async { error::ApiError::MethodNotAllowed })
+        .method_not_allowed_fallback(params::method_not_allowed)
+        .layer(middleware::from_fn(params::reject_unknown_params))
         .layer(middleware::from_fn_with_state(
             state.clone(),
             metrics::count_requests,

@@ -52,10 +52,17 @@ async fn a_missing_or_wrong_key_is_unauthorized() {
         let r = req.send().await.unwrap();
         assert_eq!(r.status(), 401, "key {key:?}");
         assert!(r.headers().contains_key("www-authenticate"));
-        assert_eq!(
-            r.json::<Value>().await.unwrap(),
-            json!({"status": "error", "message": "Unauthorized"})
-        );
+        let body: Value = r.json().await.unwrap();
+        let message = body["message"].as_str().unwrap();
+        match key {
+            None | Some("") => {
+                assert!(message.starts_with("Missing API key"), "{message}");
+                assert!(message.contains("X-API-Key header"), "{message}");
+                assert!(message.contains("API_KEY"), "{message}");
+            }
+            Some(_) => assert!(message.starts_with("Wrong API key"), "{message}"),
+        }
+        assert!(!message.contains(KEY), "{message}");
     }
     for path in ["/status", "/fetch-data?stream=true"] {
         let r = app.client.get(app.url(path)).send().await.unwrap();
@@ -290,6 +297,88 @@ async fn gzip_and_zstd_bodies_decode_to_the_identity_body() {
     );
 }
 
+/// The weak ETag of a response without its encoding mark.
+fn base_etag(r: &reqwest::Response) -> String {
+    let tag = r.headers()["etag"].to_str().unwrap();
+    tag.trim_end_matches('"')
+        .trim_end_matches("-gzip")
+        .trim_end_matches("-zstd")
+        .to_owned()
+}
+
+#[tokio::test]
+async fn a_compressed_client_never_gets_the_identity_body_of_a_new_version() {
+    let app = spawn_app_with(Options {
+        seed: Some(leak(orders_csv(100_000, "first"))),
+        ..Options::default()
+    })
+    .await;
+    for (round, accept) in ["gzip", "zstd", "gzip"].into_iter().enumerate() {
+        let before = app
+            .raw_client
+            .get(app.url("/fetch-data"))
+            .header("X-API-Key", KEY)
+            .header("Accept-Encoding", accept)
+            .send()
+            .await
+            .unwrap();
+        let old = base_etag(&before);
+        drop(before);
+        let cache_file = app.cache_file.clone();
+        let csv = orders_csv(100_000, &format!("round {round}"));
+        let import = tokio::task::spawn_blocking(move || import_csv(&cache_file, &csv));
+        // Ask again and again: the first answer of the new version is the one to check.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let r = app
+                .raw_client
+                .get(app.url("/fetch-data"))
+                .header("X-API-Key", KEY)
+                .header("Accept-Encoding", accept)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200);
+            if base_etag(&r) != old {
+                assert_eq!(
+                    r.headers()
+                        .get("content-encoding")
+                        .map(|v| v.to_str().unwrap()),
+                    Some(accept),
+                    "round {round}: the first answer of the new version"
+                );
+                let body = r.bytes().await.unwrap();
+                let json = match accept {
+                    "gzip" => {
+                        let mut out = Vec::new();
+                        flate2::read::GzDecoder::new(&body[..])
+                            .read_to_end(&mut out)
+                            .unwrap();
+                        out
+                    }
+                    _ => zstd::decode_all(&body[..]).unwrap(),
+                };
+                let doc: Value = serde_json::from_slice(&json).unwrap();
+                assert_eq!(doc["count"], 100_000);
+                assert!(
+                    doc["data"][0]["note"]
+                        .as_str()
+                        .unwrap()
+                        .starts_with(&format!("round {round}")),
+                    "{}",
+                    doc["data"][0]
+                );
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "round {round}: the new version was never served"
+            );
+        }
+        import.await.unwrap().unwrap();
+    }
+}
+
 #[tokio::test]
 async fn malformed_parameters_and_unknown_routes_get_clear_errors() {
     let app = spawn_app().await;
@@ -303,10 +392,61 @@ async fn malformed_parameters_and_unknown_routes_get_clear_errors() {
     assert_eq!(r.status(), 400);
     let r = app.client.get(app.url("/nope")).send().await.unwrap();
     assert_eq!(r.status(), 404);
+    let body: Value = r.json().await.unwrap();
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("Not found: no such route"),
+        "{body}"
+    );
+    // No failure yet is not a wrong path.
+    let r = app
+        .client
+        .get(app.url("/failures/latest.png"))
+        .header("X-API-Key", KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
     assert_eq!(
         r.json::<Value>().await.unwrap(),
-        json!({"status": "error", "message": "Not found"})
+        json!({"status": "error", "message": "No failure screenshot yet: one is kept each time a sync fails"})
     );
+}
+
+#[tokio::test]
+async fn unknown_query_parameters_are_a_400_naming_them_on_every_route() {
+    let app = spawn_app().await;
+    let r = app.get_fetch_data("?limit=5&columns=id,total").await;
+    assert_eq!(r.status(), 400);
+    assert_eq!(
+        r.json::<Value>().await.unwrap(),
+        json!({"status": "error", "message":
+            "Unknown query parameters 'limit', 'columns': /fetch-data takes refresh, stream, payload"})
+    );
+    let r = app.get_fetch_data("?refesh=true").await;
+    assert_eq!(r.status(), 400);
+    let cases = [
+        (app.client.get(app.url("/status?verbose=1")), "verbose"),
+        (app.client.post(app.url("/refresh?full=true")), "full"),
+        (app.client.get(app.url("/metrics?name=x")), "name"),
+        (app.client.get(app.url("/health?deep=1")), "deep"),
+        (app.client.get(app.url("/?lang=en")), "lang"),
+        (app.client.get(app.url("/failures/latest.png?t=1")), "t"),
+    ];
+    for (request, name) in cases {
+        let r = request.header("X-API-Key", KEY).send().await.unwrap();
+        assert_eq!(r.status(), 400, "{name}");
+        let body: Value = r.json().await.unwrap();
+        let message = body["message"].as_str().unwrap();
+        assert!(
+            message.starts_with(&format!("Unknown query parameter '{name}'")),
+            "{message}"
+        );
+    }
+    // Known parameters still work.
+    assert_eq!(app.get_fetch_data("?refresh=false").await.status(), 200);
 }
 
 #[tokio::test]
@@ -317,13 +457,25 @@ async fn a_wrong_method_gets_a_json_405_that_lists_the_allowed_ones() {
     for (request, allowed) in [(get_refresh, "POST"), (put_health, "GET,HEAD")] {
         let r = request.send().await.unwrap();
         assert_eq!(r.status(), 405);
+        // The header comes from the router, the message from the API: they agree.
         assert_eq!(r.headers()["allow"], allowed);
         assert_eq!(r.headers()["content-type"], "application/json");
-        assert_eq!(
-            r.json::<Value>().await.unwrap(),
-            json!({"status": "error", "message": "Method not allowed"})
-        );
+        let body: Value = r.json().await.unwrap();
+        let message = body["message"].as_str().unwrap();
+        assert!(message.ends_with(&format!(": use {allowed}")), "{message}");
+        assert!(message.starts_with("Method "), "{message}");
     }
+    let r = app
+        .client
+        .get(app.url("/refresh"))
+        .header("X-API-Key", KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["message"],
+        "Method GET is not allowed on /refresh: use POST"
+    );
 }
 
 #[tokio::test]

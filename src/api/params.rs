@@ -1,0 +1,125 @@
+//! What each route takes: its methods and its query parameters. A parameter a route does not
+//! know is refused with a `400` naming it (a typo such as `?refesh=true`, or a feature the
+//! server does not have such as `?limit=5`, would otherwise be answered with the whole table as
+//! if it had been understood); a wrong method gets a `405` naming the methods the route takes.
+
+use axum::extract::{MatchedPath, Request};
+use axum::http::Method;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+
+use super::error::ApiError;
+
+/// The query parameters each route takes. `api_key` is listed where a key is checked: whether it
+/// is accepted there is the key check's answer, which says why.
+fn known_params(route: &str) -> &'static [&'static str] {
+    match route {
+        "/fetch-data" => &["refresh", "stream", "payload", "api_key"],
+        "/status" | "/refresh" | "/metrics" | "/failures/latest.png" => &["api_key"],
+        _ => &[],
+    }
+}
+
+/// The methods each route answers, as the `Allow` header lists them (axum sets that header
+/// from the router; a test checks that the two agree).
+pub fn allowed_methods(path: &str) -> &'static str {
+    match path {
+        "/refresh" => "POST",
+        _ => "GET,HEAD",
+    }
+}
+
+/// Refuses a request whose query names a parameter its route does not take.
+pub async fn reject_unknown_params(request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned());
+    if let (Some(route), Some(query)) = (route, request.uri().query()) {
+        if let Err(e) = check_known(&route, query) {
+            return e.into_response();
+        }
+    }
+    next.run(request).await
+}
+
+fn check_known(route: &str, query: &str) -> Result<(), ApiError> {
+    let known = known_params(route);
+    let mut unknown: Vec<String> = Vec::new();
+    for (key, _) in url::form_urlencoded::parse(query.as_bytes()) {
+        if !known.contains(&key.as_ref()) && !unknown.iter().any(|u| *u == key) {
+            unknown.push(key.into_owned());
+        }
+    }
+    if unknown.is_empty() {
+        return Ok(());
+    }
+    let names = unknown
+        .iter()
+        .map(|u| format!("'{u}'"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let takes = match known.iter().filter(|k| **k != "api_key").count() {
+        0 => format!("{route} takes no query parameters"),
+        _ => format!(
+            "{route} takes {}",
+            known
+                .iter()
+                .filter(|k| **k != "api_key")
+                .copied()
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    };
+    let noun = if unknown.len() == 1 {
+        "parameter"
+    } else {
+        "parameters"
+    };
+    Err(ApiError::BadRequest(format!(
+        "Unknown query {noun} {names}: {takes}"
+    )))
+}
+
+/// The answer to a method the route does not take.
+pub async fn method_not_allowed(method: Method, request: Request) -> ApiError {
+    let path = request.uri().path().to_owned();
+    ApiError::MethodNotAllowed {
+        method: method.to_string(),
+        allowed: allowed_methods(&path),
+        path,
+    }
+}
+
+/// A query boolean: `true/false`, `1/0`, `yes/no`, any case.
+pub fn parse_bool(key: &str, value: &str) -> Result<bool, ApiError> {
+    match value.to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" => Ok(true),
+        "false" | "0" | "no" => Ok(false),
+        _ => Err(ApiError::BadRequest(format!(
+            "Invalid value for '{key}': expected true or false"
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_parameters_are_named_with_what_the_route_takes() {
+        assert!(check_known("/fetch-data", "refresh=true&stream=1&payload=none").is_ok());
+        let err = check_known("/fetch-data", "limit=5&columns=id,total&limit=6").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "Unknown query parameters 'limit', 'columns': /fetch-data takes refresh, stream, payload"
+        );
+        let err = check_known("/status", "verbose=1").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "Unknown query parameter 'verbose': /status takes no query parameters"
+        );
+        assert!(check_known("/status", "api_key=k").is_ok());
+        assert!(check_known("/health", "api_key=k").is_err());
+    }
+}
