@@ -87,6 +87,11 @@ async fn the_dashboard_asks_for_the_key_then_shows_the_cache_and_a_refresh() {
             .await
             .unwrap());
         assert_eq!(text(&browser, "rows").await, "");
+        let help = text(&browser, "key-help").await;
+        assert!(
+            help.contains("API_KEY") && help.contains("Render"),
+            "the prompt says where the key comes from: {help}"
+        );
 
         key_input.send_keys(KEY).await.unwrap();
         click(&browser, Locator::Css("#login button[type=submit]")).await;
@@ -110,6 +115,7 @@ async fn the_dashboard_asks_for_the_key_then_shows_the_cache_and_a_refresh() {
 
         // Refresh now: the live phase shows, then the new rows and the sync in the history.
         click(&browser, Locator::Id("refresh")).await;
+        wait_for_text(&browser, "refresh-result", |t| t == "triggered").await;
         wait_for_text(&browser, "sync-state", |t| t == "running").await;
         let phase = wait_for_text(&browser, "phase", |t| !t.is_empty()).await;
         assert!(
@@ -128,6 +134,8 @@ async fn the_dashboard_asks_for_the_key_then_shows_the_cache_and_a_refresh() {
         let rows = status["cache"]["count"].as_u64().unwrap().to_string();
         wait_for_text(&browser, "rows", |t| digits(t) == rows).await;
         wait_for_text(&browser, "sync-state", |t| t == "idle").await;
+        // The answer "triggered" goes once the sync it started has ended.
+        wait_for_text(&browser, "refresh-result", str::is_empty).await;
         let history = wait_for_text(&browser, "history", |t| t.contains("success")).await;
         assert!(digits(&history).contains(&rows), "{history}");
         assert_eq!(
@@ -139,6 +147,18 @@ async fn the_dashboard_asks_for_the_key_then_shows_the_cache_and_a_refresh() {
             1
         );
         assert!(!text(&browser, "last-updated").await.is_empty());
+        // The chart has a scale: 0, half and the top, in seconds.
+        let mut ticks = Vec::new();
+        for tick in browser
+            .find_all(Locator::Css("#chart svg text.tick"))
+            .await
+            .unwrap()
+        {
+            ticks.push(tick.html(true).await.unwrap());
+        }
+        assert_eq!(ticks.len(), 3, "{ticks:?}");
+        assert_eq!(ticks[0], "0 s", "{ticks:?}");
+        assert!(ticks.iter().all(|t| t.ends_with(" s")), "{ticks:?}");
 
         let png = browser.screenshot().await.unwrap();
         let out = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard.png");

@@ -68,19 +68,39 @@ function drawHistory(recent) {
   });
   $("history").replaceChildren(...rows);
 
-  // Oldest on the left; bar height is the duration, colour the result.
+  // Oldest on the left; bar height is the duration, colour the result. The axis on the left
+  // gives the scale in seconds: 0, half and the top, a round number at or above the longest.
   const ns = "http://www.w3.org/2000/svg";
   const svg = document.createElementNS(ns, "svg");
-  const width = 600, height = 90, slot = width / 20;
+  // Drawn at the box's own width, so that the labels keep their shape.
+  const width = Math.max(300, $("chart").clientWidth || 600);
+  const height = 120, axis = 44, top = 8, bottom = 16, slot = (width - axis) / 20;
+  const plot = height - top - bottom;
   svg.setAttribute("viewBox", `0 0 ${width} ${height}`);
   svg.setAttribute("preserveAspectRatio", "none");
   const chronological = [...recent].reverse();
-  const longest = Math.max(1, ...chronological.map((s) => s.duration_seconds));
+  const scale = niceCeiling(Math.max(1, ...chronological.map((s) => s.duration_seconds)));
+  for (const tick of [0, scale / 2, scale]) {
+    const y = top + plot - (tick / scale) * plot;
+    const line = document.createElementNS(ns, "line");
+    line.setAttribute("x1", axis); line.setAttribute("x2", width);
+    line.setAttribute("y1", y); line.setAttribute("y2", y);
+    const label = document.createElementNS(ns, "text");
+    label.setAttribute("x", axis - 4); label.setAttribute("y", y + 3);
+    label.setAttribute("text-anchor", "end");
+    label.setAttribute("class", "tick");
+    label.textContent = `${+tick.toFixed(1)} s`;
+    svg.append(line, label);
+  }
+  const caption = document.createElementNS(ns, "text");
+  caption.setAttribute("x", axis); caption.setAttribute("y", height - 3);
+  caption.textContent = "duration of each sync, oldest on the left";
+  svg.append(caption);
   chronological.forEach((s, i) => {
     const rect = document.createElementNS(ns, "rect");
-    const h = Math.max(3, (s.duration_seconds / longest) * (height - 10));
-    rect.setAttribute("x", i * slot + 3);
-    rect.setAttribute("y", height - h);
+    const h = Math.max(3, (s.duration_seconds / scale) * plot);
+    rect.setAttribute("x", axis + i * slot + 3);
+    rect.setAttribute("y", top + plot - h);
     rect.setAttribute("width", slot - 6);
     rect.setAttribute("height", h);
     rect.setAttribute("class", s.result);
@@ -90,6 +110,13 @@ function drawHistory(recent) {
     svg.append(rect);
   });
   $("chart").replaceChildren(svg);
+}
+
+// The smallest of 1, 2, 5 × a power of ten at or above `value`.
+function niceCeiling(value) {
+  const power = Math.pow(10, Math.floor(Math.log10(value)));
+  for (const step of [1, 2, 5, 10]) if (step * power >= value) return step * power;
+  return 10 * power;
 }
 
 async function showScreenshot(lastFailure) {
@@ -104,8 +131,21 @@ async function showScreenshot(lastFailure) {
   $("screenshot-box").hidden = false;
 }
 
+// The refresh answer ("triggered", "already in progress") stays until the sync it was about has
+// ended: a new entry in the history, or a new version of the cache (a worker's, on a replica).
+let refreshShownFor = null;
+
+function syncMarker(status) {
+  const newest = (status.sync.recent || [])[0];
+  return `${newest ? newest.started_at : ""}|${status.cache.last_updated || ""}`;
+}
+
 function draw(status) {
   const cache = status.cache, sync = status.sync;
+  if (refreshShownFor !== null && sync.state !== "running" && syncMarker(status) !== refreshShownFor) {
+    $("refresh-result").textContent = "";
+    refreshShownFor = null;
+  }
   $("rows").textContent = cache.count == null ? "no cache" : cache.count.toLocaleString();
   $("last-updated").textContent = when(cache.last_updated);
   $("last-updated").dataset.time = cache.last_updated || "";
@@ -158,9 +198,11 @@ document.addEventListener("DOMContentLoaded", () => {
   $("refresh").addEventListener("click", async () => {
     $("refresh").disabled = true;
     try {
+      const before = await api("/status").then((r) => r.json()).catch(() => null);
       const response = await api("/refresh", { method: "POST" });
       const body = await response.json();
       $("refresh-result").textContent = body.status || body.message || "";
+      refreshShownFor = response.ok && before ? syncMarker(before) : null;
     } catch (e) { /* signed out */ }
     poll();
   });
