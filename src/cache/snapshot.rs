@@ -9,10 +9,11 @@
 //! the same rows.
 
 use std::io::Write;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context;
+use arc_swap::ArcSwapOption;
 use bytes::Bytes;
 use tokio::sync::Notify;
 
@@ -25,6 +26,10 @@ pub const GZIP_LEVEL: u32 = 9;
 /// zstd level of the precompressed body: 21% smaller than level 3 and 16% smaller than gzip 9;
 /// level 12 saves 5% more for 2.4x the time, level 19 20% more for 30x (README).
 pub const ZSTD_LEVEL: i32 = 9;
+/// The level of the quick variants built first, both at once, so that a compressed client of a
+/// new version waits a moment for them instead of being sent the identity body while the
+/// variants at [`GZIP_LEVEL`] and [`ZSTD_LEVEL`] are built (README, "Compression levels").
+pub const QUICK_LEVEL: i32 = 1;
 
 /// The fixed gzip header the gzip variant starts with (no name, no time, unknown OS).
 pub const GZIP_HEADER: [u8; 10] = [0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 255];
@@ -52,16 +57,43 @@ impl Encoding {
     }
 }
 
+/// A compressed variant of the body: first a quick one ([`QUICK_LEVEL`]), then the one at the
+/// level chosen for its encoding, which takes its place.
+#[derive(Debug, Default)]
+struct Variant {
+    /// The best bytes built so far; empty until the first build ends, and after it if it failed.
+    bytes: ArcSwapOption<Bytes>,
+    /// Set once the first build has ended, successfully or not.
+    settled: OnceLock<()>,
+}
+
+impl Variant {
+    fn get(&self) -> Option<Bytes> {
+        self.bytes.load_full().map(|b| Bytes::clone(&b))
+    }
+
+    /// Keeps `bytes` (when given) as the variant and marks it settled.
+    fn set(&self, bytes: Option<Bytes>) {
+        if let Some(bytes) = bytes {
+            self.bytes.store(Some(Arc::new(bytes)));
+        }
+        let _ = self.settled.set(());
+    }
+}
+
 /// One version of the cache, ready to send.
 #[derive(Debug)]
 pub struct Snapshot {
     /// The identity `/fetch-data` body, compact JSON.
     pub body: Bytes,
-    /// Each compressed variant: unset while being built, `None` if building it failed.
-    gzip: OnceLock<Option<Bytes>>,
-    zstd: OnceLock<Option<Bytes>>,
+    /// Each compressed variant (see [`Variant`]).
+    gzip: Variant,
+    zstd: Variant,
     /// CRC-32 of the body after its opening `{`, set with the gzip variant.
     rest_crc: OnceLock<u32>,
+    /// Set once each variant is at its chosen level.
+    gzip_final: OnceLock<()>,
+    zstd_final: OnceLock<()>,
     /// Woken when a variant is set.
     variant_ready: Notify,
     /// Weak validator of the data (columns and rows), quoted (`W/"…"`).
@@ -166,9 +198,11 @@ impl Snapshot {
             data_modified: last_modified,
             http_date: httpdate::fmt_http_date(last_modified),
             body,
-            gzip: OnceLock::new(),
-            zstd: OnceLock::new(),
+            gzip: Variant::default(),
+            zstd: Variant::default(),
             rest_crc: OnceLock::new(),
+            gzip_final: OnceLock::new(),
+            zstd_final: OnceLock::new(),
             variant_ready: Notify::new(),
             last_updated,
             last_modified,
@@ -191,7 +225,7 @@ impl Snapshot {
         }
     }
 
-    fn cell(&self, encoding: Encoding) -> Option<&OnceLock<Option<Bytes>>> {
+    fn cell(&self, encoding: Encoding) -> Option<&Variant> {
         match encoding {
             Encoding::Identity => None,
             Encoding::Gzip => Some(&self.gzip),
@@ -200,25 +234,34 @@ impl Snapshot {
     }
 
     /// The body in `encoding`, if that variant is built (identity always is).
-    pub fn encoded(&self, encoding: Encoding) -> Option<&Bytes> {
+    pub fn encoded(&self, encoding: Encoding) -> Option<Bytes> {
         match self.cell(encoding) {
-            None => Some(&self.body),
-            Some(cell) => cell.get().and_then(Option::as_ref),
+            None => Some(self.body.clone()),
+            Some(variant) => variant.get(),
         }
     }
 
-    /// The body in `encoding` once that variant is built; `None` if building it failed.
+    /// The body in `encoding` once a first variant is built (a quick one comes within a moment
+    /// of the version); `None` if building it failed.
     pub async fn encoded_when_ready(&self, encoding: Encoding) -> Option<Bytes> {
-        let cell = self.cell(encoding)?;
+        let Some(variant) = self.cell(encoding) else {
+            return Some(self.body.clone());
+        };
         loop {
             let notified = self.variant_ready.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            if let Some(variant) = cell.get() {
-                return variant.clone();
+            if variant.settled.get().is_some() {
+                return variant.get();
             }
             notified.await;
         }
+    }
+
+    /// Whether the variant in `encoding` still waits for its first build.
+    pub fn is_pending(&self, encoding: Encoding) -> bool {
+        self.cell(encoding)
+            .is_some_and(|variant| variant.settled.get().is_none())
     }
 
     /// The deflate data of the body after its opening `{` with its CRC-32, once the gzip
@@ -267,33 +310,62 @@ impl Snapshot {
         if self.body.len() as u64 != BODY_ROOM as u64 + self.file_size {
             return false;
         }
-        let adopted = self.zstd.set(Some(frame)).is_ok();
-        self.variant_ready.notify_waiters();
-        adopted
+        self.zstd.set(Some(frame));
+        self.zstd_final.set(()).is_ok() && {
+            self.variant_ready.notify_waiters();
+            true
+        }
     }
 
-    /// Builds a compressed variant at the level chosen for it. CPU-heavy: call from a
-    /// blocking thread. On failure the variant is marked as unavailable.
-    pub fn compress(&self, encoding: Encoding) -> anyhow::Result<Duration> {
+    /// Whether the variant in `encoding` is at its chosen level (adopted, or built so).
+    pub fn is_final(&self, encoding: Encoding) -> bool {
+        match encoding {
+            Encoding::Identity => true,
+            Encoding::Gzip => self.gzip_final.get().is_some(),
+            Encoding::Zstd => self.zstd_final.get().is_some(),
+        }
+    }
+
+    /// Builds a compressed variant at `level` (the quick one, or the level chosen for it:
+    /// [`Snapshot::final_level`]) and serves it from now on. CPU-heavy: call from a blocking
+    /// thread. A failed first build marks the variant unavailable; a failed later one keeps the
+    /// variant built before.
+    pub fn compress(&self, encoding: Encoding, level: i32) -> anyhow::Result<Duration> {
         let started = Instant::now();
-        let Some(cell) = self.cell(encoding) else {
+        let Some(variant) = self.cell(encoding) else {
             return Ok(Duration::ZERO);
         };
-        let level = match encoding {
-            Encoding::Gzip => GZIP_LEVEL as i32,
-            _ => ZSTD_LEVEL,
-        };
         if encoding == Encoding::Gzip {
-            let _ = self.rest_crc.set(crc32fast::hash(&self.body[1..]));
+            let _ = self
+                .rest_crc
+                .get_or_init(|| crc32fast::hash(&self.body[1..]));
         }
         let result = compress_body(&self.body, encoding, level);
-        let (variant, result) = match result {
-            Ok(bytes) => (Some(Bytes::from(bytes)), Ok(started.elapsed())),
+        let (bytes, result) = match result {
+            Ok(mut bytes) => {
+                bytes.shrink_to_fit();
+                (Some(Bytes::from(bytes)), Ok(started.elapsed()))
+            }
             Err(e) => (None, Err(e)),
         };
-        let _ = cell.set(variant);
+        let done = bytes.is_some();
+        variant.set(bytes);
+        if done && level == Self::final_level(encoding) {
+            match encoding {
+                Encoding::Gzip => self.gzip_final.set(()).ok(),
+                _ => self.zstd_final.set(()).ok(),
+            };
+        }
         self.variant_ready.notify_waiters();
         result
+    }
+
+    /// The level each encoding's variant ends at.
+    pub fn final_level(encoding: Encoding) -> i32 {
+        match encoding {
+            Encoding::Gzip => GZIP_LEVEL as i32,
+            _ => ZSTD_LEVEL,
+        }
     }
 
     /// Age of the cache.
@@ -516,7 +588,7 @@ mod tests {
         let s = Snapshot::from_cache_buffer(buffer(GOOD)).unwrap();
         assert_eq!(zstd::decode_all(&frame[..]).unwrap(), s.body);
         assert!(s.adopt_zstd(frame.clone()));
-        assert_eq!(s.encoded(Encoding::Zstd), Some(&frame));
+        assert_eq!(s.encoded(Encoding::Zstd), Some(frame.clone()));
 
         let pretty = GOOD.replace(",", ", ");
         let s = Snapshot::from_cache_buffer(buffer(&pretty)).unwrap();
@@ -532,8 +604,12 @@ mod tests {
     fn compressed_variants_decode_to_the_body() {
         let s = Snapshot::from_cache_buffer(buffer(GOOD)).unwrap();
         assert!(s.encoded(Encoding::Gzip).is_none());
-        s.compress(Encoding::Gzip).unwrap();
-        s.compress(Encoding::Zstd).unwrap();
+        for level in [QUICK_LEVEL, GZIP_LEVEL as i32] {
+            s.compress(Encoding::Gzip, level).unwrap();
+        }
+        assert!(s.is_final(Encoding::Gzip));
+        s.compress(Encoding::Zstd, QUICK_LEVEL).unwrap();
+        assert!(!s.is_final(Encoding::Zstd) && !s.is_pending(Encoding::Zstd));
         let mut out = Vec::new();
         std::io::Read::read_to_end(
             &mut flate2::read::GzDecoder::new(&s.encoded(Encoding::Gzip).unwrap()[..]),
@@ -541,7 +617,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(out, s.body);
-        let (deflate, crc) = Snapshot::deflate_part(s.encoded(Encoding::Gzip).unwrap());
+        let (deflate, crc) = Snapshot::deflate_part(&s.encoded(Encoding::Gzip).unwrap());
         assert_eq!(crc, crc32fast::hash(&s.body));
         let closed = [&deflate[..], &[0x03, 0x00]].concat();
         let mut out = Vec::new();
