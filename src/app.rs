@@ -56,7 +56,14 @@ impl Application {
         let syncer = Syncer::new(config.sync, cache.clone(), shutdown.clone());
         syncer.observe(monitor.clone());
         if !syncer.is_configured() {
-            tracing::info!("no PMA_URL: serving the cache file only; /refresh answers 503");
+            match cache.shared_store() {
+                Some(_) => tracing::info!(
+                    "no PMA_URL: serving versions from Redis; /refresh is forwarded to the worker"
+                ),
+                None => {
+                    tracing::info!("no PMA_URL: serving the cache file only; /refresh answers 503")
+                }
+            }
         }
         Ok(Self {
             listener,
@@ -104,6 +111,8 @@ impl Application {
             };
             tasks.spawn(state.syncer.clone().run_schedule(every, first));
         }
+        // With phpMyAdmin settings and Redis, replicas' refresh requests are answered here.
+        tasks.spawn(state.syncer.clone().answer_forwarded_refreshes());
         tasks.close();
 
         let addr = self.listener.local_addr()?;

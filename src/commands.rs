@@ -244,6 +244,7 @@ async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
         "worker started"
     );
     let schedule = tokio::spawn(Arc::clone(&syncer).run_schedule(args.sync_interval, first));
+    let forwarded = tokio::spawn(Arc::clone(&syncer).answer_forwarded_refreshes());
     shutdown::signal().await;
     tracing::info!("shutting down");
     stop.cancel();
@@ -251,6 +252,9 @@ async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
     schedule
         .await
         .context("the schedule stopped unexpectedly")?;
+    forwarded
+        .await
+        .context("the answering of forwarded refreshes stopped unexpectedly")?;
     if let Some(alerts) = alerts {
         alerts
             .await

@@ -14,6 +14,7 @@ use bytes::Bytes;
 
 use super::encoder::StreamEncoder;
 use super::error::ApiError;
+use super::params::parse_bool;
 use super::{sse, AppState};
 use crate::cache::{Encoding, Snapshot};
 use crate::sync::Trigger;
@@ -38,7 +39,8 @@ pub struct FetchParams {
 }
 
 impl FetchParams {
-    /// Parses the query; unknown parameters are ignored, malformed values are refused.
+    /// Parses the query; malformed values are refused (unknown parameters were refused before,
+    /// by [`super::params`]).
     pub fn parse(query: Option<&str>) -> Result<Self, ApiError> {
         let mut params = Self::default();
         let mut payload_given = false;
@@ -72,17 +74,6 @@ impl FetchParams {
     }
 }
 
-/// A query boolean: `true/false`, `1/0`, `yes/no`, any case.
-pub fn parse_bool(key: &str, value: &str) -> Result<bool, ApiError> {
-    match value.to_ascii_lowercase().as_str() {
-        "true" | "1" | "yes" => Ok(true),
-        "false" | "0" | "no" => Ok(false),
-        _ => Err(ApiError::BadRequest(format!(
-            "Invalid value for '{key}': expected true or false"
-        ))),
-    }
-}
-
 /// `GET /fetch-data[?refresh=true][&stream=true]`.
 pub async fn fetch_data(
     State(state): State<AppState>,
@@ -102,12 +93,13 @@ pub async fn fetch_data(
             Trigger::NotConfigured => {
                 "Refresh not available: this server has no sync source configured"
             }
+            Trigger::NoWorker => "Refresh not started: no worker answered through Redis within 3 s",
         }),
     };
     let snapshot = current_snapshot(&state)?;
     Ok(match info {
-        None => cached_response(&snapshot, &headers),
-        Some(info) => response_with_info(&snapshot, &headers, info),
+        None => cached_response(&snapshot, &headers).await,
+        Some(info) => response_with_info(&snapshot, &headers, info).await,
     })
 }
 
@@ -120,8 +112,15 @@ pub fn current_snapshot(state: &AppState) -> Result<Arc<Snapshot>, ApiError> {
     }
 }
 
-fn cached_response(snapshot: &Snapshot, request: &HeaderMap) -> Response {
-    let encoding = accepted_encoding(request.get(header::ACCEPT_ENCODING), Some(snapshot), true);
+/// The body in the encoding the client prefers. Right after a new version lands, a compressed
+/// client waits for its quick variant (a moment) rather than being sent the identity body; only
+/// a variant whose build failed falls back to identity.
+async fn cached_response(snapshot: &Snapshot, request: &HeaderMap) -> Response {
+    let preferred = accepted_encoding(request.get(header::ACCEPT_ENCODING), Some(snapshot));
+    let (encoding, body) = match snapshot.encoded_when_ready(preferred).await {
+        Some(body) => (preferred, body),
+        None => (Encoding::Identity, snapshot.body.clone()),
+    };
     let mut headers = HeaderMap::new();
     headers.insert(header::VARY, HeaderValue::from_static("Accept-Encoding"));
     headers.insert(
@@ -147,18 +146,18 @@ fn cached_response(snapshot: &Snapshot, request: &HeaderMap) -> Response {
             HeaderValue::from_static(encoding.token()),
         );
     }
-    let body = snapshot
-        .encoded(encoding)
-        .cloned()
-        .unwrap_or_else(|| snapshot.body.clone());
     (headers, body).into_response()
 }
 
 /// The cached body with `"_info"` in front, sent as chunks that share the snapshot's bytes:
-/// gzip from the precompressed body when the client takes gzip and it is built, else identity.
-fn response_with_info(snapshot: &Snapshot, request: &HeaderMap, info: &str) -> Response {
+/// gzip from the precompressed body when the client takes gzip (waiting for its quick variant
+/// right after a new version), else identity.
+async fn response_with_info(snapshot: &Snapshot, request: &HeaderMap, info: &str) -> Response {
     let prefix = format!("{{\"_info\":{},", serde_json::Value::from(info));
     let accept = request.get(header::ACCEPT_ENCODING);
+    if quality(accept, Encoding::Gzip) > 0.0 {
+        snapshot.encoded_when_ready(Encoding::Gzip).await;
+    }
     let mut chunks = VecDeque::new();
     let mut gzip = StreamEncoder::new(Encoding::Gzip);
     let gzipped = quality(accept, Encoding::Gzip) > 0.0 && {
@@ -210,18 +209,13 @@ fn quality(accept: Option<&HeaderValue>, encoding: Encoding) -> f32 {
 }
 
 /// The encoding to answer in: the highest q-value among zstd and gzip; on a tie, the smaller
-/// of the two built variants (zstd when not both are built yet). With `need_ready`, only
-/// variants already built count (a one-off answer cannot wait; an event stream can).
-pub fn accepted_encoding(
-    accept: Option<&HeaderValue>,
-    snapshot: Option<&Snapshot>,
-    need_ready: bool,
-) -> Encoding {
-    let size = |e: Encoding| snapshot.and_then(|s| s.encoded(e)).map(Bytes::len);
+/// of the two built variants (zstd when not both are built yet).
+pub fn accepted_encoding(accept: Option<&HeaderValue>, snapshot: Option<&Snapshot>) -> Encoding {
+    let size = |e: Encoding| snapshot.and_then(|s| s.encoded(e)).map(|b| b.len());
     let mut best = (Encoding::Identity, 0.0f32);
     for encoding in [Encoding::Zstd, Encoding::Gzip] {
         let q = quality(accept, encoding);
-        if q <= 0.0 || (need_ready && size(encoding).is_none()) {
+        if q <= 0.0 {
             continue;
         }
         let smaller = match (size(encoding), size(best.0)) {

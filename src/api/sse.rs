@@ -22,6 +22,7 @@ use bytes::Bytes;
 use tokio::sync::broadcast::{self, error::RecvError};
 
 use super::encoder::StreamEncoder;
+use super::error::ApiError;
 use super::fetch::{self, Payload};
 use super::AppState;
 use crate::cache::{Encoding, Snapshot, Versions};
@@ -88,7 +89,7 @@ impl EventStream {
         }
         match self.encoder.encoding() {
             Encoding::Identity => self.push_full(kind, &snapshot, None),
-            encoding => match snapshot.encoded(encoding).cloned() {
+            encoding => match snapshot.encoded(encoding) {
                 Some(variant) => self.push_full(kind, &snapshot, Some(variant)),
                 None => self.waiting = Some((kind, snapshot)),
             },
@@ -209,13 +210,16 @@ pub async fn stream(
     let failures = state.syncer.subscribe_failures();
     let mut versions = state.cache.subscribe();
     let cached = versions.borrow_and_update().clone();
-    let encoding = fetch::accepted_encoding(
-        request.get(header::ACCEPT_ENCODING),
-        cached.as_deref(),
-        false,
-    );
-    let refusal = (refresh && state.syncer.trigger().await == Trigger::NotConfigured)
-        .then(|| super::error::ApiError::SyncNotConfigured.to_string());
+    let encoding =
+        fetch::accepted_encoding(request.get(header::ACCEPT_ENCODING), cached.as_deref());
+    let refusal = match refresh {
+        false => None,
+        true => match state.syncer.trigger().await {
+            Trigger::NotConfigured => Some(ApiError::SyncNotConfigured.to_string()),
+            Trigger::NoWorker => Some(ApiError::NoWorker.to_string()),
+            Trigger::Started | Trigger::AlreadyRunning => None,
+        },
+    };
     let mut stream = EventStream {
         versions,
         failures,

@@ -60,12 +60,14 @@ pub async fn status(State(state): State<AppState>) -> Json<Value> {
     Json(json!({"status": "ok", "cache": cache, "sync": sync}))
 }
 
-/// `POST /refresh`: starts a sync in the background unless one is running.
+/// `POST /refresh`: starts a sync in the background unless one is running; a replica without
+/// phpMyAdmin settings forwards it to the worker through Redis.
 pub async fn refresh(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
     let status = match state.syncer.trigger().await {
         Trigger::Started => "triggered",
         Trigger::AlreadyRunning => "already in progress",
         Trigger::NotConfigured => return Err(ApiError::SyncNotConfigured),
+        Trigger::NoWorker => return Err(ApiError::NoWorker),
     };
     Ok((StatusCode::ACCEPTED, Json(json!({"status": status}))))
 }

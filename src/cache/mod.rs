@@ -193,6 +193,11 @@ impl Cache {
         self.record.load_full()
     }
 
+    /// Redis, when versions are shared through it.
+    pub fn shared_store(&self) -> Option<&Arc<SharedStore>> {
+        self.shared.as_ref()
+    }
+
     /// The lock every process syncing this cache takes for the whole sync.
     pub fn sync_lock(&self) -> &SyncLock {
         &self.lock
@@ -405,7 +410,7 @@ impl Cache {
     }
 
     /// Serves `snapshot`, tells subscribers, and builds its compressed variants off the request
-    /// path (requests get identity until each variant is ready).
+    /// path (a compressed request waits for the quick variant, which comes within a moment).
     fn install(&self, mut snapshot: Snapshot, record: Option<Arc<VersionRecord>>) -> Arc<Snapshot> {
         if let Some(previous) = self.current() {
             snapshot.keep_data_date_of(&previous);
@@ -420,22 +425,9 @@ impl Cache {
             "serving a new cache"
         );
         self.versions.send_replace(Some(Arc::clone(&snapshot)));
-        for encoding in [Encoding::Zstd, Encoding::Gzip] {
-            if snapshot.encoded(encoding).is_some() {
-                continue;
-            }
-            let snapshot = Arc::clone(&snapshot);
-            // Finishes on its own within seconds; holds only its snapshot.
-            tokio::task::spawn_blocking(move || match snapshot.compress(encoding) {
-                Ok(took) => tracing::debug!(
-                    encoding = encoding.token(),
-                    seconds = took.as_secs_f64(),
-                    bytes = snapshot.encoded(encoding).map_or(0, |b| b.len()),
-                    "compressed variant ready"
-                ),
-                Err(e) => tracing::warn!(encoding = encoding.token(), "compression failed: {e:#}"),
-            });
-        }
+        let building = Arc::clone(&snapshot);
+        // Finishes on its own within seconds; holds only its snapshot.
+        tokio::task::spawn_blocking(move || build_variants(&building));
         snapshot
     }
 
@@ -474,6 +466,38 @@ impl Cache {
                 tracing::error!("{e:#}; still serving the previous cache");
             }
         }
+    }
+}
+
+/// Builds the compressed variants `snapshot` lacks: the quick ones first, side by side, so that
+/// a compressed client of the new version waits a moment at most and is never sent the identity
+/// body; then each at its chosen level, which replaces the quick one. Blocking.
+fn build_variants(snapshot: &Snapshot) {
+    let needed: Vec<Encoding> = [Encoding::Zstd, Encoding::Gzip]
+        .into_iter()
+        .filter(|e| !snapshot.is_final(*e))
+        .collect();
+    let build = |encoding: Encoding, level: i32| match snapshot.compress(encoding, level) {
+        Ok(took) => tracing::debug!(
+            encoding = encoding.token(),
+            level,
+            seconds = took.as_secs_f64(),
+            bytes = snapshot.encoded(encoding).map_or(0, |b| b.len()),
+            "compressed variant ready"
+        ),
+        Err(e) => tracing::warn!(
+            encoding = encoding.token(),
+            level,
+            "compression failed: {e:#}"
+        ),
+    };
+    std::thread::scope(|scope| {
+        for &encoding in &needed {
+            scope.spawn(move || build(encoding, snapshot::QUICK_LEVEL));
+        }
+    });
+    for encoding in needed {
+        build(encoding, Snapshot::final_level(encoding));
     }
 }
 

@@ -9,6 +9,8 @@
 //! - `<prefix>:versions` — the channel on which each new version id is published.
 //! - `<prefix>:lock` — the sync lock: `SET NX PX` with a random token, renewed while the sync
 //!   runs, released by a script that deletes it only while it still holds our token.
+//! - `<prefix>:refresh` — the channel on which a replica without phpMyAdmin settings forwards a
+//!   refresh request (a random id) to the worker; the worker answers on `<prefix>:refresh:<id>`.
 
 use std::io::Read;
 use std::sync::{Arc, Mutex};
@@ -67,6 +69,7 @@ pub struct SharedStore {
     conn: ConnectionManager,
     current: String,
     channel: String,
+    refresh_channel: String,
     lock_key: String,
     lock_ttl: Duration,
     /// The last error talking to Redis, cleared by the next success; shown in `/status`.
@@ -94,6 +97,7 @@ impl SharedStore {
             conn,
             current: format!("{prefix}:current"),
             channel: format!("{prefix}:versions"),
+            refresh_channel: format!("{prefix}:refresh"),
             lock_key: format!("{prefix}:lock"),
             lock_ttl,
             last_error: Mutex::new(None),
@@ -219,10 +223,42 @@ impl SharedStore {
 
     /// Calls `on_news` with each version id announced, until `stop`. Reconnects by itself.
     pub async fn follow(&self, on_news: impl Fn(String), stop: CancellationToken) {
+        self.listen(&self.channel, "new versions", true, on_news, stop)
+            .await;
+    }
+
+    /// Calls `on_request` with the id of each refresh request a replica forwards, until `stop`.
+    /// Reconnects by itself.
+    pub async fn follow_refresh_requests(
+        &self,
+        on_request: impl Fn(String),
+        stop: CancellationToken,
+    ) {
+        self.listen(
+            &self.refresh_channel,
+            "refresh requests",
+            false,
+            on_request,
+            stop,
+        )
+        .await;
+    }
+
+    /// Calls `on_message` with each message on `channel`, until `stop`; with `catch_up`, also
+    /// once with an empty message each time the subscription starts, for what was published
+    /// while nobody listened.
+    async fn listen(
+        &self,
+        channel: &str,
+        what: &str,
+        catch_up: bool,
+        on_message: impl Fn(String),
+        stop: CancellationToken,
+    ) {
         loop {
             let subscribed = async {
                 let mut pubsub = self.client.get_async_pubsub().await?;
-                pubsub.subscribe(&self.channel).await?;
+                pubsub.subscribe(channel).await?;
                 Ok::<_, redis::RedisError>(pubsub)
             };
             let pubsub = tokio::select! {
@@ -231,20 +267,21 @@ impl SharedStore {
             };
             match pubsub {
                 Ok(Ok(pubsub)) => {
-                    tracing::info!("following new versions in Redis");
-                    // A version published while we were not listening is caught here.
-                    on_news(String::new());
+                    tracing::info!("following {what} in Redis");
+                    if catch_up {
+                        on_message(String::new());
+                    }
                     let mut messages = pubsub.into_on_message();
                     loop {
                         tokio::select! {
                             () = stop.cancelled() => return,
                             msg = messages.next() => match msg {
-                                Some(msg) => on_news(msg.get_payload().unwrap_or_default()),
+                                Some(msg) => on_message(msg.get_payload().unwrap_or_default()),
                                 None => break,
                             },
                         }
                     }
-                    tracing::warn!("lost the Redis subscription; reconnecting");
+                    tracing::warn!("lost the Redis subscription to {what}; reconnecting");
                 }
                 Ok(Err(e)) => tracing::debug!("cannot subscribe to Redis: {e}"),
                 Err(_) => tracing::debug!("subscribing to Redis timed out"),
@@ -254,6 +291,50 @@ impl SharedStore {
                 () = tokio::time::sleep(Duration::from_secs(1)) => {}
             }
         }
+    }
+
+    /// Forwards a refresh request to whichever worker listens, and returns its answer; `None`
+    /// when no worker listens or none answers within `wait`.
+    pub async fn forward_refresh(&self, wait: Duration) -> anyhow::Result<Option<String>> {
+        use rand::distributions::{Alphanumeric, DistString};
+        let id = Alphanumeric.sample_string(&mut rand::thread_rng(), 16);
+        let reply_channel = format!("{}:{id}", self.refresh_channel);
+        // Subscribed before asking, so that the answer cannot come before we listen.
+        let subscribed = async {
+            let mut pubsub = self.client.get_async_pubsub().await?;
+            pubsub.subscribe(&reply_channel).await?;
+            Ok::<_, redis::RedisError>(pubsub)
+        };
+        let pubsub = tokio::time::timeout(Duration::from_secs(5), subscribed)
+            .await
+            .map_err(|_| anyhow::anyhow!("Redis: subscribing for the worker's answer timed out"))?;
+        let pubsub = self.note(pubsub, "subscribe for the worker's answer")?;
+        let mut conn = self.conn.clone();
+        let result: redis::RedisResult<i64> = redis::cmd("PUBLISH")
+            .arg(&self.refresh_channel)
+            .arg(&id)
+            .query_async(&mut conn)
+            .await;
+        if self.note(result, "forward the refresh request")? == 0 {
+            return Ok(None);
+        }
+        let mut messages = pubsub.into_on_message();
+        match tokio::time::timeout(wait, messages.next()).await {
+            Ok(Some(msg)) => Ok(Some(msg.get_payload().unwrap_or_default())),
+            Ok(None) | Err(_) => Ok(None),
+        }
+    }
+
+    /// Sends `answer` to the replica that forwarded refresh request `id`.
+    pub async fn answer_refresh(&self, id: &str, answer: &str) -> anyhow::Result<()> {
+        let mut conn = self.conn.clone();
+        let result: redis::RedisResult<i64> = redis::cmd("PUBLISH")
+            .arg(format!("{}:{id}", self.refresh_channel))
+            .arg(answer)
+            .query_async(&mut conn)
+            .await;
+        self.note(result, "answer a forwarded refresh request")
+            .map(drop)
     }
 
     /// Takes the lock with `token` if it is free. `Ok(false)`: another process holds it.

@@ -387,8 +387,34 @@ pub fn retry_delay(failures: u32, every: Duration, jitter: f64) -> Duration {
 pub enum Trigger {
     Started,
     AlreadyRunning,
+    /// No phpMyAdmin settings here, and no Redis to forward the request through.
     NotConfigured,
+    /// Forwarded through Redis, but no worker answered within [`FORWARD_WAIT`].
+    NoWorker,
 }
+
+impl Trigger {
+    /// The word a worker answers a forwarded request with, and back.
+    fn as_answer(self) -> &'static str {
+        match self {
+            Trigger::Started => "triggered",
+            Trigger::AlreadyRunning => "already in progress",
+            Trigger::NotConfigured => "not configured",
+            Trigger::NoWorker => "no worker",
+        }
+    }
+
+    fn from_answer(answer: &str) -> Self {
+        match answer {
+            "triggered" => Trigger::Started,
+            "already in progress" => Trigger::AlreadyRunning,
+            _ => Trigger::NoWorker,
+        }
+    }
+}
+
+/// How long a replica waits for a worker to answer a refresh forwarded through Redis.
+pub const FORWARD_WAIT: Duration = Duration::from_secs(3);
 
 /// Runs syncs in the background, at most one at a time.
 #[derive(Debug)]
@@ -477,10 +503,11 @@ impl Syncer {
     }
 
     /// Starts a sync in the background unless one is running, here or in another process that
-    /// shares the cache.
+    /// shares the cache. Without phpMyAdmin settings but with Redis (a replica), the request is
+    /// forwarded to the worker, whose answer this returns.
     pub async fn trigger(self: &Arc<Self>) -> Trigger {
         let Some(settings) = self.settings.clone() else {
-            return Trigger::NotConfigured;
+            return self.forward().await;
         };
         if self.shutdown.is_cancelled() {
             return Trigger::AlreadyRunning;
@@ -541,6 +568,68 @@ impl Syncer {
             drop(flight);
         });
         Trigger::Started
+    }
+
+    /// Forwards a refresh request through Redis to the worker, if versions are shared there.
+    async fn forward(&self) -> Trigger {
+        let Some(store) = self.cache.shared_store() else {
+            return Trigger::NotConfigured;
+        };
+        match store.forward_refresh(FORWARD_WAIT).await {
+            Ok(Some(answer)) => {
+                tracing::info!(answer, "refresh forwarded to the worker through Redis");
+                Trigger::from_answer(&answer)
+            }
+            Ok(None) => {
+                tracing::warn!(
+                    "refresh forwarded through Redis, but no worker answered within {}s",
+                    FORWARD_WAIT.as_secs()
+                );
+                Trigger::NoWorker
+            }
+            Err(e) => {
+                tracing::warn!("cannot forward the refresh through Redis: {e:#}");
+                Trigger::NoWorker
+            }
+        }
+    }
+
+    /// Answers the refresh requests that replicas forward through Redis, until shutdown: each
+    /// triggers a sync here (single flight applies) and gets "triggered" or "already in
+    /// progress" back. Does nothing without Redis or without phpMyAdmin settings.
+    pub async fn answer_forwarded_refreshes(self: Arc<Self>) {
+        let (Some(store), true) = (self.cache.shared_store().cloned(), self.is_configured()) else {
+            return;
+        };
+        // Requests are few (a person or a cron job asking); a burst beyond 16 waiting is
+        // dropped, and its replica says no worker answered.
+        let (requests, mut pending) = tokio::sync::mpsc::channel::<String>(16);
+        let listen = store.follow_refresh_requests(
+            move |id| {
+                let _ = requests.try_send(id);
+            },
+            self.shutdown.clone(),
+        );
+        let answer = async {
+            loop {
+                let id = tokio::select! {
+                    () = self.shutdown.cancelled() => break,
+                    id = pending.recv() => match id {
+                        Some(id) => id,
+                        None => break,
+                    },
+                };
+                let trigger = self.trigger().await;
+                tracing::info!(
+                    answer = trigger.as_answer(),
+                    "refresh request from a replica"
+                );
+                if let Err(e) = store.answer_refresh(&id, trigger.as_answer()).await {
+                    tracing::warn!("{e:#}");
+                }
+            }
+        };
+        tokio::join!(listen, answer);
     }
 
     /// Tells the observer, if any, how a sync ended.
@@ -618,7 +707,7 @@ impl Syncer {
                     wait = every;
                     continue;
                 }
-                Trigger::NotConfigured => break,
+                Trigger::NotConfigured | Trigger::NoWorker => break,
             }
             let ok = tokio::select! {
                 () = self.shutdown.cancelled() => break,

@@ -283,3 +283,144 @@ async fn a_sync_longer_than_the_lock_expiry_keeps_its_lock() {
     holder.kill().unwrap();
     holder.wait().unwrap();
 }
+
+/// A `pma-cache worker` publishing to `redis` from the test bed's table `table`, its log in
+/// its folder; killed when dropped.
+struct Worker {
+    child: Child,
+    dir: tempfile::TempDir,
+}
+
+impl Worker {
+    fn start(redis: &Redis, table: &str) -> Self {
+        let bed = support::testbed::testbed();
+        let dir = tempfile::tempdir().unwrap();
+        let log = std::fs::File::create(dir.path().join("worker.log")).unwrap();
+        let child = Command::new(binary())
+            .arg("worker")
+            .envs(bed.pma_env())
+            .env("PMA_TABLE", table)
+            .env("CACHE_FILE", dir.path().join("data_cache.json"))
+            .env("REDIS_URL", redis.url())
+            .env("SYNC_INTERVAL", "1h")
+            .env("TMPDIR", dir.path())
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        Self { child, dir }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("worker.log")).unwrap_or_default()
+    }
+
+    /// Stops the worker as an orchestrator does (SIGTERM) and waits for it.
+    fn stop(mut self) -> String {
+        let pid = self.child.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        let status = self.child.wait().unwrap();
+        assert!(status.success(), "worker: {status}\n{}", self.log());
+        self.log()
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replica_without_phpmyadmin_settings_forwards_refreshes_to_the_worker() {
+    let bed = support::testbed::testbed();
+    // A table of its own, so that changing it disturbs no other test.
+    let table = "refresh_forwarded";
+    bed.sql(&format!(
+        "DROP TABLE IF EXISTS shop.{table}; \
+         CREATE TABLE shop.{table} (id INT PRIMARY KEY, status VARCHAR(20)); \
+         INSERT INTO shop.{table} VALUES (1, 'paid'), (2, 'pending');"
+    ));
+    let redis = Redis::start();
+    let a = replica(&redis, vec![]).await;
+    let b = replica(&redis, vec![]).await;
+
+    // No worker yet: the replica says so, and what to check.
+    let r = a.post_refresh().await;
+    assert_eq!(r.status(), 503);
+    let body: Value = r.json().await.unwrap();
+    let message = body["message"].as_str().unwrap();
+    assert!(message.starts_with("No worker answered"), "{message}");
+    assert!(message.contains("REDIS_URL"), "{message}");
+
+    // The worker's first sync reaches both replicas.
+    let worker = Worker::start(&redis, table);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while served_count(&a).await != Some(2) || served_count(&b).await != Some(2) {
+        assert!(
+            Instant::now() < deadline,
+            "the worker's first version never reached the replicas:\n{}",
+            worker.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // A refresh asked of replica b, as an event stream, brings the worker's next version.
+    bed.sql(&format!(
+        "INSERT INTO shop.{table} VALUES (3, 'new'); UPDATE shop.{table} SET status = 'shipped' WHERE id = 1;"
+    ));
+    let stream = b
+        .get_fetch_data("?stream=true&refresh=true&payload=none")
+        .await;
+    let events = read_events(stream, Duration::from_secs(120)).await;
+    let kinds: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert_eq!(
+        kinds,
+        ["cached", "updated", "done"],
+        "{events:?}\n{}",
+        worker.log()
+    );
+    assert_eq!(events[0]["count"], 2);
+    assert_eq!(events[1]["count"], 3);
+    // ... and replica a serves it too, cell for cell.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while served_count(&a).await != Some(3) {
+        assert!(
+            Instant::now() < deadline,
+            "replica a never got the new version"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let body: Value = a.get_fetch_data("").await.json().await.unwrap();
+    assert_eq!(
+        body["data"][0],
+        serde_json::json!({"id": "1", "status": "shipped"})
+    );
+
+    // POST /refresh through replica a: triggered by the worker, then the version lands.
+    bed.sql(&format!("DELETE FROM shop.{table} WHERE id = 2;"));
+    assert_eq!(refresh_answer(&a).await, "triggered");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while served_count(&a).await != Some(2) || served_count(&b).await != Some(2) {
+        assert!(
+            Instant::now() < deadline,
+            "the refreshed version never reached the replicas:\n{}",
+            worker.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let log = worker.stop();
+    assert_eq!(
+        log.matches("refresh request from a replica").count(),
+        2,
+        "{log}"
+    );
+
+    // The worker gone, the replicas say so again (and keep serving what they hold).
+    let r = b.post_refresh().await;
+    assert_eq!(r.status(), 503);
+    assert_eq!(served_count(&b).await, Some(2));
+    bed.sql(&format!("DROP TABLE shop.{table};"));
+}
