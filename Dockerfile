@@ -66,10 +66,10 @@ VOLUME ["/app/cache"]
 USER 10001:10001
 EXPOSE 8080
 
-# GET /health with bash's /dev/tcp: no curl or wget in the image. Only `serve` answers it; the
-# worker's container disables this check (see examples/docker-compose.yml).
+# GET /health with bash's /dev/tcp: no curl or wget in the image. `serve` answers it on PORT,
+# `worker` on WORKER_PORT; the check takes whichever answers.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=15s --retries=3 \
-    CMD ["bash", "-c", "exec 3<>/dev/tcp/127.0.0.1/${PORT:-8080} && printf 'GET /health HTTP/1.0\\r\\nHost: localhost\\r\\n\\r\\n' >&3 && grep -q '\"ok\"' <&3"]
+    CMD ["bash", "-c", "for port in ${PORT:-8080} ${WORKER_PORT:-9090}; do (exec 3<>/dev/tcp/127.0.0.1/$port && printf 'GET /health HTTP/1.0\\r\\nHost: localhost\\r\\n\\r\\n' >&3 && grep -q '\"ok\"' <&3) 2>/dev/null && exit 0; done; exit 1"]
 
 ENTRYPOINT ["/usr/bin/tini", "--", "pma-cache"]
 CMD ["serve"]

@@ -128,7 +128,8 @@ def ready_lines(path):
                 continue
             fields = event.get("fields", event)
             if fields.get("message") == "compressed variant ready":
-                found.append({k: fields.get(k) for k in ("encoding", "level", "seconds", "bytes")})
+                found.append({"encoding": fields.get("encoding"), "level": fields.get("compression_level"),
+                              "seconds": fields.get("seconds"), "bytes": fields.get("bytes")})
     return found
 
 

@@ -5,7 +5,7 @@
 
 use std::time::Instant;
 
-use pma_cache::cache::snapshot::compress_body;
+use pma_cache::cache::framing::compress_body;
 use pma_cache::cache::{Encoding, Snapshot};
 
 fn main() -> anyhow::Result<()> {

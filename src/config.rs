@@ -216,6 +216,17 @@ pub struct WorkerArgs {
     /// Time between syncs.
     #[arg(long, env = "SYNC_INTERVAL", value_parser = parse_duration, default_value = "1h")]
     pub sync_interval: Duration,
+    /// Port of the worker's own `/health` and `/metrics` (for orchestrators' probes and
+    /// Prometheus); not PORT's default, so a worker beside a `serve` does not collide with it.
+    #[arg(long, env = "WORKER_PORT", default_value_t = 9090)]
+    pub worker_port: u16,
+    /// Address or host name the worker's `/health` and `/metrics` listen on.
+    #[arg(long, env = "WORKER_HOST", default_value = "0.0.0.0")]
+    pub worker_host: String,
+    /// Key(s) the worker's `/metrics` asks for (comma-separated); unset leaves `/metrics` open
+    /// to whoever reaches WORKER_PORT.
+    #[arg(long, env = "API_KEY", hide_env_values = true)]
+    pub api_key: Option<Secret>,
     #[command(flatten)]
     pub cache: CacheArgs,
     #[command(flatten)]
@@ -453,6 +464,72 @@ pub struct ServeConfig {
     pub sse_write_timeout: Duration,
 }
 
+/// The keys of a comma-separated API_KEY.
+fn parse_api_keys(keys: &Secret) -> Result<Vec<Secret>, ConfigError> {
+    let api_keys: Vec<Secret> = keys
+        .expose()
+        .split(',')
+        .map(str::trim)
+        .filter(|k| !k.is_empty())
+        .map(Secret::new)
+        .collect();
+    if api_keys.is_empty() {
+        return Err(ConfigError::new("API_KEY is empty: give at least one key"));
+    }
+    Ok(api_keys)
+}
+
+/// An address or host name to listen on, from the setting `name`.
+fn validate_host(name: &str, raw: &str) -> Result<String, ConfigError> {
+    let host = raw.trim().trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() || host.contains(['/', ' ']) {
+        return Err(ConfigError::new(format!(
+            "{name}: {raw:?} is not an address or host name (e.g. 0.0.0.0, 127.0.0.1, ::, localhost)"
+        )));
+    }
+    Ok(host.to_owned())
+}
+
+/// Validated settings for `worker`.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    /// Where the worker's `/health` and `/metrics` listen.
+    pub host: String,
+    pub port: u16,
+    /// Keys `/metrics` asks for; empty: none.
+    pub api_keys: Vec<Secret>,
+    pub cache_file: PathBuf,
+    pub shared: Option<SharedSettings>,
+    pub sync: SyncSettings,
+    pub sync_interval: Duration,
+    pub alerts: AlertSettings,
+}
+
+impl WorkerArgs {
+    /// Checks the settings and builds the worker's configuration.
+    pub fn validate(self) -> Result<WorkerConfig, ConfigError> {
+        let (cache_file, shared) = self.cache.validate()?;
+        let sync = self
+            .pma
+            .validate(&cache_file, true)?
+            .ok_or_else(|| ConfigError::new("PMA_URL is not set"))?;
+        let api_keys = match self.api_key {
+            Some(keys) => parse_api_keys(&keys)?,
+            None => Vec::new(),
+        };
+        Ok(WorkerConfig {
+            host: validate_host("WORKER_HOST", &self.worker_host)?,
+            port: self.worker_port,
+            api_keys,
+            cache_file,
+            shared,
+            sync,
+            sync_interval: self.sync_interval,
+            alerts: self.alerts.validate(Some(self.sync_interval))?,
+        })
+    }
+}
+
 impl ServeArgs {
     /// Checks the settings and builds the server's configuration.
     pub fn validate(self) -> Result<ServeConfig, ConfigError> {
@@ -461,16 +538,7 @@ impl ServeArgs {
                 "API_KEY is not set: pass --api-key or set the API_KEY environment variable",
             )
         })?;
-        let api_keys: Vec<Secret> = keys
-            .expose()
-            .split(',')
-            .map(str::trim)
-            .filter(|k| !k.is_empty())
-            .map(Secret::new)
-            .collect();
-        if api_keys.is_empty() {
-            return Err(ConfigError::new("API_KEY is empty: give at least one key"));
-        }
+        let api_keys = parse_api_keys(&keys)?;
         let cors_allow_origins = match self.cors_allow_origins {
             None => Vec::new(),
             Some(list) => parse_origins(&list)?,
@@ -482,19 +550,8 @@ impl ServeArgs {
                 "SYNC_INTERVAL is set but PMA_URL is not: the schedule needs the phpMyAdmin settings",
             ));
         }
-        let host = self
-            .host
-            .trim()
-            .trim_start_matches('[')
-            .trim_end_matches(']');
-        if host.is_empty() || host.contains(['/', ' ']) {
-            return Err(ConfigError::new(format!(
-                "HOST: {:?} is not an address or host name (e.g. 0.0.0.0, 127.0.0.1, ::, localhost)",
-                self.host
-            )));
-        }
         Ok(ServeConfig {
-            host: host.to_owned(),
+            host: validate_host("HOST", &self.host)?,
             port: self.port,
             api_keys,
             cache_file,

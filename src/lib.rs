@@ -7,14 +7,22 @@
 //!   and replaces the cache.
 //! - [`api`] — the HTTP API: auth, `/fetch-data`, SSE, `/refresh`, `/status`.
 //! - [`ops`] — watching it run: recent syncs, Prometheus metrics, webhook alerts.
-//! - [`app`] — the `serve` application that ties them together; [`commands`]: every subcommand.
+//! - [`startup`] — the composition root: what `serve` and `worker` share, built once, with the
+//!   task tracker and cancellation token that own every background task.
+//! - [`app`] — `serve`: the API and the shared services; [`worker`]: the standalone sync
+//!   worker, with its own `/health` and `/metrics`; [`oneshot`]: `import` and `sync`.
+//! - [`commands`] — dispatches each subcommand; [`shutdown`]: the stop signal;
+//!   [`telemetry`]: logging.
 
 pub mod api;
 pub mod app;
 pub mod cache;
 pub mod commands;
 pub mod config;
+pub mod oneshot;
 pub mod ops;
 pub mod shutdown;
+pub mod startup;
 pub mod sync;
 pub mod telemetry;
+pub mod worker;

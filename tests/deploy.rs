@@ -417,3 +417,48 @@ fn every_package_the_image_installs_is_installed_by_bin_setup() {
         );
     }
 }
+
+#[test]
+fn the_readmes_module_map_names_every_source_file() {
+    let readme = read("README.md");
+    let start = readme
+        .find("Every module under `src/`")
+        .expect("README has a module map");
+    let end = readme[start..]
+        .find("\n### ")
+        .map_or(readme.len(), |i| start + i);
+    let map = &readme[start..end];
+    let mut files = Vec::new();
+    let mut folders = vec![repo_file("src")];
+    while let Some(folder) = folders.pop() {
+        for entry in fs::read_dir(&folder).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                folders.push(path);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                files.push(path);
+            }
+        }
+    }
+    assert!(files.len() > 40, "{files:?}");
+    let src = repo_file("src");
+    for file in files {
+        let relative = file
+            .strip_prefix(&src)
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
+        let name = file.file_name().unwrap().to_string_lossy().into_owned();
+        if matches!(relative.as_str(), "lib.rs") {
+            continue;
+        }
+        let named = match relative.split_once('/') {
+            // A file in a folder: the folder's line names it by its own name.
+            Some((folder, _)) => {
+                map.contains(&format!("`src/{folder}/`")) && map.contains(&format!("`{name}`"))
+            }
+            None => map.contains(&format!("`src/{relative}`")),
+        };
+        assert!(named, "README's module map does not name src/{relative}");
+    }
+}

@@ -47,6 +47,9 @@ pub enum ApiError {
     /// worker through.
     #[error("No sync source configured: set PMA_URL, PMA_USERNAME, PMA_PASSWORD and PMA_DATABASE, or REDIS_URL to forward refreshes to a `pma-cache worker`")]
     SyncNotConfigured,
+    /// 503: a refresh asked for while the service is stopping.
+    #[error("The service is shutting down: no new sync starts; ask again once it is back")]
+    ShuttingDown,
     /// 503: the refresh was forwarded through Redis but no worker answered.
     #[error("No worker answered: this server has no phpMyAdmin settings and forwards refreshes through Redis to `pma-cache worker`, and none answered within 3 s; check that the worker runs with the same REDIS_URL")]
     NoWorker,
@@ -61,9 +64,10 @@ impl ApiError {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::NotFound | ApiError::NoFailureScreenshot => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
-            ApiError::NoCache | ApiError::SyncNotConfigured | ApiError::NoWorker => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            ApiError::NoCache
+            | ApiError::SyncNotConfigured
+            | ApiError::NoWorker
+            | ApiError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::CacheUnreadable => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

@@ -12,67 +12,13 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 
-use super::encoder::StreamEncoder;
 use super::error::ApiError;
-use super::params::parse_bool;
+use super::negotiate::{accepted_encoding, quality};
+use super::params::FetchParams;
 use super::{sse, AppState};
+use crate::cache::framing::StreamEncoder;
 use crate::cache::{Encoding, Snapshot};
 use crate::sync::Trigger;
-
-/// What each event of a stream carries.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub enum Payload {
-    /// The whole `/fetch-data` body (`payload=full`, the default).
-    #[default]
-    Full,
-    /// Only `last_updated`, `count` and `etag` (`payload=none`), for clients that fetch with
-    /// their ETag when told something changed.
-    None,
-}
-
-/// The query parameters of `/fetch-data`.
-#[derive(Debug, Default, PartialEq, Eq)]
-pub struct FetchParams {
-    pub refresh: bool,
-    pub stream: bool,
-    pub payload: Payload,
-}
-
-impl FetchParams {
-    /// Parses the query; malformed values are refused (unknown parameters were refused before,
-    /// by [`super::params`]).
-    pub fn parse(query: Option<&str>) -> Result<Self, ApiError> {
-        let mut params = Self::default();
-        let mut payload_given = false;
-        for (key, value) in url::form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
-            let slot = match key.as_ref() {
-                "refresh" => &mut params.refresh,
-                "stream" => &mut params.stream,
-                "payload" => {
-                    payload_given = true;
-                    params.payload = match value.to_ascii_lowercase().as_str() {
-                        "full" => Payload::Full,
-                        "none" => Payload::None,
-                        _ => {
-                            return Err(ApiError::BadRequest(
-                                "Invalid value for 'payload': expected full or none".into(),
-                            ))
-                        }
-                    };
-                    continue;
-                }
-                _ => continue,
-            };
-            *slot = parse_bool(&key, &value)?;
-        }
-        if payload_given && !params.stream {
-            return Err(ApiError::BadRequest(
-                "'payload' applies only to event streams (stream=true)".into(),
-            ));
-        }
-        Ok(params)
-    }
-}
 
 /// `GET /fetch-data[?refresh=true][&stream=true]`.
 pub async fn fetch_data(
@@ -94,6 +40,7 @@ pub async fn fetch_data(
                 "Refresh not available: this server has no sync source configured"
             }
             Trigger::NoWorker => "Refresh not started: no worker answered through Redis within 3 s",
+            Trigger::ShuttingDown => "Refresh not started: the service is shutting down",
         }),
     };
     let snapshot = current_snapshot(&state)?;
@@ -162,7 +109,11 @@ async fn response_with_info(snapshot: &Snapshot, request: &HeaderMap, info: &str
     let mut gzip = StreamEncoder::new(Encoding::Gzip);
     let gzipped = quality(accept, Encoding::Gzip) > 0.0 && {
         gzip.text(prefix.as_bytes(), &mut chunks);
-        gzip.body_after_brace(snapshot, &mut chunks)
+        gzip.body_after_brace(
+            snapshot.deflate_after_brace(),
+            snapshot.body.len(),
+            &mut chunks,
+        )
     };
     let mut headers = HeaderMap::new();
     headers.insert(
@@ -183,50 +134,6 @@ async fn response_with_info(snapshot: &Snapshot, request: &HeaderMap, info: &str
         Body::from_stream(futures_util::stream::iter(chunks)),
     )
         .into_response()
-}
-
-/// The q-value `accept` gives `encoding` (0 when not accepted).
-fn quality(accept: Option<&HeaderValue>, encoding: Encoding) -> f32 {
-    let Some(accept) = accept.and_then(|v| v.to_str().ok()) else {
-        return 0.0;
-    };
-    let mut wildcard = None;
-    for item in accept.split(',') {
-        let mut parts = item.split(';').map(str::trim);
-        let name = parts.next().unwrap_or("");
-        let q = parts
-            .find_map(|p| p.strip_prefix("q="))
-            .and_then(|q| q.parse::<f32>().ok())
-            .unwrap_or(1.0);
-        if name.eq_ignore_ascii_case(encoding.token()) {
-            return q;
-        }
-        if name == "*" {
-            wildcard = Some(q);
-        }
-    }
-    wildcard.unwrap_or(0.0)
-}
-
-/// The encoding to answer in: the highest q-value among zstd and gzip; on a tie, the smaller
-/// of the two built variants (zstd when not both are built yet).
-pub fn accepted_encoding(accept: Option<&HeaderValue>, snapshot: Option<&Snapshot>) -> Encoding {
-    let size = |e: Encoding| snapshot.and_then(|s| s.encoded(e)).map(|b| b.len());
-    let mut best = (Encoding::Identity, 0.0f32);
-    for encoding in [Encoding::Zstd, Encoding::Gzip] {
-        let q = quality(accept, encoding);
-        if q <= 0.0 {
-            continue;
-        }
-        let smaller = match (size(encoding), size(best.0)) {
-            (Some(mine), Some(theirs)) => mine < theirs,
-            _ => false,
-        };
-        if q > best.1 || (q == best.1 && smaller) {
-            best = (encoding, q);
-        }
-    }
-    best.0
 }
 
 /// Whether the client's validators match this version of the data: `If-None-Match` names its
@@ -268,29 +175,6 @@ fn etag_matches(request: &HeaderMap, base: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn booleans_parse_and_garbage_is_refused() {
-        let p = FetchParams::parse(Some("refresh=true&stream=1&api_key=x")).unwrap();
-        assert_eq!(
-            p,
-            FetchParams {
-                refresh: true,
-                stream: true,
-                payload: Payload::Full,
-            }
-        );
-        let p = FetchParams::parse(Some("stream=true&payload=none")).unwrap();
-        assert_eq!(p.payload, Payload::None);
-        assert!(FetchParams::parse(Some("stream=true&payload=some")).is_err());
-        assert!(FetchParams::parse(Some("payload=none")).is_err());
-        assert_eq!(FetchParams::parse(None).unwrap(), FetchParams::default());
-        let err = FetchParams::parse(Some("refresh=maybe")).unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "Invalid value for 'refresh': expected true or false"
-        );
-    }
 
     #[test]
     fn if_none_match_accepts_every_encoding_of_the_same_version() {

@@ -1,8 +1,8 @@
 //! The HTTP API.
 //!
 //! - [`auth`] — API keys.
-//! - [`params`] — what each route takes: methods and query parameters.
-//! - [`encoder`] — gzip and zstd answers spliced from precompressed bytes.
+//! - [`params`] — what each route takes: methods and query parameters, parsed.
+//! - [`negotiate`] — which encoding an answer goes in.
 //! - [`fetch`] — `/fetch-data` from ready-made bytes.
 //! - [`sse`] — `/fetch-data?stream=true`.
 //! - [`status`] — `/health`, `/status`, `/refresh`.
@@ -10,10 +10,10 @@
 
 pub mod auth;
 pub mod dashboard;
-pub mod encoder;
 pub mod error;
 pub mod fetch;
 pub mod metrics;
+pub mod negotiate;
 pub mod params;
 pub mod sse;
 pub mod status;
@@ -49,8 +49,6 @@ pub struct AppState {
     pub api_keys: Arc<[Secret]>,
     /// Ends open event streams when the server stops.
     pub shutdown: CancellationToken,
-    /// Time between SSE keep-alive comments.
-    pub sse_keepalive: Duration,
     pub sync_interval: Option<Duration>,
     /// Recent syncs, metrics, staleness threshold.
     pub monitor: Arc<Monitor>,
@@ -91,6 +89,30 @@ pub fn router(state: AppState, cors_origins: &[String]) -> Router {
         app = app.layer(cors_layer(cors_origins));
     }
     app
+}
+
+/// The worker's routes: `/health`, and `/metrics` behind the worker's keys when it has any.
+pub fn worker_router(state: AppState) -> Router {
+    let metrics = Router::new().route("/metrics", get(metrics::metrics));
+    let metrics = match state.api_keys.is_empty() {
+        true => metrics,
+        false => metrics.route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_api_key,
+        )),
+    };
+    Router::new()
+        .route("/health", get(status::health))
+        .merge(metrics)
+        .fallback(|| async { error::ApiError::NotFound })
+        .method_not_allowed_fallback(params::method_not_allowed)
+        .layer(middleware::from_fn(params::reject_unknown_params))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            metrics::count_requests,
+        ))
+        .layer(middleware::from_fn(log_request))
+        .with_state(state)
 }
 
 fn cors_layer(origins: &[String]) -> CorsLayer {

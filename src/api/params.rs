@@ -91,6 +91,61 @@ pub async fn method_not_allowed(method: Method, request: Request) -> ApiError {
     }
 }
 
+/// What each event of a stream carries.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub enum Payload {
+    /// The whole `/fetch-data` body (`payload=full`, the default).
+    #[default]
+    Full,
+    /// Only `last_updated`, `count` and `etag` (`payload=none`), for clients that fetch with
+    /// their ETag when told something changed.
+    None,
+}
+
+/// The query parameters of `/fetch-data`.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct FetchParams {
+    pub refresh: bool,
+    pub stream: bool,
+    pub payload: Payload,
+}
+
+impl FetchParams {
+    /// Parses the query; malformed values are refused (unknown parameters were refused before,
+    /// by [`reject_unknown_params`]).
+    pub fn parse(query: Option<&str>) -> Result<Self, ApiError> {
+        let mut params = Self::default();
+        let mut payload_given = false;
+        for (key, value) in url::form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+            let slot = match key.as_ref() {
+                "refresh" => &mut params.refresh,
+                "stream" => &mut params.stream,
+                "payload" => {
+                    payload_given = true;
+                    params.payload = match value.to_ascii_lowercase().as_str() {
+                        "full" => Payload::Full,
+                        "none" => Payload::None,
+                        _ => {
+                            return Err(ApiError::BadRequest(
+                                "Invalid value for 'payload': expected full or none".into(),
+                            ))
+                        }
+                    };
+                    continue;
+                }
+                _ => continue,
+            };
+            *slot = parse_bool(&key, &value)?;
+        }
+        if payload_given && !params.stream {
+            return Err(ApiError::BadRequest(
+                "'payload' applies only to event streams (stream=true)".into(),
+            ));
+        }
+        Ok(params)
+    }
+}
+
 /// A query boolean: `true/false`, `1/0`, `yes/no`, any case.
 pub fn parse_bool(key: &str, value: &str) -> Result<bool, ApiError> {
     match value.to_ascii_lowercase().as_str() {
@@ -105,6 +160,29 @@ pub fn parse_bool(key: &str, value: &str) -> Result<bool, ApiError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn booleans_parse_and_garbage_is_refused() {
+        let p = FetchParams::parse(Some("refresh=true&stream=1&api_key=x")).unwrap();
+        assert_eq!(
+            p,
+            FetchParams {
+                refresh: true,
+                stream: true,
+                payload: Payload::Full,
+            }
+        );
+        let p = FetchParams::parse(Some("stream=true&payload=none")).unwrap();
+        assert_eq!(p.payload, Payload::None);
+        assert!(FetchParams::parse(Some("stream=true&payload=some")).is_err());
+        assert!(FetchParams::parse(Some("payload=none")).is_err());
+        assert_eq!(FetchParams::parse(None).unwrap(), FetchParams::default());
+        let err = FetchParams::parse(Some("refresh=maybe")).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "Invalid value for 'refresh': expected true or false"
+        );
+    }
 
     #[test]
     fn unknown_parameters_are_named_with_what_the_route_takes() {

@@ -4,7 +4,7 @@
 //! `error`, then `done`). With `payload=none` the snapshot events carry only `last_updated`,
 //! `count` and `etag`. The 90 MB payload is sent from the snapshot's shared bytes, not copied
 //! into an event string, and in the encoding the client accepts from the snapshot's
-//! precompressed bytes (see [`super::encoder`]), never compressed again per subscriber.
+//! precompressed bytes (see [`crate::cache::framing`]), never compressed again per subscriber.
 //!
 //! A subscriber follows versions through a `watch` channel: however slowly it reads, it holds
 //! the version it is sending and nothing older is queued for it. A subscriber that takes no data
@@ -14,6 +14,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{header, HeaderMap, HeaderValue};
@@ -21,14 +22,17 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use tokio::sync::broadcast::{self, error::RecvError};
 
-use super::encoder::StreamEncoder;
 use super::error::ApiError;
-use super::fetch::{self, Payload};
+use super::negotiate::accepted_encoding;
+use super::params::Payload;
 use super::AppState;
+use crate::cache::framing::StreamEncoder;
 use crate::cache::{Encoding, Snapshot, Versions};
-use crate::sync::Trigger;
+use crate::sync::{SyncOutcome, Trigger};
 
 const NO_CACHE: &str = "No cached data";
+/// Time between keep-alive comments on an idle stream.
+pub const KEEPALIVE: Duration = Duration::from_secs(15);
 const KEEP_ALIVE: &str = ": keep-alive\n\n";
 
 /// Which snapshot event is being prepared.
@@ -49,7 +53,7 @@ impl Kind {
 
 struct EventStream {
     versions: Versions,
-    failures: broadcast::Receiver<Arc<str>>,
+    outcomes: broadcast::Receiver<SyncOutcome>,
     /// Encoded chunks ready to send.
     queue: VecDeque<Bytes>,
     encoder: StreamEncoder,
@@ -155,7 +159,7 @@ impl EventStream {
             if self.finished {
                 return None;
             }
-            let keepalive = tokio::time::sleep(self.state.sse_keepalive);
+            let keepalive = tokio::time::sleep(KEEPALIVE);
             if let Some((kind, snapshot)) = self.waiting.take() {
                 let encoding = self.encoder.encoding();
                 tokio::select! {
@@ -184,12 +188,14 @@ impl EventStream {
                         self.push_snapshot(Kind::Updated, snapshot);
                     }
                 }
-                failure = self.failures.recv() => match failure {
-                    Ok(message) => {
+                outcome = self.outcomes.recv() => match outcome {
+                    Ok(SyncOutcome { result: Err(message), .. }) => {
                         self.push_error(&message);
                         self.finish();
                     }
-                    // Only reasons were missed; the next one will do.
+                    // A success is told by its version, on `versions`.
+                    Ok(_) => {}
+                    // Only outcomes were missed; the next one will do.
                     Err(RecvError::Lagged(_)) => {}
                     Err(RecvError::Closed) => return None,
                 },
@@ -207,22 +213,22 @@ pub async fn stream(
     payload: Payload,
 ) -> Response {
     // Subscribe before looking at the current version, so an update between the two is seen.
-    let failures = state.syncer.subscribe_failures();
+    let outcomes = state.syncer.subscribe_outcomes();
     let mut versions = state.cache.subscribe();
     let cached = versions.borrow_and_update().clone();
-    let encoding =
-        fetch::accepted_encoding(request.get(header::ACCEPT_ENCODING), cached.as_deref());
+    let encoding = accepted_encoding(request.get(header::ACCEPT_ENCODING), cached.as_deref());
     let refusal = match refresh {
         false => None,
         true => match state.syncer.trigger().await {
             Trigger::NotConfigured => Some(ApiError::SyncNotConfigured.to_string()),
             Trigger::NoWorker => Some(ApiError::NoWorker.to_string()),
+            Trigger::ShuttingDown => Some(ApiError::ShuttingDown.to_string()),
             Trigger::Started | Trigger::AlreadyRunning => None,
         },
     };
     let mut stream = EventStream {
         versions,
-        failures,
+        outcomes,
         queue: VecDeque::new(),
         encoder: StreamEncoder::new(encoding),
         waiting: None,

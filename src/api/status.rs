@@ -68,6 +68,7 @@ pub async fn refresh(State(state): State<AppState>) -> Result<impl IntoResponse,
         Trigger::AlreadyRunning => "already in progress",
         Trigger::NotConfigured => return Err(ApiError::SyncNotConfigured),
         Trigger::NoWorker => return Err(ApiError::NoWorker),
+        Trigger::ShuttingDown => return Err(ApiError::ShuttingDown),
     };
     Ok((StatusCode::ACCEPTED, Json(json!({"status": status}))))
 }

@@ -97,6 +97,12 @@ impl DataHasher {
     }
 }
 
+/// Formats a time as RFC 3339, as the cache's `last_updated` and each version's record hold it.
+pub fn rfc3339(t: time::OffsetDateTime) -> String {
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|_| t.unix_timestamp().to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -8,7 +8,6 @@
 //! the ETag is a weak tag over columns and rows, and `Last-Modified` stays put while a sync finds
 //! the same rows.
 
-use std::io::Write;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -19,45 +18,11 @@ use tokio::sync::Notify;
 
 use super::convert::Converted;
 use super::format::{check_document, DocumentFacts, BODY_PREFIX, BODY_ROOM};
+use super::framing::{self, compress_body_until, Encoding, GZIP_LEVEL, ZSTD_LEVEL};
+#[cfg(test)]
+use super::framing::{zstd_body_of, QUICK_LEVEL};
 
-/// gzip level of the precompressed body: 7% smaller than level 6 for 2.7x the time, off the
-/// request path (measurements in README, "Compression levels").
-pub const GZIP_LEVEL: u32 = 9;
-/// zstd level of the precompressed body: 21% smaller than level 3 and 16% smaller than gzip 9;
-/// level 12 saves 5% more for 2.4x the time, level 19 20% more for 30x (README).
-pub const ZSTD_LEVEL: i32 = 9;
-/// The level of the quick variants built first, both at once, so that a compressed client of a
-/// new version waits a moment for them instead of being sent the identity body while the
-/// variants at [`GZIP_LEVEL`] and [`ZSTD_LEVEL`] are built (README, "Compression levels").
-pub const QUICK_LEVEL: i32 = 1;
-
-/// The fixed gzip header the gzip variant starts with (no name, no time, unknown OS).
-pub const GZIP_HEADER: [u8; 10] = [0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 255];
-/// A non-final stored deflate block holding `{`.
-const BRACE_BLOCK: [u8; 6] = [0x00, 0x01, 0x00, 0xFE, 0xFF, b'{'];
-/// The gzip variant's end: an empty final fixed-Huffman block, then CRC-32 and length (8 bytes).
-const GZIP_TAIL_LEN: usize = 2 + 8;
-
-/// A content encoding the API can send.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Encoding {
-    Identity,
-    Gzip,
-    Zstd,
-}
-
-impl Encoding {
-    /// The `Content-Encoding` token.
-    pub fn token(self) -> &'static str {
-        match self {
-            Encoding::Identity => "identity",
-            Encoding::Gzip => "gzip",
-            Encoding::Zstd => "zstd",
-        }
-    }
-}
-
-/// A compressed variant of the body: first a quick one ([`QUICK_LEVEL`]), then the one at the
+/// A compressed variant of the body: first a quick one ([`framing::QUICK_LEVEL`]), then the one at the
 /// level chosen for its encoding, which takes its place.
 #[derive(Debug, Default)]
 struct Variant {
@@ -268,22 +233,7 @@ impl Snapshot {
     /// variant is built, for answers that put their own fields first.
     pub fn deflate_after_brace(&self) -> Option<(Bytes, u32)> {
         let gzip = self.encoded(Encoding::Gzip)?;
-        let rest = GZIP_HEADER.len() + BRACE_BLOCK.len();
-        Some((
-            gzip.slice(rest..gzip.len() - GZIP_TAIL_LEN),
-            *self.rest_crc.get()?,
-        ))
-    }
-
-    /// The gzip variant's deflate data (ending on a byte boundary, no final block) with the
-    /// CRC-32 of the body, for splicing into another gzip stream.
-    pub fn deflate_part(gzip: &Bytes) -> (Bytes, u32) {
-        let tail = &gzip[gzip.len() - 8..];
-        let crc = u32::from_le_bytes([tail[0], tail[1], tail[2], tail[3]]);
-        (
-            gzip.slice(GZIP_HEADER.len()..gzip.len() - GZIP_TAIL_LEN),
-            crc,
-        )
+        Some((framing::deflate_after_brace(&gzip), *self.rest_crc.get()?))
     }
 
     /// The ETag of the body in `encoding`.
@@ -331,6 +281,17 @@ impl Snapshot {
     /// thread. A failed first build marks the variant unavailable; a failed later one keeps the
     /// variant built before.
     pub fn compress(&self, encoding: Encoding, level: i32) -> anyhow::Result<Duration> {
+        self.compress_until(encoding, level, &|| true)
+    }
+
+    /// [`Snapshot::compress`], stopped (with an error, the variant left as it was) when
+    /// `keep_going` says no.
+    pub fn compress_until(
+        &self,
+        encoding: Encoding,
+        level: i32,
+        keep_going: &dyn Fn() -> bool,
+    ) -> anyhow::Result<Duration> {
         let started = Instant::now();
         let Some(variant) = self.cell(encoding) else {
             return Ok(Duration::ZERO);
@@ -340,7 +301,7 @@ impl Snapshot {
                 .rest_crc
                 .get_or_init(|| crc32fast::hash(&self.body[1..]));
         }
-        let result = compress_body(&self.body, encoding, level);
+        let result = compress_body_until(&self.body, encoding, level, keep_going);
         let (bytes, result) = match result {
             Ok(mut bytes) => {
                 bytes.shrink_to_fit();
@@ -374,61 +335,6 @@ impl Snapshot {
             .duration_since(self.last_modified)
             .unwrap_or_default()
     }
-}
-
-/// `body` compressed as `encoding` at `level`; gzip in the spliceable form the snapshot keeps.
-/// The result holds no spare capacity: the compressors write into buffers sized for the worst
-/// case (zstd: more than the body), which would otherwise stay allocated beside the snapshot.
-pub fn compress_body(body: &[u8], encoding: Encoding, level: i32) -> anyhow::Result<Vec<u8>> {
-    let mut out = match encoding {
-        Encoding::Identity => body.to_vec(),
-        Encoding::Gzip => gzip_spliceable(body, level.clamp(0, 9) as u32)?,
-        Encoding::Zstd => zstd::bulk::compress(body, level)?,
-    };
-    out.shrink_to_fit();
-    Ok(out)
-}
-
-/// The zstd variant of the body a cache `document` (compact JSON) becomes, made from the
-/// document without building the body: one frame at [`ZSTD_LEVEL`] holding [`BODY_PREFIX`]
-/// and the document after its `{`. A publisher makes it once for every replica
-/// ([`Snapshot::adopt_zstd`]). CPU-heavy.
-pub fn zstd_body_of(document: &[u8]) -> anyhow::Result<Vec<u8>> {
-    anyhow::ensure!(
-        document.first() == Some(&b'{'),
-        "the document is not a JSON object"
-    );
-    let size = BODY_ROOM + document.len();
-    let mut enc = zstd::stream::write::Encoder::new(Vec::with_capacity(size / 8), ZSTD_LEVEL)?;
-    enc.set_pledged_src_size(Some(size as u64))?;
-    enc.include_contentsize(true)?;
-    enc.write_all(BODY_PREFIX)?;
-    enc.write_all(&document[1..])?;
-    let mut out = enc.finish()?;
-    out.shrink_to_fit();
-    Ok(out)
-}
-
-/// gzip made to be cut up: the body's opening `{` in a stored block of its own, then the rest
-/// compressed and ended with a sync flush, then an empty final block. The deflate data between
-/// header and final block, with or without the `{`, can be reused inside another gzip stream,
-/// since it refers back to nothing before it.
-fn gzip_spliceable(body: &[u8], level: u32) -> anyhow::Result<Vec<u8>> {
-    anyhow::ensure!(body.first() == Some(&b'{'), "the body is not a JSON object");
-    let mut out = Vec::with_capacity(body.len() / 8);
-    out.extend_from_slice(&GZIP_HEADER);
-    out.extend_from_slice(&BRACE_BLOCK);
-    let mut enc = flate2::write::DeflateEncoder::new(out, flate2::Compression::new(level));
-    enc.write_all(&body[1..])?;
-    enc.flush()?;
-    let mut out = std::mem::take(enc.get_mut());
-    drop(enc);
-    let mut crc = crc32fast::Hasher::new();
-    crc.update(body);
-    out.extend_from_slice(&[0x03, 0x00]);
-    out.extend_from_slice(&crc.finalize().to_le_bytes());
-    out.extend_from_slice(&(body.len() as u32).to_le_bytes());
-    Ok(out)
 }
 
 /// Removes the white space outside strings from the JSON at `buf[from..]`, in place (a JSON
@@ -617,7 +523,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(out, s.body);
-        let (deflate, crc) = Snapshot::deflate_part(&s.encoded(Encoding::Gzip).unwrap());
+        let (deflate, crc) = framing::deflate_part(&s.encoded(Encoding::Gzip).unwrap());
         assert_eq!(crc, crc32fast::hash(&s.body));
         let closed = [&deflate[..], &[0x03, 0x00]].concat();
         let mut out = Vec::new();

@@ -20,9 +20,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::metrics::AlertLabels;
 use super::CacheFacts;
+use crate::cache::format::rfc3339;
 use crate::cache::Cache;
 use crate::config::{AlertSettings, Secret};
-use crate::sync::status::rfc3339;
 
 /// Attempts to deliver one alert.
 const ATTEMPTS: u32 = 3;

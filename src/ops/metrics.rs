@@ -12,7 +12,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
-use super::SyncOutcome;
+use crate::sync::SyncOutcome;
 
 /// Upper bounds of the sync duration buckets, in seconds: a sync takes seconds to minutes.
 const SYNC_DURATION_BUCKETS: [f64; 11] = [

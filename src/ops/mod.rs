@@ -3,8 +3,9 @@
 //! - [`metrics`] — the registry `/metrics` encodes.
 //! - [`alerts`] — failure, recovery and staleness alerts, delivered by a background task.
 //!
-//! The sync worker reports each finished sync to a [`Monitor`] (through [`SyncObserver`]); the
-//! monitor keeps the history, counts it, and decides what deserves an alert.
+//! The [`Monitor`] follows the outcome of every sync the syncer publishes
+//! ([`crate::sync::SyncOutcome`]): it keeps the history, counts it, and decides what deserves an
+//! alert. `ops` depends on `sync`, never the reverse.
 
 pub mod alerts;
 pub mod metrics;
@@ -15,34 +16,23 @@ use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 use time::OffsetDateTime;
+use tokio::sync::broadcast::{self, error::RecvError};
+use tokio_util::sync::CancellationToken;
 
 use crate::cache::Cache;
 use crate::config::{AlertSettings, Secret, SyncSettings};
-use crate::sync::status::rfc3339;
+use crate::sync::SyncOutcome;
 use alerts::{AlertEvent, AlertTask, Alerts};
 use metrics::Metrics;
 
 /// Syncs kept for `/status` and the dashboard.
 pub const RECENT_SYNCS: usize = 20;
 
-/// How one sync ended, after its retries.
-#[derive(Debug, Clone)]
-pub struct SyncOutcome {
-    pub started_at: OffsetDateTime,
-    pub duration: Duration,
-    /// Rows written, or why the sync failed.
-    pub result: Result<usize, String>,
-}
-
-/// Told of every finished sync.
-pub trait SyncObserver: Send + Sync + std::fmt::Debug {
-    fn sync_finished(&self, outcome: &SyncOutcome);
-}
-
 /// One line of the recent syncs, as `/status` shows it.
 #[derive(Debug, Clone, Serialize)]
 pub struct SyncRecord {
-    pub started_at: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub started_at: OffsetDateTime,
     pub duration_seconds: f64,
     /// `success` or `failure`.
     pub result: &'static str,
@@ -95,11 +85,33 @@ impl Monitor {
     }
 }
 
-impl SyncObserver for Monitor {
-    fn sync_finished(&self, outcome: &SyncOutcome) {
+impl Monitor {
+    /// Records every outcome `outcomes` brings until `stop`.
+    pub async fn follow(
+        self: Arc<Self>,
+        mut outcomes: broadcast::Receiver<SyncOutcome>,
+        stop: CancellationToken,
+    ) {
+        loop {
+            let outcome = tokio::select! {
+                () = stop.cancelled() => return,
+                outcome = outcomes.recv() => outcome,
+            };
+            match outcome {
+                Ok(outcome) => self.sync_finished(&outcome),
+                Err(RecvError::Lagged(missed)) => {
+                    tracing::warn!(missed, "the monitor fell behind and missed sync outcomes")
+                }
+                Err(RecvError::Closed) => return,
+            }
+        }
+    }
+
+    /// Records one finished sync: history, metrics, alerts.
+    pub fn sync_finished(&self, outcome: &SyncOutcome) {
         self.metrics.record_sync(outcome);
         let record = SyncRecord {
-            started_at: rfc3339(outcome.started_at),
+            started_at: outcome.started_at,
             duration_seconds: outcome.duration.as_secs_f64(),
             result: if outcome.result.is_ok() {
                 "success"

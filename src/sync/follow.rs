@@ -20,8 +20,8 @@ use time::OffsetDateTime;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::cache::format::rfc3339;
 use crate::cache::{csv_to_cache_json, ConvertError, Converted};
-use crate::sync::status::rfc3339;
 
 /// How long the reader sleeps at the end of the bytes written so far before looking again.
 const WAIT_FOR_BYTES: Duration = Duration::from_millis(5);

@@ -32,33 +32,38 @@ impl Phase {
     }
 }
 
-/// Sync facts shown by `/status`. Times are RFC 3339 strings so the shape is stable.
+/// Sync facts shown by `/status`. Times are sent as RFC 3339.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct SyncStatus {
     /// `idle` or `running`.
     pub state: &'static str,
     pub phase: Option<Phase>,
-    pub started_at: Option<String>,
-    pub last_success: Option<String>,
-    pub last_failure: Option<String>,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub started_at: Option<OffsetDateTime>,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub last_success: Option<OffsetDateTime>,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub last_failure: Option<OffsetDateTime>,
     pub last_error: Option<String>,
     pub last_duration_seconds: Option<f64>,
     pub last_rows: Option<usize>,
     /// Which process wrote the version being served (command, process id, host).
     pub last_written_by: Option<String>,
-    pub next_run: Option<String>,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub next_run: Option<OffsetDateTime>,
 }
 
 impl SyncStatus {
     /// Takes the last success from the record of the version being served when it is newer
     /// than this process's own (another process or replica synced).
     pub fn merge_version_record(&mut self, record: &crate::cache::VersionRecord) {
-        let newer = match &self.last_success {
+        let theirs = parse_rfc3339(&record.finished_at);
+        let newer = match self.last_success {
             None => true,
-            Some(ours) => parse_rfc3339(&record.finished_at) > parse_rfc3339(ours),
+            Some(ours) => theirs > Some(ours),
         };
         if newer {
-            self.last_success = Some(record.finished_at.clone());
+            self.last_success = theirs;
             self.last_duration_seconds = Some(record.duration_seconds);
             self.last_rows = Some(record.rows);
         }
@@ -158,10 +163,4 @@ impl Progress {
             (phase, took)
         })
     }
-}
-
-/// Formats a time as RFC 3339 (UTC).
-pub fn rfc3339(t: OffsetDateTime) -> String {
-    t.format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_else(|_| t.unix_timestamp().to_string())
 }

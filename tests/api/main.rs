@@ -314,14 +314,7 @@ async fn a_compressed_client_never_gets_the_identity_body_of_a_new_version() {
     })
     .await;
     for (round, accept) in ["gzip", "zstd", "gzip"].into_iter().enumerate() {
-        let before = app
-            .raw_client
-            .get(app.url("/fetch-data"))
-            .header("X-API-Key", KEY)
-            .header("Accept-Encoding", accept)
-            .send()
-            .await
-            .unwrap();
+        let before = app.get_fetch_data_encoded(accept).await;
         let old = base_etag(&before);
         drop(before);
         let cache_file = app.cache_file.clone();
@@ -330,14 +323,7 @@ async fn a_compressed_client_never_gets_the_identity_body_of_a_new_version() {
         // Ask again and again: the first answer of the new version is the one to check.
         let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
         loop {
-            let r = app
-                .raw_client
-                .get(app.url("/fetch-data"))
-                .header("X-API-Key", KEY)
-                .header("Accept-Encoding", accept)
-                .send()
-                .await
-                .unwrap();
+            let r = app.get_fetch_data_encoded(accept).await;
             assert_eq!(r.status(), 200);
             if base_etag(&r) != old {
                 assert_eq!(

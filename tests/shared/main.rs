@@ -1,6 +1,6 @@
 //! Replicas sharing versions and the sync lock through a real Redis: real `pma-cache serve`
 //! processes on port 0 and a private `redis-server`. New versions come from `pma-cache import`
-//! (fast); long syncs from the test-only fault hook (`PMA_CACHE_FAULT`, debug builds).
+//! (fast); long syncs from the test-only fault hook (`PMA_CACHE_FAULT`, `test-faults` feature).
 
 #[path = "../support/mod.rs"]
 mod support;
@@ -303,6 +303,7 @@ impl Worker {
             .env("CACHE_FILE", dir.path().join("data_cache.json"))
             .env("REDIS_URL", redis.url())
             .env("SYNC_INTERVAL", "1h")
+            .env("WORKER_PORT", "0")
             .env("TMPDIR", dir.path())
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())

@@ -1,6 +1,6 @@
 //! Shared state between processes: the sync lock, what each version records, and the cache
 //! folder's failure modes (full or read-only disk, leftovers of killed writers). Real
-//! `pma-cache` processes; the test-only fault hook (`PMA_CACHE_FAULT`, debug builds) stands in
+//! `pma-cache` processes; the test-only fault hook (`PMA_CACHE_FAULT`, `test-faults` feature) stands in
 //! for a long or crashing sync, so no phpMyAdmin is needed here.
 
 #[path = "../support/mod.rs"]
@@ -304,6 +304,7 @@ fn worker_log_until(cache_file: &Path, until: &str) -> String {
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env("CACHE_FILE", cache_file)
         .env("SYNC_INTERVAL", "1h")
+        .env("WORKER_PORT", "0")
         .envs(faulty_pma_env("panic"))
         .stderr(Stdio::piped())
         .spawn()

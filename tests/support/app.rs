@@ -190,6 +190,17 @@ impl TestApp {
             .unwrap()
     }
 
+    /// `GET /fetch-data` with `Accept-Encoding: accept`, the body left as sent.
+    pub async fn get_fetch_data_encoded(&self, accept: &str) -> reqwest::Response {
+        self.raw_client
+            .get(self.url("/fetch-data"))
+            .header("X-API-Key", KEY)
+            .header("Accept-Encoding", accept)
+            .send()
+            .await
+            .unwrap()
+    }
+
     pub async fn post_refresh(&self) -> reqwest::Response {
         self.client
             .post(self.url("/refresh"))
@@ -303,7 +314,7 @@ pub fn assert_no_temporaries(dir: &Path) {
 }
 
 /// phpMyAdmin settings that pass validation, with the test-only fault hook (`PMA_CACHE_FAULT`,
-/// honoured by debug builds) set to `fault`: `hang` or `panic` once a sync holds the lock, so the
+/// compiled in by the `test-faults` feature the tests turn on) set to `fault`: `hang` or `panic` once a sync holds the lock, so the
 /// settings are never used.
 pub fn faulty_pma_env(fault: &str) -> Vec<(&'static str, String)> {
     vec![

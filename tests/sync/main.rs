@@ -416,12 +416,22 @@ async fn the_standalone_worker_syncs_at_start_and_a_separate_server_serves_its_f
     // The API, with no phpMyAdmin settings, on an empty cache folder.
     let app = spawn_app_with(Options::default()).await;
     assert_eq!(app.get_fetch_data("").await.status(), 503);
+    // The worker's own /health and /metrics, on an address of its own.
+    let worker_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let worker_url = format!("http://127.0.0.1:{worker_port}");
     let mut worker = Command::new(binary())
         .arg("worker")
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env("CACHE_FILE", &app.cache_file)
         .env("SYNC_INTERVAL", "1h")
+        .env("WORKER_HOST", "127.0.0.1")
+        .env("WORKER_PORT", worker_port.to_string())
+        .env("API_KEY", KEY)
         .envs(pma_env(bed, tmp.path()))
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -442,6 +452,53 @@ async fn the_standalone_worker_syncs_at_start_and_a_separate_server_serves_its_f
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     assert_cache_equals_table(&body, bed);
+    let health: Value = app
+        .client
+        .get(format!("{worker_url}/health"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(health["status"], "ok");
+    let r = app
+        .client
+        .get(format!("{worker_url}/metrics"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        401,
+        "the worker's /metrics asks for its API_KEY"
+    );
+    // The sync's outcome reaches the metrics a moment after the cache file.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let metrics = loop {
+        let text = app
+            .client
+            .get(format!("{worker_url}/metrics"))
+            .header("X-API-Key", KEY)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if text.contains("pma_cache_syncs_total{result=\"success\"} 1") {
+            break text;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the worker's /metrics never counted its sync:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(
+        metrics.contains("pma_cache_sync_duration_seconds"),
+        "{metrics}"
+    );
     Command::new("kill")
         .args(["-TERM", &worker.id().to_string()])
         .status()

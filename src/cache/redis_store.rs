@@ -1,5 +1,6 @@
 //! Versions shared through Redis (`REDIS_URL`): for several `serve` replicas and a worker that
-//! share no disk.
+//! share no disk. The cache file is kept as a local copy, to start from when Redis is
+//! unreachable at boot.
 //!
 //! - `<prefix>:current` — a hash holding the current version: `meta` (JSON [`SharedMeta`]) and
 //!   `body` (the `/fetch-data` body: the document with [`BODY_PREFIX`] in place of its `{`, one
@@ -20,11 +21,14 @@ use anyhow::Context;
 use futures_util::StreamExt;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use serde::{Deserialize, Serialize};
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, DropGuard};
 
-use super::format::{BODY_PREFIX, BODY_ROOM};
-use super::snapshot::zstd_body_of;
-use super::store::VersionRecord;
+use super::convert::Converted;
+use super::file_store::FileStore;
+use super::format::{self, BODY_PREFIX, BODY_ROOM};
+use super::framing::zstd_body_of;
+use super::record::VersionRecord;
+use super::snapshot::Snapshot;
 
 /// A version as Redis holds it, beside its body.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -62,9 +66,13 @@ impl Prepared {
 /// [`BODY_ROOM`] spare bytes in front (as the snapshot wants it), and the zstd frame it came in.
 pub type Loaded = (SharedMeta, Vec<u8>, bytes::Bytes);
 
-/// A Redis server that holds the current version, its news and the sync lock.
+/// A Redis server that holds the current version, its news and the sync lock; and the local
+/// copy of the current version.
 #[derive(Debug)]
-pub struct SharedStore {
+pub struct RedisStore {
+    local: FileStore,
+    /// The id of the version in memory (or being loaded), so each is loaded once.
+    known_version: Mutex<Option<String>>,
     client: redis::Client,
     conn: ConnectionManager,
     current: String,
@@ -80,10 +88,16 @@ pub struct SharedStore {
 const RENEW: &str = r#"if redis.call("GET", KEYS[1]) == ARGV[1] then return redis.call("PEXPIRE", KEYS[1], ARGV[2]) else return 0 end"#;
 const RELEASE: &str = r#"if redis.call("GET", KEYS[1]) == ARGV[1] then return redis.call("DEL", KEYS[1]) else return 0 end"#;
 
-impl SharedStore {
+impl RedisStore {
     /// Connects lazily to `url` (`redis://` or `rediss://`, user and password in the URL): a
-    /// replica starts even while Redis is down, and the connection comes back by itself.
-    pub fn open(url: &str, prefix: &str, lock_ttl: Duration) -> anyhow::Result<Arc<Self>> {
+    /// replica starts even while Redis is down, and the connection comes back by itself. `local`
+    /// is the local copy.
+    pub fn open(
+        url: &str,
+        prefix: &str,
+        lock_ttl: Duration,
+        local: FileStore,
+    ) -> anyhow::Result<Self> {
         let client = redis::Client::open(url).context("REDIS_URL is not a valid Redis URL")?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(2)))
@@ -92,7 +106,9 @@ impl SharedStore {
             .set_max_delay(Duration::from_secs(1));
         let conn = ConnectionManager::new_lazy_with_config(client.clone(), config)
             .context("cannot set up the Redis connection")?;
-        Ok(Arc::new(Self {
+        Ok(Self {
+            local,
+            known_version: Mutex::new(None),
             client,
             conn,
             current: format!("{prefix}:current"),
@@ -101,7 +117,12 @@ impl SharedStore {
             lock_key: format!("{prefix}:lock"),
             lock_ttl,
             last_error: Mutex::new(None),
-        }))
+        })
+    }
+
+    /// The local copy of the current version.
+    pub fn local(&self) -> &FileStore {
+        &self.local
     }
 
     /// The last error talking to Redis, if the last exchange failed.
@@ -378,4 +399,128 @@ impl SharedStore {
     pub fn lock_ttl(&self) -> Duration {
         self.lock_ttl
     }
+}
+
+/// The Redis lock, held while syncing: renewed until [`RedisLockGuard::release`]; dropped, it
+/// stops being renewed and expires after `REDIS_LOCK_TTL`.
+#[derive(Debug)]
+pub struct RedisLockGuard {
+    store: Arc<RedisStore>,
+    token: String,
+    renewal: Option<(DropGuard, tokio::task::JoinHandle<()>)>,
+}
+
+impl RedisLockGuard {
+    /// Gives the lock back: stops the renewal and deletes the key if it is still ours.
+    pub async fn release(mut self) {
+        if let Some((stop, task)) = self.renewal.take() {
+            drop(stop);
+            let _ = task.await;
+        }
+        if let Err(e) = self.store.unlock(&self.token).await {
+            tracing::warn!("{e:#}; it expires by itself");
+        }
+    }
+}
+
+/// Keeps a Redis lock alive: renews it at a third of its lifetime until `stop`.
+async fn renew(store: Arc<RedisStore>, token: String, stop: CancellationToken) {
+    let every = store.lock_ttl() / 3;
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(every) => {}
+        }
+        match store.renew_lock(&token).await {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::error!("the Redis sync lock was lost (expired); another sync may start");
+                return;
+            }
+            Err(e) => tracing::warn!("{e:#}; retrying"),
+        }
+    }
+}
+
+impl RedisStore {
+    /// Takes the sync lock if it is free, renewed while held (the renewal is owned by the
+    /// guard and ends with it). `Ok(None)`: another process holds it.
+    pub async fn take_lock(self: &Arc<Self>) -> anyhow::Result<Option<RedisLockGuard>> {
+        let token = format!("{:032x}", rand::random::<u128>());
+        if !self.try_lock(&token).await? {
+            return Ok(None);
+        }
+        let stop = CancellationToken::new();
+        let renewal = tokio::spawn(renew(Arc::clone(self), token.clone(), stop.clone()));
+        Ok(Some(RedisLockGuard {
+            store: Arc::clone(self),
+            token,
+            renewal: Some((stop.drop_guard(), renewal)),
+        }))
+    }
+
+    /// Compresses and publishes a freshly converted table as the current version, then keeps
+    /// the local copy. Returns the table and the zstd frame replicas serve, for this process's
+    /// own snapshot. If publishing fails nothing changes.
+    pub async fn publish_converted(
+        &self,
+        converted: Converted,
+        record: &VersionRecord,
+    ) -> anyhow::Result<(Converted, bytes::Bytes)> {
+        *lock(&self.known_version) = Some(record.version.clone());
+        let (converted, prepared) = tokio::task::spawn_blocking({
+            let record = record.clone();
+            move || {
+                let prepared = RedisStore::prepare(
+                    converted.cache_bytes(),
+                    &record,
+                    converted.columns.clone(),
+                    Some(converted.data_hash),
+                );
+                (converted, prepared)
+            }
+        })
+        .await
+        .context("the compressor stopped")?;
+        let prepared = prepared?;
+        self.publish(&prepared)
+            .await
+            .context("the new version was not published; the previous one stays")?;
+        Ok((converted, prepared.zstd_body()))
+    }
+
+    /// Loads the version Redis holds if it is not the one known, as a snapshot (its zstd
+    /// variant the frame Redis holds, as published) with its record. `Ok(None)`: nothing new.
+    pub async fn load_new(&self) -> anyhow::Result<Option<(Snapshot, VersionRecord)>> {
+        let Some(meta) = self.current_meta().await? else {
+            return Ok(None);
+        };
+        if lock(&self.known_version).as_deref() == Some(meta.record.version.as_str()) {
+            return Ok(None);
+        }
+        let Some((meta, buf, frame)) = self.load().await? else {
+            return Ok(None);
+        };
+        *lock(&self.known_version) = Some(meta.record.version.clone());
+        // Checked against its checksum: with its facts published, the document is not parsed.
+        let facts = meta.data_hash.map(|data_hash| format::DocumentFacts {
+            last_updated: meta.record.last_updated.clone(),
+            count: meta.record.rows,
+            data_hash,
+        });
+        let snapshot = tokio::task::spawn_blocking(move || match facts {
+            Some(facts) => Snapshot::from_known_document(buf, facts),
+            None => Snapshot::from_cache_buffer(buf),
+        })
+        .await
+        .context("the cache reader stopped")?
+        .context("the version in Redis is not valid")?;
+        snapshot.adopt_zstd(frame);
+        Ok(Some((snapshot, meta.record)))
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // The guarded values are plain data that stay consistent even if a holder panicked.
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }

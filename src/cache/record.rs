@@ -1,0 +1,105 @@
+//! The record of who wrote each version, when and how long it took: kept beside the cache file
+//! (`<cache>.meta`) and in Redis, so every process can tell who wrote the version it serves.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::files::write_atomic_unsynced;
+
+/// What a version records about the sync that made it, so every process (another `serve`, a
+/// replica) can tell who wrote the cache it serves, when, and how long it took.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VersionRecord {
+    /// Unique per version.
+    pub version: String,
+    /// The cache's `last_updated`; the record belongs to the version with this stamp and count.
+    pub last_updated: String,
+    pub rows: usize,
+    /// Which process wrote it: command, process id, host.
+    pub written_by: String,
+    pub started_at: String,
+    pub finished_at: String,
+    pub duration_seconds: f64,
+}
+
+impl VersionRecord {
+    /// The record of a version this process has just made: a new id, this process as its
+    /// writer, finished now, `started` (a sync's or an import's start) giving its duration.
+    pub fn made_now(
+        last_updated: String,
+        rows: usize,
+        started_at: String,
+        started: std::time::Instant,
+    ) -> Self {
+        let now = time::OffsetDateTime::now_utc();
+        Self {
+            version: format!("{:016x}", rand::random::<u64>()),
+            last_updated,
+            rows,
+            written_by: Self::this_process(),
+            started_at,
+            finished_at: now
+                .format(&time::format_description::well_known::Rfc3339)
+                .unwrap_or_else(|_| now.unix_timestamp().to_string()),
+            duration_seconds: started.elapsed().as_secs_f64(),
+        }
+    }
+
+    /// The sidecar file that holds the record of the version at `cache_file`.
+    pub fn path_for(cache_file: &Path) -> PathBuf {
+        let mut name = cache_file.as_os_str().to_owned();
+        name.push(".meta");
+        name.into()
+    }
+
+    /// Writes the record beside `cache_file`, atomically. Written before the cache itself: a
+    /// reader trusts it only when it matches the version it loaded, so it needs no fsync of its
+    /// own: after a crash a lost or older record is ignored, and the cache file's durable write
+    /// (which syncs the same folder) follows at once.
+    pub fn write(&self, cache_file: &Path) -> anyhow::Result<()> {
+        let json = serde_json::to_vec(self)?;
+        write_atomic_unsynced(&Self::path_for(cache_file), &json)
+    }
+
+    /// The record of the version with `last_updated` and `rows`, if the sidecar holds it.
+    pub fn read_matching(cache_file: &Path, last_updated: &str, rows: usize) -> Option<Self> {
+        let bytes = fs::read(Self::path_for(cache_file)).ok()?;
+        let record: Self = serde_json::from_slice(&bytes).ok()?;
+        (record.last_updated == last_updated && record.rows == rows).then_some(record)
+    }
+
+    /// Who this process is, for [`VersionRecord::written_by`]: its subcommand, id and host.
+    pub fn this_process() -> String {
+        let command = std::env::args().nth(1).unwrap_or_default();
+        let host = fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_owned())
+            .unwrap_or_else(|_| "unknown host".into());
+        format!("pma-cache {command} (pid {} on {host})", std::process::id())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_record_is_trusted_only_for_its_own_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = dir.path().join("c.json");
+        let record = VersionRecord {
+            version: "v1".into(),
+            last_updated: "T".into(),
+            rows: 3,
+            written_by: VersionRecord::this_process(),
+            started_at: "S".into(),
+            finished_at: "F".into(),
+            duration_seconds: 1.5,
+        };
+        record.write(&cache).unwrap();
+        assert_eq!(VersionRecord::read_matching(&cache, "T", 3), Some(record));
+        assert_eq!(VersionRecord::read_matching(&cache, "T", 4), None);
+        assert_eq!(VersionRecord::read_matching(&cache, "U", 3), None);
+    }
+}

@@ -1,0 +1,210 @@
+//! One sync, start to finish: export the table (with retries), convert it while it downloads,
+//! check it against the shrink guard, and replace the cache.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::{bail, Context};
+use time::OffsetDateTime;
+use tokio_util::sync::CancellationToken;
+
+use super::leftovers;
+use super::retries::{export_with_retries, Exported};
+use super::session::Browser;
+use super::shrink_guard::check_row_count;
+use super::status::{Phase, Progress};
+use crate::cache::format::rfc3339;
+use crate::cache::{
+    csv_to_cache_json, json_capacity_for_csv, Converted, Destination, SyncLockGuard, VersionRecord,
+};
+use crate::config::SyncSettings;
+
+/// What a successful sync did.
+#[derive(Debug, Clone)]
+pub struct SyncReport {
+    pub rows: usize,
+    pub bytes: usize,
+    pub duration: Duration,
+}
+
+/// Runs one sync: export the table through phpMyAdmin, convert it, check it, and replace the
+/// cache. On any error the cache is left as it was. The caller holds the cache's sync lock
+/// (`_held`) for the whole sync.
+///
+/// The export uses the browser in `browser` (starting one if there is none); with `keep` the
+/// browser stays there, logged in, for the next sync, else it is closed while the CSV converts.
+/// The sync ends early when `cancel` fires or `settings.timeout` passes: the export stops at its
+/// next step and the browser is closed before this returns.
+pub async fn sync_once(
+    settings: &SyncSettings,
+    destination: Destination<'_>,
+    progress: &Progress,
+    _held: &SyncLockGuard,
+    browser: &mut Option<Browser>,
+    keep: bool,
+    cancel: &CancellationToken,
+) -> anyhow::Result<SyncReport> {
+    let started = Instant::now();
+    let stop = cancel.child_token();
+    let steps = sync_steps(settings, destination, progress, browser, keep, &stop);
+    tokio::pin!(steps);
+    let mut timed_out = false;
+    let result = tokio::select! {
+        r = &mut steps => r,
+        () = tokio::time::sleep(settings.timeout) => {
+            timed_out = true;
+            stop.cancel();
+            steps.await
+        }
+    };
+    let result = match result {
+        Err(_) if timed_out => {
+            let phase = progress.current().map_or("starting", Phase::as_str);
+            Err(anyhow::anyhow!(
+                "the sync did not finish within SYNC_TIMEOUT ({}); it was stopped while {phase}",
+                humantime::format_duration(settings.timeout)
+            ))
+        }
+        Err(_) if cancel.is_cancelled() => Err(anyhow::anyhow!("the service is shutting down")),
+        other => other,
+    };
+    progress.finish_current();
+    let (rows, bytes) = result?;
+    Ok(SyncReport {
+        rows,
+        bytes,
+        duration: started.elapsed(),
+    })
+}
+
+async fn sync_steps(
+    settings: &SyncSettings,
+    destination: Destination<'_>,
+    progress: &Progress,
+    browser: &mut Option<Browser>,
+    keep: bool,
+    stop: &CancellationToken,
+) -> anyhow::Result<(usize, usize)> {
+    let started = Instant::now();
+    let started_at = rfc3339(OffsetDateTime::now_utc());
+    super::fault::hit().await;
+    // Room for the new version's JSON, reserved before the download starts so that the buffer
+    // never grows (and is copied) while the CSV arrives: the previous version's size and 1/8.
+    let json_capacity = destination
+        .document_bytes()
+        .await
+        .map_or(0, |bytes| bytes.saturating_add(bytes / 8));
+    // The CSV is moved here, out of the browser's folder, so that the browser can close (or take
+    // the next download) while it converts.
+    let work = leftovers::folder("sync").context("cannot create a work folder")?;
+    // The shrink guard's row count, read while the export runs: the file is read as a stream, so
+    // the old table is never held beside the new one.
+    let counting = destination.row_count();
+    let null_token = null_token();
+    let exporting = export_with_retries(
+        settings,
+        browser,
+        &null_token,
+        json_capacity,
+        progress,
+        stop,
+    );
+    let (exported, previous) = tokio::join!(exporting, counting);
+    let closing = match keep {
+        true => None,
+        false => browser.take().map(|b| tokio::spawn(b.close())),
+    };
+    let csv_path = work.path().join("export.csv");
+    let (converted, last_byte) = match exported {
+        Ok(exported) => {
+            let last_byte = std::fs::metadata(&exported.csv).and_then(|m| m.modified());
+            progress.enter(Phase::Converting);
+            let converted = finish_conversion(exported, &csv_path, null_token).await;
+            (converted, last_byte.ok())
+        }
+        Err(e) => (Err(e), None),
+    };
+    if let Some(closing) = closing {
+        if let Err(e) = closing.await {
+            tracing::warn!("closing the browser failed: {e}");
+        }
+    }
+    let converted = converted?;
+    progress.note("rows", converted.count);
+    progress.note("json bytes", converted.cache_bytes().len());
+
+    check_row_count(settings, previous, converted.count)?;
+    if stop.is_cancelled() {
+        bail!("the sync was stopped before writing");
+    }
+
+    progress.enter(Phase::Writing);
+    let (rows, bytes) = (converted.count, converted.cache_bytes().len());
+    let record = VersionRecord::made_now(converted.last_updated.clone(), rows, started_at, started);
+    let path = destination.store.path();
+    destination
+        .publish(converted, record)
+        .await
+        .with_context(|| format!("cannot write the cache file {}", path.display()))?;
+    // The download's file was last modified by its last byte: from there to here is what a
+    // refresh waits for beyond the export itself.
+    if let Some(tail) = last_byte.and_then(|t| SystemTime::now().duration_since(t).ok()) {
+        tracing::info!(
+            seconds = format_args!("{:.3}", tail.as_secs_f64()),
+            "from the download's last byte to the durable cache file"
+        );
+    }
+    Ok((rows, bytes))
+}
+
+/// Moves the CSV to `csv_path` (so that the browser can close or take the next download) and
+/// ends its conversion: the one that followed the download when it read this very file, else a
+/// conversion of the whole file.
+async fn finish_conversion(
+    exported: Exported,
+    csv_path: &Path,
+    null_token: String,
+) -> anyhow::Result<Converted> {
+    let Exported { csv, following } = exported;
+    let moved = std::fs::rename(&csv, csv_path)
+        .with_context(|| format!("cannot move the export {}", csv.display()));
+    let size = moved.and_then(|()| {
+        std::fs::metadata(csv_path)
+            .map(|m| m.len())
+            .with_context(|| format!("cannot read the export {}", csv_path.display()))
+    });
+    match (following, size) {
+        (Some(following), Ok(size)) if following.follows(csv_path) => following.finish(size).await,
+        (following, size) => {
+            if let Some(following) = following {
+                following.abandon().await;
+            }
+            size?;
+            convert(csv_path.to_owned(), null_token).await
+        }
+    }
+}
+
+/// Converts the downloaded CSV into the cache's JSON, off the runtime's threads.
+async fn convert(csv_path: PathBuf, null_token: String) -> anyhow::Result<Converted> {
+    tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+        let file = std::fs::File::open(&csv_path)
+            .with_context(|| format!("cannot open the export {}", csv_path.display()))?;
+        let size = file.metadata().map(|m| m.len() as usize).unwrap_or(0);
+        let now = rfc3339(OffsetDateTime::now_utc().replace_nanosecond(0)?);
+        csv_to_cache_json(file, Some(&null_token), &now, json_capacity_for_csv(size))
+            .context("the exported CSV could not be converted")
+    })
+    .await
+    .context("the converter stopped")?
+}
+
+/// A token made for one sync that SQL NULL is exported as, so it cannot be confused with the
+/// text `NULL`. Short (it is written once per NULL field) but random: 60 bits.
+fn null_token() -> String {
+    use rand::distributions::{Alphanumeric, DistString};
+    format!(
+        "NULL~{}",
+        Alphanumeric.sample_string(&mut rand::thread_rng(), 10)
+    )
+}
