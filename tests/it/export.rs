@@ -1,11 +1,10 @@
 //! End-to-end: `export_table_csv` against the local test bed (real MariaDB, phpMyAdmin, Chromium).
 
-mod support;
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use crate::helpers::testbed::{testbed, Testbed};
 use pma_cache::cache::csv_to_cache_json;
 use pma_cache::config::{BrowserSettings, Secret, SyncSettings};
 use pma_cache::sync::error::ExportError;
@@ -13,12 +12,7 @@ use pma_cache::sync::follow::FollowedConversion;
 use pma_cache::sync::phpmyadmin::export_table_csv;
 use pma_cache::sync::session::Browser;
 use pma_cache::sync::status::Progress;
-use support::testbed::{testbed, Testbed};
 use tokio_util::sync::CancellationToken;
-
-/// One browser at a time: the checks for leftover processes look at this test process's
-/// children, and two cores do not run several Chromiums well.
-static ONE_BROWSER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 fn settings(
     bed: &Testbed,
@@ -263,7 +257,7 @@ async fn assert_no_browser_left() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_exported_csv_equals_the_table_exactly() {
-    let _one = ONE_BROWSER.lock().await;
+    let _one = crate::helpers::ONE_BROWSER.lock().await;
     init_logs();
     let bed = testbed();
     let work = tempfile::tempdir().unwrap();
@@ -304,7 +298,7 @@ async fn the_exported_csv_equals_the_table_exactly() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_wrong_password_is_rejected_with_phpmyadmins_message() {
-    let _one = ONE_BROWSER.lock().await;
+    let _one = crate::helpers::ONE_BROWSER.lock().await;
     init_logs();
     let bed = testbed();
     let work = tempfile::tempdir().unwrap();
@@ -344,7 +338,7 @@ async fn a_wrong_password_is_rejected_with_phpmyadmins_message() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_unreachable_phpmyadmin_fails_at_once_with_chromiums_error_code() {
-    let _one = ONE_BROWSER.lock().await;
+    let _one = crate::helpers::ONE_BROWSER.lock().await;
     init_logs();
     let bed = testbed();
     let work = tempfile::tempdir().unwrap();
@@ -391,7 +385,7 @@ async fn an_unreachable_phpmyadmin_fails_at_once_with_chromiums_error_code() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_missing_table_is_a_fatal_error() {
-    let _one = ONE_BROWSER.lock().await;
+    let _one = crate::helpers::ONE_BROWSER.lock().await;
     init_logs();
     let bed = testbed();
     let work = tempfile::tempdir().unwrap();
@@ -438,7 +432,7 @@ async fn a_missing_table_is_a_fatal_error() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_export_cancelled_by_its_deadline_leaves_no_browser_behind() {
-    let _one = ONE_BROWSER.lock().await;
+    let _one = crate::helpers::ONE_BROWSER.lock().await;
     init_logs();
     let bed = testbed();
     let work = tempfile::tempdir().unwrap();
@@ -545,7 +539,7 @@ fn assert_csv_equals_table(file: &Path, token: &str, bed: &Testbed) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_kept_browser_exports_again_and_logs_in_again_when_phpmyadmin_forgot_its_session() {
-    let _one = ONE_BROWSER.lock().await;
+    let _one = crate::helpers::ONE_BROWSER.lock().await;
     init_logs();
     let bed = testbed();
     let work = tempfile::tempdir().unwrap();
@@ -612,7 +606,7 @@ async fn a_kept_browser_exports_again_and_logs_in_again_when_phpmyadmin_forgot_i
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_kept_browser_whose_chromium_was_killed_is_replaced() {
-    let _one = ONE_BROWSER.lock().await;
+    let _one = crate::helpers::ONE_BROWSER.lock().await;
     init_logs();
     let bed = testbed();
     let work = tempfile::tempdir().unwrap();
@@ -662,7 +656,7 @@ async fn a_kept_browser_whose_chromium_was_killed_is_replaced() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn every_phpmyadmin_version_exports_the_table_exactly_cold_and_warm() {
-    let _one = ONE_BROWSER.lock().await;
+    let _one = crate::helpers::ONE_BROWSER.lock().await;
     init_logs();
     let bed = testbed();
     let (mut exports, mut followed) = (0, 0);

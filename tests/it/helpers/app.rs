@@ -1,7 +1,5 @@
 //! Spawns the real `pma-cache` binary on port 0, each test with its own cache folder.
 
-#![allow(dead_code)]
-
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -39,7 +37,8 @@ pub fn binary() -> &'static str {
 /// A running server.
 pub struct TestApp {
     pub base: String,
-    pub dir: tempfile::TempDir,
+    /// The server's private folder, removed when the app is dropped.
+    _dir: tempfile::TempDir,
     pub cache_file: PathBuf,
     pub client: reqwest::Client,
     /// A client that leaves `Content-Encoding` alone, to see what was sent.
@@ -133,7 +132,7 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
     };
     TestApp {
         base: format!("http://{addr}"),
-        dir,
+        _dir: dir,
         cache_file,
         client: reqwest::Client::new(),
         raw_client: reqwest::Client::builder()

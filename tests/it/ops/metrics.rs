@@ -2,8 +2,8 @@
 
 use std::time::Duration;
 
-use crate::scrape;
-use crate::support::app::*;
+use super::scrape;
+use crate::helpers::app::*;
 
 #[tokio::test]
 async fn metrics_need_the_key_as_a_bearer_token_or_the_header() {

@@ -3,16 +3,13 @@
 //! `pma-cache` processes; the test-only fault hook (`PMA_CACHE_FAULT`, `test-faults` feature) stands in
 //! for a long or crashing sync, so no phpMyAdmin is needed here.
 
-#[path = "../support/mod.rs"]
-mod support;
-
 use std::fs::{File, TryLockError};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::helpers::app::*;
 use serde_json::Value;
-use support::app::*;
 
 fn sync_command(cache_file: &Path, env: &[(&'static str, String)]) -> Command {
     let mut cmd = Command::new(binary());

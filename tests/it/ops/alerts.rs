@@ -4,13 +4,13 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::support::app::*;
-use crate::support::testbed::testbed;
-use crate::{pma_env, scrape, wait_for_recent, Receiver, Switch, ONE_AT_A_TIME};
+use super::{pma_env, scrape, wait_for_recent, Receiver, Switch};
+use crate::helpers::app::*;
+use crate::helpers::testbed::testbed;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_failure_is_alerted_once_then_the_recovery_and_metrics_follow() {
-    let _one = ONE_AT_A_TIME.lock().await;
+    let _one = crate::helpers::ONE_BROWSER.lock().await;
     let bed = testbed();
     let mut receiver = Receiver::start().await;
     let switch = Switch::start(&bed.pma_url).await;
@@ -158,7 +158,7 @@ async fn an_unreachable_webhook_is_retried_and_never_stops_the_server() {
     .await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
-        let m = crate::scrape(&app).await;
+        let m = super::scrape(&app).await;
         if m.get(r#"pma_cache_alerts_total{event="stale",result="failed"}"#) == Some(&1.0) {
             break;
         }

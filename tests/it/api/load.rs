@@ -9,7 +9,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::stalled::wait_for_subscribers;
-use crate::support::app::*;
+use crate::helpers::app::*;
 
 /// The server's resident and peak resident memory, in bytes.
 pub(super) fn rss_of(pid: u32) -> (u64, u64) {

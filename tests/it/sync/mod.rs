@@ -3,20 +3,15 @@
 //! These tests run one at a time (one browser at a time on a 2-core machine, and exact counts of
 //! exports in phpMyAdmin's log).
 
-#[path = "../support/mod.rs"]
-mod support;
-
 mod browser_streams;
 
 use std::path::Path;
 use std::process::{Command, Output};
 use std::time::Duration;
 
+use crate::helpers::app::*;
+use crate::helpers::testbed::{testbed, Testbed};
 use serde_json::Value;
-use support::app::*;
-use support::testbed::{testbed, Testbed};
-
-static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// The environment that points a `pma-cache` process at the test bed.
 fn pma_env(bed: &Testbed, tmp: &Path) -> Vec<(&'static str, String)> {
@@ -139,7 +134,7 @@ fn exports_served(bed: &Testbed) -> usize {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sync_writes_a_cache_equal_to_the_table_and_leaves_no_browser_behind() {
-    let _one = ONE_AT_A_TIME.lock().await;
+    let _one = crate::helpers::ONE_BROWSER.lock().await;
     let bed = testbed();
     let dir = tempfile::tempdir().unwrap();
     let cache_file = dir.path().join("data_cache.json");
@@ -179,7 +174,7 @@ async fn sync_writes_a_cache_equal_to_the_table_and_leaves_no_browser_behind() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_wrong_password_fails_clearly_without_retrying_and_keeps_the_cache() {
-    let _one = ONE_AT_A_TIME.lock().await;
+    let _one = crate::helpers::ONE_BROWSER.lock().await;
     let bed = testbed();
     let (dir, cache_file, before) = seeded_cache();
     let wrong = "not-the-password-5521";
@@ -214,7 +209,7 @@ async fn a_wrong_password_fails_clearly_without_retrying_and_keeps_the_cache() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn phpmyadmin_down_fails_clearly_and_keeps_the_cache() {
-    let _one = ONE_AT_A_TIME.lock().await;
+    let _one = crate::helpers::ONE_BROWSER.lock().await;
     let bed = testbed();
     let (dir, cache_file, before) = seeded_cache();
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -236,7 +231,7 @@ async fn phpmyadmin_down_fails_clearly_and_keeps_the_cache() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_export_far_smaller_than_the_cache_is_refused_unless_forced() {
-    let _one = ONE_AT_A_TIME.lock().await;
+    let _one = crate::helpers::ONE_BROWSER.lock().await;
     let bed = testbed();
     let dir = tempfile::tempdir().unwrap();
     let cache_file = dir.path().join("data_cache.json");
@@ -267,7 +262,7 @@ async fn an_export_far_smaller_than_the_cache_is_refused_unless_forced() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_empty_table_is_refused() {
-    let _one = ONE_AT_A_TIME.lock().await;
+    let _one = crate::helpers::ONE_BROWSER.lock().await;
     let bed = testbed();
     bed.sql(
         "CREATE DATABASE IF NOT EXISTS e2e_empty; \
@@ -287,7 +282,7 @@ async fn an_empty_table_is_refused() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sse_subscribers_get_the_cache_then_the_refreshed_table() {
-    let _one = ONE_AT_A_TIME.lock().await;
+    let _one = crate::helpers::ONE_BROWSER.lock().await;
     let bed = testbed();
     let tmp = tempfile::tempdir().unwrap();
     let mut env = pma_env(bed, tmp.path());
@@ -316,7 +311,7 @@ async fn sse_subscribers_get_the_cache_then_the_refreshed_table() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn fifty_concurrent_refreshes_start_exactly_one_export() {
-    let _one = ONE_AT_A_TIME.lock().await;
+    let _one = crate::helpers::ONE_BROWSER.lock().await;
     let bed = testbed();
     let tmp = tempfile::tempdir().unwrap();
     let app = spawn_app_with(Options {
@@ -359,7 +354,7 @@ async fn fifty_concurrent_refreshes_start_exactly_one_export() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_failed_refresh_is_reported_to_subscribers_and_in_status() {
-    let _one = ONE_AT_A_TIME.lock().await;
+    let _one = crate::helpers::ONE_BROWSER.lock().await;
     let bed = testbed();
     let tmp = tempfile::tempdir().unwrap();
     let mut env = pma_env(bed, tmp.path());
@@ -410,7 +405,7 @@ async fn wait_for_sync_end(app: &TestApp) -> Value {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_standalone_worker_syncs_at_start_and_a_separate_server_serves_its_file() {
-    let _one = ONE_AT_A_TIME.lock().await;
+    let _one = crate::helpers::ONE_BROWSER.lock().await;
     let bed = testbed();
     let tmp = tempfile::tempdir().unwrap();
     // The API, with no phpMyAdmin settings, on an empty cache folder.
@@ -516,7 +511,7 @@ async fn the_standalone_worker_syncs_at_start_and_a_separate_server_serves_its_f
 
 #[tokio::test(flavor = "multi_thread")]
 async fn serve_with_a_sync_interval_fills_a_missing_cache_at_start() {
-    let _one = ONE_AT_A_TIME.lock().await;
+    let _one = crate::helpers::ONE_BROWSER.lock().await;
     let bed = testbed();
     let tmp = tempfile::tempdir().unwrap();
     let mut env = pma_env(bed, tmp.path());
@@ -536,7 +531,7 @@ async fn serve_with_a_sync_interval_fills_a_missing_cache_at_start() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn three_syncs_and_refreshes_on_a_server_of_the_same_file_make_exactly_one_export() {
-    let _one = ONE_AT_A_TIME.lock().await;
+    let _one = crate::helpers::ONE_BROWSER.lock().await;
     let bed = testbed();
     let tmp = tempfile::tempdir().unwrap();
     let env = pma_env(bed, tmp.path());
@@ -612,7 +607,7 @@ async fn three_syncs_and_refreshes_on_a_server_of_the_same_file_make_exactly_one
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_shrink_guard_reads_a_cache_in_any_key_order_and_refuses_when_the_count_is_unknown() {
-    let _one = ONE_AT_A_TIME.lock().await;
+    let _one = crate::helpers::ONE_BROWSER.lock().await;
     let bed = testbed();
     let dir = tempfile::tempdir().unwrap();
     let cache_file = dir.path().join("data_cache.json");
@@ -684,7 +679,7 @@ async fn assert_no_process_under(tmp: &Path, what: &str) {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_sync_killed_at_any_moment_leaves_the_cache_whole_and_nothing_running() {
     use tokio::io::AsyncBufReadExt;
-    let _one = ONE_AT_A_TIME.lock().await;
+    let _one = crate::helpers::ONE_BROWSER.lock().await;
     let bed = testbed();
     for moment in [
         "starting_browser",

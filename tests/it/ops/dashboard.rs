@@ -6,9 +6,9 @@ use fantoccini::{Client, ClientBuilder, Locator};
 use hyper_util::client::legacy::connect::HttpConnector;
 use serde_json::json;
 
-use crate::support::app::*;
-use crate::support::testbed::testbed;
-use crate::{pma_env, wait_for_recent, ONE_AT_A_TIME};
+use super::{pma_env, wait_for_recent};
+use crate::helpers::app::*;
+use crate::helpers::testbed::testbed;
 
 async fn headless_chromium(webdriver_url: &str) -> Client {
     let mut caps = serde_json::Map::new();
@@ -61,7 +61,7 @@ fn digits(s: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_dashboard_asks_for_the_key_then_shows_the_cache_and_a_refresh() {
-    let _one = ONE_AT_A_TIME.lock().await;
+    let _one = crate::helpers::ONE_BROWSER.lock().await;
     let bed = testbed();
     let app = spawn_app_with(Options {
         seed: Some(SMALL_CSV),

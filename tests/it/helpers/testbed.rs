@@ -4,8 +4,6 @@
 //! starts one with `bin/testbed up target/testbed` (which reuses a running bed). The bed stays up
 //! after the tests; `bin/testbed down target/testbed` stops it.
 
-#![allow(dead_code)]
-
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -4,7 +4,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Child, ChildStderr, Command, Stdio};
 use std::time::Duration;
 
-use crate::support::app::*;
+use crate::helpers::app::*;
 
 /// Starts `serve` with stdout and stderr as pipes; returns it, its address and its stderr, read
 /// up to the "listening" line and no further.

@@ -12,7 +12,7 @@ use tokio::io::AsyncReadExt;
 use super::load::{
     count, import_in_background, read_to_end, rss_of, subscribe, subscribe_with, wait_for_version,
 };
-use crate::support::app::*;
+use crate::helpers::app::*;
 
 /// The number of open event streams, from `/metrics`.
 pub(super) async fn subscribers(app: &TestApp) -> u64 {

@@ -7,8 +7,8 @@ use fantoccini::ClientBuilder;
 use hyper_util::client::legacy::connect::HttpConnector;
 use serde_json::{json, Value};
 
-use crate::support::app::*;
-use crate::support::testbed::testbed;
+use crate::helpers::app::*;
+use crate::helpers::testbed::testbed;
 
 /// Opens an `EventSource` on the server's own origin in a fresh headless Chromium (with
 /// `extra_args`), has another process import a new version, and returns what the page saw.
@@ -75,7 +75,7 @@ async fn events_seen_by_chromium(app: &TestApp, extra_args: &[&str], next: &str)
 /// streams are decoded by curl, Python `requests` and flate2 in `tests/api`.)
 #[tokio::test]
 async fn chromium_event_source_decodes_a_zstd_stream_of_spliced_frames() {
-    let _one = crate::ONE_AT_A_TIME.lock().await;
+    let _one = crate::helpers::ONE_BROWSER.lock().await;
     let app = spawn_app_with(Options {
         seed: Some(leak(orders_csv(20_000, "first"))),
         env: vec![("RUST_LOG", "info".into())],

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::support::app::*;
+use crate::helpers::app::*;
 
 /// Every event's JSON in `raw` (an identity event stream).
 fn events_of(raw: &[u8]) -> Vec<Value> {

@@ -3,9 +3,6 @@
 //! test bed starts, Ctrl-C, SIGTERM), leaving nothing running. The pma-cache binary under test
 //! is passed as `PMA_CACHE_BIN` so that the demo does not build a release of its own.
 
-#[path = "support/mod.rs"]
-mod support;
-
 use std::io::{BufRead, BufReader};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -13,7 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use support::app::binary;
+use crate::helpers::app::binary;
 
 const DEMO_KEY: &str = "demo-test-key-0a1b2c3d";
 
@@ -243,6 +240,7 @@ fn path_with_a_broken_chromedriver(tmp: &Path) -> String {
 
 #[test]
 fn the_demo_runs_from_a_bare_clone_and_leaves_nothing_running_however_it_stops() {
+    let _one = crate::helpers::ONE_BROWSER.blocking_lock();
     let (tmp, clone) = copy_of_the_repository();
     let pids = clone.join("target/demo/pids");
 

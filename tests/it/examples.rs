@@ -3,21 +3,16 @@
 //! demo's settings (`examples/demo.env`). Both ask for a refresh, which a real sync from the test
 //! bed's phpMyAdmin answers.
 
-mod support;
-
 use std::collections::HashMap;
 use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
+use crate::helpers::app::*;
+use crate::helpers::testbed::{testbed, Testbed};
 use fantoccini::{ClientBuilder, Locator};
 use hyper_util::client::legacy::connect::HttpConnector;
 use serde_json::json;
-use support::app::*;
-use support::testbed::{testbed, Testbed};
-
-/// One sync at a time on the test bed.
-static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// Rows in the benchmark's generated table, the size the Python example must cope with.
 const BIG_ROWS: u64 = 102_052;
@@ -137,7 +132,7 @@ async fn run_python(code: &str, env: &[(&str, &str)], dir: &Path) -> (String, u6
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_python_example_follows_a_refresh_of_102052_orders_in_bounded_memory() {
-    let _one = ONE_AT_A_TIME.lock().await;
+    let _one = crate::helpers::ONE_BROWSER.lock().await;
     let bed = testbed();
     let dir = tempfile::tempdir().unwrap();
     let cache = big_cache(dir.path());
@@ -208,7 +203,7 @@ async fn serve_page(origin: &str, html: String) -> tokio::task::JoinHandle<()> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_browser_example_shows_the_table_then_the_refreshed_one_with_the_demo_settings() {
-    let _one = ONE_AT_A_TIME.lock().await;
+    let _one = crate::helpers::ONE_BROWSER.lock().await;
     let bed = testbed();
     let demo = demo_settings();
     let tmp = tempfile::tempdir().unwrap();

@@ -2,9 +2,6 @@
 //!
 //! The tests that sync run one at a time (one browser at a time on a 2-core machine).
 
-#[path = "../support/mod.rs"]
-mod support;
-
 mod alerts;
 mod dashboard;
 mod logging;
@@ -13,12 +10,10 @@ mod metrics;
 use std::collections::HashMap;
 use std::time::Duration;
 
+use crate::helpers::app::*;
+use crate::helpers::testbed::Testbed;
 use serde_json::Value;
-use support::app::*;
-use support::testbed::Testbed;
 use tokio::sync::mpsc;
-
-static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// The test bed's settings with phpMyAdmin reached at `pma_url`. The server starts its own
 /// ChromeDriver, which ends with it; the bed's serves the dashboard test's browser.

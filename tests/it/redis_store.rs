@@ -2,15 +2,12 @@
 //! processes on port 0 and a private `redis-server`. New versions come from `pma-cache import`
 //! (fast); long syncs from the test-only fault hook (`PMA_CACHE_FAULT`, `test-faults` feature).
 
-#[path = "../support/mod.rs"]
-mod support;
-
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::helpers::app::*;
+use crate::helpers::redis::Redis;
 use serde_json::Value;
-use support::app::*;
-use support::redis::Redis;
 
 async fn replica(redis: &Redis, extra: Vec<(&'static str, String)>) -> TestApp {
     let mut env = vec![("REDIS_URL", redis.url())];
@@ -293,7 +290,7 @@ struct Worker {
 
 impl Worker {
     fn start(redis: &Redis, table: &str) -> Self {
-        let bed = support::testbed::testbed();
+        let bed = crate::helpers::testbed::testbed();
         let dir = tempfile::tempdir().unwrap();
         let log = std::fs::File::create(dir.path().join("worker.log")).unwrap();
         let child = Command::new(binary())
@@ -336,7 +333,8 @@ impl Drop for Worker {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_replica_without_phpmyadmin_settings_forwards_refreshes_to_the_worker() {
-    let bed = support::testbed::testbed();
+    let _one = crate::helpers::ONE_BROWSER.lock().await;
+    let bed = crate::helpers::testbed::testbed();
     // A table of its own, so that changing it disturbs no other test.
     let table = "refresh_forwarded";
     bed.sql(&format!(

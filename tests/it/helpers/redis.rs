@@ -1,7 +1,5 @@
 //! A private `redis-server` on a free loopback port, without persistence, for one test.
 
-#![allow(dead_code)]
-
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
@@ -80,22 +78,6 @@ impl Redis {
             .next()
             .unwrap_or_default()
             .to_owned()
-    }
-
-    /// Bytes of memory Redis uses (`used_memory`).
-    pub fn used_memory(&self) -> u64 {
-        let Ok(mut stream) = TcpStream::connect(("127.0.0.1", self.port)) else {
-            return 0;
-        };
-        stream.write_all(b"INFO memory\r\n").unwrap();
-        let mut text = String::new();
-        let mut buf = [0u8; 4096];
-        let n = stream.read(&mut buf).unwrap_or(0);
-        text.push_str(&String::from_utf8_lossy(&buf[..n]));
-        text.lines()
-            .find_map(|l| l.strip_prefix("used_memory:"))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(0)
     }
 }
 

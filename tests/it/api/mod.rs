@@ -1,8 +1,5 @@
 //! The HTTP API, against the real binary on port 0 with a cache written by `pma-cache import`.
 
-#[path = "../support/mod.rs"]
-mod support;
-
 mod load;
 mod stalled;
 mod streams;
@@ -10,8 +7,8 @@ mod streams;
 use std::io::Read;
 use std::time::Duration;
 
+use crate::helpers::app::*;
 use serde_json::{json, Value};
-use support::app::*;
 
 #[tokio::test]
 async fn health_answers_without_a_key() {

@@ -1,5 +1,0 @@
-//! Helpers shared by the integration tests.
-
-pub mod app;
-pub mod redis;
-pub mod testbed;
