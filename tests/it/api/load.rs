@@ -96,6 +96,8 @@ pub(super) async fn import_in_background(app: &TestApp, csv: String) {
 async fn a_thousand_subscribers_get_cached_then_updated_with_bounded_memory() {
     const SUBSCRIBERS: usize = 1000;
     let app = spawn_app_with(Options {
+        // The process itself is under test (its memory, its signals, its log).
+        process: true,
         seed: Some(leak(orders_csv(2_000, "first"))),
         env: vec![("RUST_LOG", "info".into())],
         ..Options::default()

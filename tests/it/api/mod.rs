@@ -151,6 +151,8 @@ async fn a_corrupt_cache_file_at_start_is_reported_and_kept_until_a_complete_one
         br#"{"last_updated":"2026-01-01T00:00:00Z","count":3,"columns":["id"],"data":[{"id":"1"}"#;
     let app = spawn_app_with(Options {
         cache_contents: Some(corrupt.to_vec()),
+        // Its log is under test.
+        process: true,
         ..Options::default()
     })
     .await;
@@ -592,7 +594,13 @@ async fn notify_only_streams_carry_the_version_and_no_rows() {
 
 #[tokio::test]
 async fn keys_never_reach_the_logs() {
-    let app = spawn_app().await;
+    let app = spawn_app_with(Options {
+        seed: Some(SMALL_CSV),
+        // The process is under test: its log, or its signals.
+        process: true,
+        ..Options::default()
+    })
+    .await;
     app.get_fetch_data("").await;
     app.client
         .get(app.url(&format!("/fetch-data?stream=true&api_key={OTHER_KEY}")))
@@ -691,7 +699,13 @@ async fn cors_headers_only_for_configured_origins() {
 
 #[tokio::test]
 async fn sigterm_stops_the_server_cleanly_even_with_an_open_event_stream() {
-    let app = spawn_app().await;
+    let app = spawn_app_with(Options {
+        seed: Some(SMALL_CSV),
+        // The process is under test: its log, or its signals.
+        process: true,
+        ..Options::default()
+    })
+    .await;
     let stream = app.get_fetch_data("?stream=true").await;
     assert_eq!(stream.status(), 200);
     let status = app.stop();

@@ -56,6 +56,8 @@ pub(super) async fn wait_for_subscribers(app: &TestApp, n: u64, limit: Duration)
 async fn a_subscriber_that_stops_reading_is_dropped_after_the_write_timeout() {
     const ROWS: usize = 60_000;
     let app = spawn_app_with(Options {
+        // The process itself is under test (its memory, its signals, its log).
+        process: true,
         seed: Some(leak(orders_csv(ROWS, "first"))),
         env: vec![
             ("SSE_WRITE_TIMEOUT", "2s".into()),
@@ -111,6 +113,8 @@ async fn a_subscriber_that_stops_reading_is_dropped_after_the_write_timeout() {
 async fn sigterm_stops_the_server_even_while_a_stalled_subscriber_holds_a_write() {
     const ROWS: usize = 60_000;
     let app = spawn_app_with(Options {
+        // The process itself is under test (its memory, its signals, its log).
+        process: true,
         seed: Some(leak(orders_csv(ROWS, "first"))),
         env: vec![("SSE_WRITE_TIMEOUT", "10m".into())],
         ..Options::default()
@@ -131,6 +135,8 @@ async fn sigterm_stops_the_server_even_while_a_stalled_subscriber_holds_a_write(
 #[tokio::test]
 async fn a_stalled_subscriber_is_dropped_even_when_its_event_fits_in_the_kernels_buffers() {
     let app = spawn_app_with(Options {
+        // The process itself is under test (its memory, its signals, its log).
+        process: true,
         seed: Some(leak(orders_csv(2_000, "small"))),
         env: vec![("SSE_WRITE_TIMEOUT", "2s".into())],
         ..Options::default()
@@ -182,6 +188,8 @@ async fn stalled_subscribers_pin_one_version_however_many_versions_land() {
     const STALLED: usize = 20;
     const VERSIONS: usize = 6;
     let app = spawn_app_with(Options {
+        // The process itself is under test (its memory, its signals, its log).
+        process: true,
         seed: Some(leak(orders_csv(ROWS, "v0"))),
         env: vec![
             ("SSE_WRITE_TIMEOUT", "10m".into()),

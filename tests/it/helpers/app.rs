@@ -1,4 +1,7 @@
-//! Spawns the real `pma-cache` binary on port 0, each test with its own cache folder.
+//! The app under test, each test with its own cache folder, on port 0: built in this process
+//! with `Application::build` (the address from its listener) when its settings allow, or the
+//! real `pma-cache serve` as a process of its own where the process is under test (its log, its
+//! memory, its signals, an environment of its own).
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -43,8 +46,21 @@ pub struct TestApp {
     pub client: reqwest::Client,
     /// A client that leaves `Content-Encoding` alone, to see what was sent.
     pub raw_client: reqwest::Client,
-    child: Child,
-    log: Arc<Mutex<String>>,
+    runner: Runner,
+}
+
+/// How the server runs.
+enum Runner {
+    /// `pma-cache serve`, its log collected as it comes.
+    Process {
+        child: Child,
+        log: Arc<Mutex<String>>,
+    },
+    /// `Application` on a runtime of its own thread, stopped by sending on `stop`.
+    InProcess {
+        stop: Option<tokio::sync::oneshot::Sender<()>>,
+        thread: Option<std::thread::JoinHandle<()>>,
+    },
 }
 
 /// Options for [`spawn_app_with`].
@@ -57,6 +73,9 @@ pub struct Options {
     pub env: Vec<(&'static str, String)>,
     /// Serve this cache file (shared with other processes) instead of a private one.
     pub cache_file: Option<PathBuf>,
+    /// Run `pma-cache serve` as a process even when the app could run in this one: for tests
+    /// of the process itself (its log, memory or signals).
+    pub process: bool,
 }
 
 /// A server with a small cache imported.
@@ -80,6 +99,120 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
     if let Some(bytes) = &options.cache_contents {
         std::fs::write(&cache_file, bytes).unwrap();
     }
+    let in_process = !options.process && options.env.iter().all(|(k, _)| is_setting(k));
+    let (addr, runner) = match in_process {
+        true => start_in_process(&cache_file, &options.env),
+        false => start_process(&cache_file, &options.env).await,
+    };
+    TestApp {
+        base: format!("http://{addr}"),
+        _dir: dir,
+        cache_file,
+        client: reqwest::Client::new(),
+        raw_client: reqwest::Client::builder()
+            .no_gzip()
+            .no_zstd()
+            .no_brotli()
+            .build()
+            .unwrap(),
+        runner,
+    }
+}
+
+/// The `serve` settings, by the environment variable each is read from, with their flags.
+fn serve_flags() -> std::collections::HashMap<String, String> {
+    use clap::CommandFactory;
+    let command = pma_cache::config::Cli::command();
+    let serve = command
+        .find_subcommand("serve")
+        .expect("a serve subcommand");
+    serve
+        .get_arguments()
+        .filter_map(|a| {
+            let env = a.get_env()?.to_string_lossy().into_owned();
+            Some((env, format!("--{}", a.get_long()?)))
+        })
+        .collect()
+}
+
+/// Whether `name` is a `serve` setting (and so can be given to an app in this process).
+fn is_setting(name: &str) -> bool {
+    name != "LOG_FORMAT" && serve_flags().contains_key(name)
+}
+
+/// The settings an app in this process runs with: the test's and the defaults, never this test
+/// process's own environment.
+fn serve_config(
+    cache_file: &Path,
+    env: &[(&'static str, String)],
+) -> pma_cache::config::ServeConfig {
+    use clap::{CommandFactory, FromArgMatches};
+    use pma_cache::config::{Cli, Command as Subcommand};
+    let flags = serve_flags();
+    let mut settings: Vec<(&str, String)> = vec![
+        ("PORT", "0".into()),
+        ("HOST", "127.0.0.1".into()),
+        ("API_KEY", format!("{KEY},{OTHER_KEY}")),
+        ("CACHE_FILE", cache_file.display().to_string()),
+    ];
+    for (name, value) in env {
+        settings.retain(|(n, _)| n != name);
+        settings.push((name, value.clone()));
+    }
+    let mut args = vec!["pma-cache".to_owned(), "serve".to_owned()];
+    args.extend(
+        settings
+            .iter()
+            .map(|(name, value)| format!("{}={value}", flags[*name])),
+    );
+    let command = Cli::command().mut_subcommand("serve", |serve| serve.mut_args(|a| a.env(None)));
+    let matches = command.try_get_matches_from(&args).expect("valid settings");
+    let cli = Cli::from_arg_matches(&matches).expect("valid settings");
+    let Subcommand::Serve(serve) = cli.command else {
+        unreachable!("serve was asked for")
+    };
+    serve.validate().expect("valid settings")
+}
+
+/// Builds the app here, on a runtime of its own thread (so that a test's blocking calls never
+/// stall it); returns its address, from its listener.
+fn start_in_process(cache_file: &Path, env: &[(&'static str, String)]) -> (String, Runner) {
+    let config = serve_config(cache_file, env);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let (address, built) = std::sync::mpsc::channel();
+    let thread = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("a runtime");
+        runtime.block_on(async move {
+            let app = pma_cache::app::Application::build(config)
+                .await
+                .expect("the app builds");
+            address.send(app.local_addr().expect("an address")).unwrap();
+            app.run_until_stopped(async move {
+                let _ = stopped.await;
+            })
+            .await
+            .expect("the app stops cleanly");
+        });
+    });
+    let addr = built
+        .recv_timeout(Duration::from_secs(20))
+        .expect("the app was built within 20 s");
+    (
+        addr.to_string(),
+        Runner::InProcess {
+            stop: Some(stop),
+            thread: Some(thread),
+        },
+    )
+}
+
+/// Starts `pma-cache serve` with `env` on top of a clean environment; returns its address (from
+/// the "listening on" line) and the process.
+async fn start_process(cache_file: &Path, env: &[(&'static str, String)]) -> (String, Runner) {
     let mut cmd = Command::new(binary());
     cmd.arg("serve")
         .env_clear()
@@ -87,11 +220,11 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
         .env("PORT", "0")
         .env("HOST", "127.0.0.1")
         .env("API_KEY", format!("{KEY},{OTHER_KEY}"))
-        .env("CACHE_FILE", &cache_file)
+        .env("CACHE_FILE", cache_file)
         .env("RUST_LOG", "debug")
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
-    for (k, v) in &options.env {
+    for (k, v) in env {
         match *k {
             // The address is read from the "listening on" line, whatever level a test asks for.
             "RUST_LOG" => cmd.env(k, format!("{v},pma_cache::app=info")),
@@ -130,20 +263,7 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
-    TestApp {
-        base: format!("http://{addr}"),
-        _dir: dir,
-        cache_file,
-        client: reqwest::Client::new(),
-        raw_client: reqwest::Client::builder()
-            .no_gzip()
-            .no_zstd()
-            .no_brotli()
-            .build()
-            .unwrap(),
-        child,
-        log,
-    }
+    (addr, Runner::Process { child, log })
 }
 
 /// Runs `pma-cache import` as its own process; returns its stderr on failure.
@@ -173,7 +293,10 @@ fn rand_suffix() -> u64 {
 impl TestApp {
     /// The server's process id.
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        match &self.runner {
+            Runner::Process { child, .. } => child.id(),
+            Runner::InProcess { .. } => panic!("{IN_PROCESS}"),
+        }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -236,7 +359,10 @@ impl TestApp {
 
     /// Everything the server logged so far.
     pub fn logs(&self) -> String {
-        self.log.lock().unwrap().clone()
+        match &self.runner {
+            Runner::Process { log, .. } => log.lock().unwrap().clone(),
+            Runner::InProcess { .. } => panic!("{IN_PROCESS}"),
+        }
     }
 
     /// Waits until the server has logged `needle` (lines reach the log a moment after what they
@@ -254,11 +380,14 @@ impl TestApp {
 
     /// Sends SIGTERM and waits for a clean exit.
     pub fn stop(mut self) -> std::process::ExitStatus {
-        let pid = self.child.id().to_string();
+        let Runner::Process { child, .. } = &mut self.runner else {
+            panic!("{IN_PROCESS}");
+        };
+        let pid = child.id().to_string();
         Command::new("kill").args(["-TERM", &pid]).status().unwrap();
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
+            if let Some(status) = child.try_wait().unwrap() {
                 return status;
             }
             assert!(Instant::now() < deadline, "server did not stop on SIGTERM");
@@ -267,10 +396,25 @@ impl TestApp {
     }
 }
 
+const IN_PROCESS: &str =
+    "this app runs in the test's process: spawn it with `Options { process: true, .. }` to read its log, its pid or stop it by signal";
+
 impl Drop for TestApp {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        match &mut self.runner {
+            Runner::Process { child, .. } => {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+            Runner::InProcess { stop, thread } => {
+                if let Some(stop) = stop.take() {
+                    let _ = stop.send(());
+                }
+                if let Some(thread) = thread.take() {
+                    let _ = thread.join();
+                }
+            }
+        }
     }
 }
 

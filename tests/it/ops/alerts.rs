@@ -18,6 +18,8 @@ async fn a_failure_is_alerted_once_then_the_recovery_and_metrics_follow() {
     let mut env = pma_env(bed, &switch.url);
     env.push(("ALERT_WEBHOOK_URL", receiver.url.clone()));
     let app = spawn_app_with(Options {
+        // The process itself is under test (its memory, its signals, its log).
+        process: true,
         seed: Some(SMALL_CSV),
         env,
         ..Options::default()
@@ -123,6 +125,8 @@ fn cache_written_in_2020() -> Vec<u8> {
 async fn a_cache_older_than_stale_after_is_alerted() {
     let mut receiver = Receiver::start().await;
     let app = spawn_app_with(Options {
+        // The process itself is under test (its memory, its signals, its log).
+        process: true,
         cache_contents: Some(cache_written_in_2020()),
         env: vec![
             ("ALERT_WEBHOOK_URL", receiver.url.clone()),
@@ -151,6 +155,8 @@ async fn an_unreachable_webhook_is_retried_and_never_stops_the_server() {
     let url = format!("http://{}/hook", closed.local_addr().unwrap());
     drop(closed);
     let app = spawn_app_with(Options {
+        // The process itself is under test (its memory, its signals, its log).
+        process: true,
         cache_contents: Some(cache_written_in_2020()),
         env: vec![("ALERT_WEBHOOK_URL", url)],
         ..Options::default()
