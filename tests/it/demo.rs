@@ -11,6 +11,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use crate::helpers::app::binary;
+use crate::helpers::eventually_blocking;
 
 const DEMO_KEY: &str = "demo-test-key-0a1b2c3d";
 
@@ -146,18 +147,12 @@ impl Demo {
 
     /// Waits for the demo to exit; returns its exit code and everything it printed.
     fn wait(mut self) -> (Option<i32>, String) {
-        let deadline = Instant::now() + Duration::from_secs(120);
-        let status = loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                break status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the demo did not stop:\n{}",
-                self.output.join("\n")
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        };
+        let status = eventually_blocking(Duration::from_secs(120), "the demo stops", || {
+            self.child
+                .try_wait()
+                .unwrap()
+                .ok_or_else(|| self.output.join("\n"))
+        });
         while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(2)) {
             self.output.push(line);
         }
@@ -204,19 +199,16 @@ fn processes_in(dir: &Path) -> Vec<String> {
 
 fn assert_nothing_left_in(dir: &Path, output: &str) {
     // What the demo stopped may take a moment to be reaped.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
+    eventually_blocking(Duration::from_secs(20), "nothing left running", || {
         let left = processes_in(dir);
-        if left.is_empty() {
-            return;
+        match left.is_empty() {
+            true => Ok(()),
+            false => Err(format!(
+                "{}\n\nthe demo's output:\n{output}",
+                left.join("\n")
+            )),
         }
-        assert!(
-            Instant::now() < deadline,
-            "the demo left processes running:\n{}\n\nits output:\n{output}",
-            left.join("\n")
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    });
 }
 
 /// A folder whose `chromedriver` fails at once, first on a copy of `PATH`: the test bed's start

@@ -97,10 +97,13 @@ fn big_cache(dir: &Path) -> Vec<u8> {
 async fn run_python(code: &str, env: &[(&str, &str)], dir: &Path) -> (String, u64) {
     let script = dir.join("example.py");
     std::fs::write(&script, code).unwrap();
-    // The example runs in this process so that ru_maxrss is the example's own peak.
-    let wrapper = "import resource, runpy, sys\n\
+    // The example runs in this process so that its VmHWM is the example's own peak. Not
+    // ru_maxrss: Linux carries it across execve, so it would count this test process's own
+    // memory, which the forked child shared before it ran Python.
+    let wrapper = "import runpy, sys\n\
                    runpy.run_path(sys.argv[1], run_name='__main__')\n\
-                   print('peak_rss_kib', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)\n";
+                   hwm = [l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM:')][0]\n\
+                   print('peak_rss_kib', hwm, file=sys.stderr)\n";
     let child = tokio::process::Command::new("python3")
         .arg("-c")
         .arg(wrapper)

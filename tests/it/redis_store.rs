@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use crate::helpers::app::*;
 use crate::helpers::redis::Redis;
+use crate::helpers::{eventually, eventually_blocking};
 use serde_json::Value;
 
 async fn replica(redis: &Redis, extra: Vec<(&'static str, String)>) -> TestApp {
@@ -51,19 +52,32 @@ async fn served_count(app: &TestApp) -> Option<u64> {
 }
 
 async fn wait_until_served(app: &TestApp, count: u64) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while served_count(app).await != Some(count) {
-        assert!(
-            Instant::now() < deadline,
-            "never served {count} rows:\n{}",
-            app.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_until_all_serve(&[app], count, Duration::from_secs(20), String::new).await;
+}
+
+/// Waits until every one of `apps` serves `count` rows; `context` says more on a failure.
+async fn wait_until_all_serve(
+    apps: &[&TestApp],
+    count: u64,
+    limit: Duration,
+    context: impl Fn() -> String,
+) {
+    let what = format!("every replica serves {count} rows");
+    eventually(limit, &what, || async {
+        let mut served = Vec::new();
+        for app in apps {
+            served.push(served_count(app).await);
+        }
+        match served.iter().all(|s| *s == Some(count)) {
+            true => Ok(()),
+            false => Err(format!("{served:?}\n{}", context())),
+        }
+    })
+    .await
 }
 
 /// A `pma-cache sync` that takes the Redis lock and hangs, with its private folder.
-fn start_hanging_sync(redis: &Redis, ttl: &str) -> (Child, tempfile::TempDir) {
+fn start_hanging_redis_sync(redis: &Redis, ttl: &str) -> (Child, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let child = Command::new(binary())
         .arg("sync")
@@ -81,14 +95,14 @@ fn start_hanging_sync(redis: &Redis, ttl: &str) -> (Child, tempfile::TempDir) {
 }
 
 fn wait_for_lock_key(redis: &Redis) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while redis.command("EXISTS pma-cache:lock") != ":1" {
-        assert!(
-            Instant::now() < deadline,
-            "the sync never took the Redis lock"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    eventually_blocking(
+        Duration::from_secs(20),
+        "the sync takes the Redis lock",
+        || match redis.command("EXISTS pma-cache:lock") {
+            held if held == ":1" => Ok(()),
+            other => Err(other),
+        },
+    );
 }
 
 async fn refresh_answer(app: &TestApp) -> String {
@@ -194,11 +208,12 @@ async fn concurrent_refreshes_on_three_replicas_start_exactly_one_sync() {
     assert!(answers
         .iter()
         .all(|a| a == "triggered" || a == "already in progress"));
-    let started: usize = replicas
-        .iter()
-        .map(|r| r.logs().matches("sync started").count())
-        .sum();
-    assert_eq!(started, 1);
+    // The one sync started hangs (the fault hook): exactly one replica shows it running.
+    let mut running = 0;
+    for replica in &replicas {
+        running += usize::from(replica.get_status().await["sync"]["state"] == "running");
+    }
+    assert_eq!(running, 1);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -218,18 +233,19 @@ async fn with_redis_down_replicas_keep_serving_and_after_it_returns_empty_the_ne
     assert!(stderr.contains("Redis"), "{stderr}");
     assert_eq!(served_count(&a).await, Some(3));
     // The periodic check notices Redis is gone; /status says so.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let status = a.get_status().await;
-        if status["cache"]["error"]
-            .as_str()
-            .is_some_and(|e| e.contains("Redis"))
-        {
-            break;
-        }
-        assert!(Instant::now() < deadline, "no Redis error in {status}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eventually(
+        Duration::from_secs(20),
+        "/status shows the Redis error",
+        || async {
+            let status = a.get_status().await;
+            let error = status["cache"]["error"].as_str().unwrap_or_default();
+            match error.contains("Redis") {
+                true => Ok(()),
+                false => Err(status.to_string()),
+            }
+        },
+    )
+    .await;
     assert_eq!(served_count(&b).await, Some(3), "still 200 with Redis down");
 
     redis.restart();
@@ -248,28 +264,26 @@ async fn with_redis_down_replicas_keep_serving_and_after_it_returns_empty_the_ne
 async fn a_killed_lock_holder_blocks_syncs_only_until_its_lock_expires() {
     let redis = Redis::start();
     let app = replica(&redis, faulty_pma_env("hang")).await;
-    let (mut holder, _dir) = start_hanging_sync(&redis, "2s");
+    let (mut holder, _dir) = start_hanging_redis_sync(&redis, "2s");
     wait_for_lock_key(&redis);
     assert_eq!(refresh_answer(&app).await, "already in progress");
     holder.kill().unwrap();
     holder.wait().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
+    eventually(Duration::from_secs(20), "the lock expires", || async {
         match refresh_answer(&app).await.as_str() {
-            "triggered" => break,
-            "already in progress" => {}
+            "triggered" => Ok(()),
+            "already in progress" => Err("already in progress".to_owned()),
             other => panic!("{other}"),
         }
-        assert!(Instant::now() < deadline, "the lock never expired");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_sync_longer_than_the_lock_expiry_keeps_its_lock() {
     let redis = Redis::start();
     let app = replica(&redis, faulty_pma_env("hang")).await;
-    let (mut holder, _dir) = start_hanging_sync(&redis, "1s");
+    let (mut holder, _dir) = start_hanging_redis_sync(&redis, "1s");
     wait_for_lock_key(&redis);
     // Several lifetimes of the lock pass; it is renewed, so no other sync may start.
     let until = Instant::now() + Duration::from_secs(4);
@@ -356,15 +370,7 @@ async fn a_replica_without_phpmyadmin_settings_forwards_refreshes_to_the_worker(
 
     // The worker's first sync reaches both replicas.
     let worker = Worker::start(&redis, table);
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while served_count(&a).await != Some(2) || served_count(&b).await != Some(2) {
-        assert!(
-            Instant::now() < deadline,
-            "the worker's first version never reached the replicas:\n{}",
-            worker.log()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_until_all_serve(&[&a, &b], 2, Duration::from_secs(120), || worker.log()).await;
 
     // A refresh asked of replica b, as an event stream, brings the worker's next version.
     bed.sql(&format!(
@@ -384,14 +390,7 @@ async fn a_replica_without_phpmyadmin_settings_forwards_refreshes_to_the_worker(
     assert_eq!(events[0]["count"], 2);
     assert_eq!(events[1]["count"], 3);
     // ... and replica a serves it too, cell for cell.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while served_count(&a).await != Some(3) {
-        assert!(
-            Instant::now() < deadline,
-            "replica a never got the new version"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_until_all_serve(&[&a], 3, Duration::from_secs(20), || worker.log()).await;
     let body: Value = a.get_fetch_data("").await.json().await.unwrap();
     assert_eq!(
         body["data"][0],
@@ -401,15 +400,7 @@ async fn a_replica_without_phpmyadmin_settings_forwards_refreshes_to_the_worker(
     // POST /refresh through replica a: triggered by the worker, then the version lands.
     bed.sql(&format!("DELETE FROM shop.{table} WHERE id = 2;"));
     assert_eq!(refresh_answer(&a).await, "triggered");
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while served_count(&a).await != Some(2) || served_count(&b).await != Some(2) {
-        assert!(
-            Instant::now() < deadline,
-            "the refreshed version never reached the replicas:\n{}",
-            worker.log()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_until_all_serve(&[&a, &b], 2, Duration::from_secs(120), || worker.log()).await;
     let log = worker.stop();
     assert_eq!(
         log.matches("refresh request from a replica").count(),

@@ -6,9 +6,10 @@
 use std::fs::{File, TryLockError};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::helpers::app::*;
+use crate::helpers::{eventually, eventually_blocking};
 use serde_json::Value;
 
 fn sync_command(cache_file: &Path, env: &[(&'static str, String)]) -> Command {
@@ -33,31 +34,30 @@ fn lock_is_held(cache_file: &Path) -> bool {
 }
 
 /// Starts a `pma-cache sync` that takes the lock and hangs, and waits until it holds the lock.
-fn start_hanging_sync(cache_file: &Path) -> Child {
+fn start_hanging_file_sync(cache_file: &Path) -> Child {
     let mut child = sync_command(cache_file, &faulty_pma_env("hang"))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !lock_is_held(cache_file) {
+    eventually_blocking(Duration::from_secs(20), "the sync takes the lock", || {
         assert!(child.try_wait().unwrap().is_none(), "the sync exited early");
-        assert!(Instant::now() < deadline, "the sync never took the lock");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+        lock_is_held(cache_file)
+            .then_some(())
+            .ok_or_else(|| "free".to_owned())
+    });
     child
 }
 
 async fn wait_for_status(app: &TestApp, what: &str, ok: impl Fn(&Value) -> bool) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
+    eventually(Duration::from_secs(20), what, || async {
         let status = app.get_status().await;
-        if ok(&status) {
-            return status;
+        match ok(&status) {
+            true => Ok(status),
+            false => Err(status.to_string()),
         }
-        assert!(Instant::now() < deadline, "never {what}: {status}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    })
+    .await
 }
 
 #[tokio::test]
@@ -66,7 +66,7 @@ async fn while_another_process_syncs_refresh_answers_already_in_progress_and_sig
     let dir = tempfile::tempdir().unwrap();
     let cache_file = dir.path().join("data_cache.json");
     import_csv(&cache_file, SMALL_CSV).unwrap();
-    let mut holder = start_hanging_sync(&cache_file);
+    let mut holder = start_hanging_file_sync(&cache_file);
 
     let app = spawn_app_with(Options {
         cache_file: Some(cache_file.clone()),
@@ -102,7 +102,7 @@ fn a_waiting_sync_exits_0_without_exporting_when_the_other_process_wrote_a_versi
     let dir = tempfile::tempdir().unwrap();
     let cache_file = dir.path().join("data_cache.json");
     import_csv(&cache_file, SMALL_CSV).unwrap();
-    let mut holder = start_hanging_sync(&cache_file);
+    let mut holder = start_hanging_file_sync(&cache_file);
     // Its fault hook would panic if it exported.
     let mut waiting = sync_command(&cache_file, &faulty_pma_env("panic"))
         .stderr(Stdio::piped())

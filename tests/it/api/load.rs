@@ -65,20 +65,16 @@ pub(super) fn count(haystack: &[u8], needle: &[u8]) -> usize {
 
 /// Waits until the served cache has `rows` rows and its compressed variants are built.
 pub(super) async fn wait_for_version(app: &TestApp, rows: usize) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
+    let what = format!("{rows} rows served in every encoding");
+    crate::helpers::eventually(Duration::from_secs(60), &what, || async {
         let status = app.get_status().await;
-        if status["cache"]["count"] == rows
-            && status["cache"]["encodings"].as_array().map_or(0, Vec::len) == 3
-        {
-            return;
+        let encodings = status["cache"]["encodings"].as_array().map_or(0, Vec::len);
+        match status["cache"]["count"] == rows && encodings == 3 {
+            true => Ok(()),
+            false => Err(status.to_string()),
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "never served: {status}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    })
+    .await
 }
 
 pub(super) async fn import_in_background(app: &TestApp, csv: String) {

@@ -8,6 +8,7 @@ use std::io::Read;
 use std::time::Duration;
 
 use crate::helpers::app::*;
+use crate::helpers::eventually;
 use serde_json::{json, Value};
 
 #[tokio::test]
@@ -183,15 +184,14 @@ async fn a_corrupt_cache_file_at_start_is_reported_and_kept_until_a_complete_one
 }
 
 async fn poll_until_ok(app: &TestApp) -> Value {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    loop {
+    eventually(Duration::from_secs(5), "the cache is served", || async {
         let r = app.get_fetch_data("").await;
-        if r.status() == 200 {
-            return r.json().await.unwrap();
+        match r.status().as_u16() {
+            200 => Ok(r.json().await.unwrap()),
+            status => Err(format!("status {status}")),
         }
-        assert!(tokio::time::Instant::now() < deadline, "never served");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    })
+    .await
 }
 
 #[tokio::test]
@@ -511,8 +511,9 @@ async fn sse_sends_cached_then_updated_then_done_when_another_process_imports() 
     assert_eq!(r.headers()["content-type"], "text/event-stream");
     assert_eq!(r.headers()["x-accel-buffering"], "no");
     let cache_file = app.cache_file.clone();
-    let importer = tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_millis(600)).await;
+    // The stream follows versions from before its headers were sent: a version imported from
+    // now on is its `updated`, however soon it lands.
+    let importer = tokio::task::spawn_blocking(move || {
         import_csv(&cache_file, "id,name\n7,fresh\n").unwrap();
     });
     let events = read_events(r, Duration::from_secs(15)).await;
@@ -562,8 +563,9 @@ async fn notify_only_streams_carry_the_version_and_no_rows() {
     let r = app.get_fetch_data("?stream=true&payload=none").await;
     assert_eq!(r.status(), 200);
     let cache_file = app.cache_file.clone();
-    let importer = tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_millis(600)).await;
+    // The stream follows versions from before its headers were sent: a version imported from
+    // now on is its `updated`, however soon it lands.
+    let importer = tokio::task::spawn_blocking(move || {
         import_csv(&cache_file, "id,name\n7,fresh\n").unwrap();
     });
     let events = read_events(r, Duration::from_secs(15)).await;

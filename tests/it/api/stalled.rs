@@ -34,18 +34,14 @@ pub(super) async fn subscribers(app: &TestApp) -> u64 {
 
 /// Waits until `/metrics` counts `n` open event streams.
 pub(super) async fn wait_for_subscribers(app: &TestApp, n: u64, limit: Duration) {
-    let deadline = tokio::time::Instant::now() + limit;
-    loop {
-        let open = subscribers(app).await;
-        if open == n {
-            return;
+    let what = format!("{n} event streams open");
+    crate::helpers::eventually(limit, &what, || async {
+        match subscribers(app).await {
+            open if open == n => Ok(()),
+            open => Err(format!("{open} open")),
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{open} event streams open, expected {n}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    })
+    .await
 }
 
 /// A subscriber that stops reading in the middle of a large event is disconnected once its

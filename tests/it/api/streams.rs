@@ -9,6 +9,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use crate::helpers::app::*;
+use crate::helpers::eventually;
 
 /// Every event's JSON in `raw` (an identity event stream).
 fn events_of(raw: &[u8]) -> Vec<Value> {
@@ -40,12 +41,9 @@ async fn stream_with_update(app: &TestApp, accept: &str, next: &str) -> (Option<
         .get("content-encoding")
         .map(|v| v.to_str().unwrap().to_owned());
     let (cache_file, next) = (app.cache_file.clone(), next.to_owned());
-    let importer = tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_millis(700)).await;
-        tokio::task::spawn_blocking(move || import_csv(&cache_file, &next).unwrap())
-            .await
-            .unwrap();
-    });
+    // The stream follows versions from before its headers were sent: a version imported from
+    // now on is its `updated`, however soon it lands.
+    let importer = tokio::task::spawn_blocking(move || import_csv(&cache_file, &next).unwrap());
     let bytes = tokio::time::timeout(Duration::from_secs(60), r.bytes())
         .await
         .expect("the stream ends after done")
@@ -254,18 +252,14 @@ async fn an_import_of_the_same_rows_keeps_the_validators_and_answers_304() {
     // The same rows again, a second later: a new version (new last_updated), same data.
     tokio::time::sleep(Duration::from_millis(1100)).await;
     import_csv(&app.cache_file, SMALL_CSV).unwrap();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    let second = loop {
+    let second: Value = eventually(Duration::from_secs(10), "the import is served", || async {
         let body: Value = get(None).await.unwrap().json().await.unwrap();
-        if body["last_updated"] != first["last_updated"] {
-            break body;
+        match body["last_updated"] != first["last_updated"] {
+            true => Ok(body),
+            false => Err(body["last_updated"].to_string()),
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the import was never served"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    })
+    .await;
     assert_eq!(second["data"], first["data"]);
 
     let r = get(Some(("If-None-Match", etag.clone()))).await.unwrap();
@@ -279,19 +273,19 @@ async fn an_import_of_the_same_rows_keeps_the_validators_and_answers_304() {
     // Different rows: both validators move on.
     tokio::time::sleep(Duration::from_millis(1100)).await;
     import_csv(&app.cache_file, "id,name,note\n1,changed,x\n").unwrap();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let r = get(Some(("If-None-Match", etag.clone()))).await.unwrap();
-        if r.status() == 200 {
-            assert_ne!(r.headers()["last-modified"], modified.as_str());
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "new rows never served"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let r = eventually(
+        Duration::from_secs(10),
+        "the new rows are served",
+        || async {
+            let r = get(Some(("If-None-Match", etag.clone()))).await.unwrap();
+            match r.status().as_u16() {
+                200 => Ok(r),
+                status => Err(format!("status {status}")),
+            }
+        },
+    )
+    .await;
+    assert_ne!(r.headers()["last-modified"], modified.as_str());
     let r = get(Some(("If-Modified-Since", modified))).await.unwrap();
     assert_eq!(r.status(), 200);
 }

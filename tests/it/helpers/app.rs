@@ -242,27 +242,22 @@ async fn start_process(cache_file: &Path, env: &[(&'static str, String)]) -> (St
             log.push('\n');
         }
     });
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let addr = loop {
-        if let Some(addr) = log.lock().unwrap().lines().find_map(|l| {
-            l.split_once("listening on http://")
-                .map(|(_, a)| a.trim().to_owned())
-        }) {
-            break addr;
+    let addr = super::eventually(Duration::from_secs(20), "the server listens", || {
+        let seen = log.lock().unwrap().clone();
+        let exited = child.try_wait().ok().flatten();
+        async move {
+            if let Some(status) = exited {
+                panic!("pma-cache serve exited with {status}:\n{seen}");
+            }
+            seen.lines()
+                .find_map(|l| {
+                    l.split_once("listening on http://")
+                        .map(|(_, a)| a.trim().to_owned())
+                })
+                .ok_or(seen)
         }
-        if let Ok(Some(status)) = child.try_wait() {
-            panic!(
-                "pma-cache serve exited with {status}:\n{}",
-                log.lock().unwrap()
-            );
-        }
-        assert!(
-            Instant::now() < deadline,
-            "server did not start:\n{}",
-            log.lock().unwrap()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    })
+    .await;
     (addr, Runner::Process { child, log })
 }
 
@@ -346,15 +341,14 @@ impl TestApp {
 
     /// Waits until the compressed variants of the current cache are built.
     pub async fn wait_for_encodings(&self) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
+        super::eventually(Duration::from_secs(20), "every encoding ready", || async {
             let status = self.get_status().await;
-            if status["cache"]["encodings"].as_array().map_or(0, Vec::len) == 3 {
-                return;
+            match status["cache"]["encodings"].as_array().map_or(0, Vec::len) {
+                3 => Ok(()),
+                _ => Err(status.to_string()),
             }
-            assert!(Instant::now() < deadline, "encodings never ready: {status}");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        })
+        .await
     }
 
     /// Everything the server logged so far.
@@ -368,14 +362,14 @@ impl TestApp {
     /// Waits until the server has logged `needle` (lines reach the log a moment after what they
     /// tell of: the log is written off the request path), 10 s at most; returns the log.
     pub async fn wait_for_log(&self, needle: &str) -> String {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
+        super::eventually(Duration::from_secs(10), needle, || async {
             let logs = self.logs();
-            if logs.contains(needle) || Instant::now() > deadline {
-                return logs;
+            match logs.contains(needle) {
+                true => Ok(logs),
+                false => Err(logs),
             }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        })
+        .await
     }
 
     /// Sends SIGTERM and waits for a clean exit.
@@ -385,14 +379,16 @@ impl TestApp {
         };
         let pid = child.id().to_string();
         Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(Instant::now() < deadline, "server did not stop on SIGTERM");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        super::eventually_blocking(
+            Duration::from_secs(10),
+            "the server stops on SIGTERM",
+            || {
+                child
+                    .try_wait()
+                    .unwrap()
+                    .ok_or_else(|| "still running".to_owned())
+            },
+        )
     }
 }
 

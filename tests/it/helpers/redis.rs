@@ -3,7 +3,7 @@
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// A running Redis; stopped when dropped.
 pub struct Redis {
@@ -42,11 +42,12 @@ impl Redis {
                 panic!("cannot start redis-server ({e}): install it with bin/setup (Debian package redis-server)")
             });
         self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while self.command("PING") != "+PONG" {
-            assert!(Instant::now() < deadline, "redis-server did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        super::eventually_blocking(Duration::from_secs(10), "redis-server answers PING", || {
+            match self.command("PING") {
+                pong if pong == "+PONG" => Ok(()),
+                other => Err(other),
+            }
+        });
     }
 
     /// Stops the server (SIGKILL).

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use super::{pma_env, scrape, wait_for_recent, Receiver, Switch};
+use super::{pma_env_at, scrape, wait_for_recent, Receiver, Switch};
 use crate::helpers::app::*;
 use crate::helpers::testbed::testbed;
 
@@ -15,7 +15,7 @@ async fn a_failure_is_alerted_once_then_the_recovery_and_metrics_follow() {
     let mut receiver = Receiver::start().await;
     let switch = Switch::start(&bed.pma_url).await;
     switch.set(false);
-    let mut env = pma_env(bed, &switch.url);
+    let mut env = pma_env_at(bed, &switch.url);
     env.push(("ALERT_WEBHOOK_URL", receiver.url.clone()));
     let app = spawn_app_with(Options {
         // The process itself is under test (its memory, its signals, its log).
@@ -162,15 +162,14 @@ async fn an_unreachable_webhook_is_retried_and_never_stops_the_server() {
         ..Options::default()
     })
     .await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
+    crate::helpers::eventually(Duration::from_secs(60), "the stale alert fails", || async {
         let m = super::scrape(&app).await;
-        if m.get(r#"pma_cache_alerts_total{event="stale",result="failed"}"#) == Some(&1.0) {
-            break;
+        match m.get(r#"pma_cache_alerts_total{event="stale",result="failed"}"#) {
+            Some(&1.0) => Ok(()),
+            other => Err(format!("{other:?}\n{}", app.logs())),
         }
-        assert!(tokio::time::Instant::now() < deadline, "{}", app.logs());
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    })
+    .await;
     let logs = app.logs();
     assert!(
         logs.contains("will retry") && logs.contains("giving up"),

@@ -6,7 +6,7 @@ use fantoccini::{Client, ClientBuilder, Locator};
 use hyper_util::client::legacy::connect::HttpConnector;
 use serde_json::json;
 
-use super::{pma_env, wait_for_recent};
+use super::{pma_env_at, wait_for_recent};
 use crate::helpers::app::*;
 use crate::helpers::testbed::testbed;
 
@@ -37,18 +37,15 @@ async fn text(browser: &Client, id: &str) -> String {
 
 /// Waits until the element `id` shows text that `wanted` accepts; returns it.
 async fn wait_for_text(browser: &Client, id: &str, wanted: impl Fn(&str) -> bool) -> String {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(240);
-    loop {
+    let what = format!("#{id} shows what is wanted");
+    crate::helpers::eventually(Duration::from_secs(240), &what, || async {
         let shown = text(browser, id).await;
-        if wanted(&shown) {
-            return shown;
+        match wanted(&shown) {
+            true => Ok(shown),
+            false => Err(format!("{shown:?}")),
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "#{id} still shows {shown:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    })
+    .await
 }
 
 async fn click(browser: &Client, what: Locator<'_>) {
@@ -65,7 +62,7 @@ async fn the_dashboard_asks_for_the_key_then_shows_the_cache_and_a_refresh() {
     let bed = testbed();
     let app = spawn_app_with(Options {
         seed: Some(SMALL_CSV),
-        env: pma_env(bed, &bed.pma_url),
+        env: pma_env_at(bed, &bed.pma_url),
         ..Options::default()
     })
     .await;

@@ -127,16 +127,11 @@ async fn open_event_streams_are_counted_while_they_last() {
     .collect();
     assert_eq!(scrape(&app).await["pma_cache_sse_subscribers"], 3.0);
     drop(streams);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let open = scrape(&app).await["pma_cache_sse_subscribers"];
-        if open == 0.0 {
-            break;
+    crate::helpers::eventually(Duration::from_secs(20), "no stream counted", || async {
+        match scrape(&app).await["pma_cache_sse_subscribers"] {
+            0.0 => Ok(()),
+            open => Err(format!("{open} streams counted")),
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{open} streams still counted"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    })
+    .await;
 }

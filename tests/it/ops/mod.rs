@@ -17,7 +17,7 @@ use tokio::sync::mpsc;
 
 /// The test bed's settings with phpMyAdmin reached at `pma_url`. The server starts its own
 /// ChromeDriver, which ends with it; the bed's serves the dashboard test's browser.
-fn pma_env(bed: &Testbed, pma_url: &str) -> Vec<(&'static str, String)> {
+fn pma_env_at(bed: &Testbed, pma_url: &str) -> Vec<(&'static str, String)> {
     let mut env = bed.pma_env();
     env.retain(|(k, _)| *k != "PMA_URL");
     env.push(("PMA_URL", pma_url.to_owned()));
@@ -177,19 +177,14 @@ async fn scrape(app: &TestApp) -> HashMap<String, f64> {
 /// Waits for the sync in progress (or about to start) to be recorded as the `n`th recent one;
 /// returns `/status`.
 async fn wait_for_recent(app: &TestApp, n: usize) -> Value {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(240);
-    loop {
+    let what = format!("sync {n} finished");
+    crate::helpers::eventually(Duration::from_secs(240), &what, || async {
         let status = app.get_status().await;
-        if status["sync"]["recent"].as_array().map_or(0, Vec::len) >= n
-            && status["sync"]["state"] == "idle"
-        {
-            return status;
+        let recent = status["sync"]["recent"].as_array().map_or(0, Vec::len);
+        match recent >= n && status["sync"]["state"] == "idle" {
+            true => Ok(status),
+            false => Err(status.to_string()),
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "sync {n} never finished: {status}\n{}",
-            app.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    })
+    .await
 }

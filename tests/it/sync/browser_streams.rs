@@ -49,23 +49,31 @@ async fn events_seen_by_chromium(app: &TestApp, extra_args: &[&str], next: &str)
         .await
         .unwrap();
     let (cache_file, next) = (app.cache_file.clone(), next.to_owned());
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    // The page's stream is open once it has its `cached` event; the next version comes after.
+    crate::helpers::eventually(Duration::from_secs(60), "the page has cached", || async {
+        let seen = client.execute("return window.seen;", vec![]).await.unwrap();
+        match seen.as_array().is_some_and(|a| !a.is_empty()) {
+            true => Ok(()),
+            false => Err(seen.to_string()),
+        }
+    })
+    .await;
     tokio::task::spawn_blocking(move || import_csv(&cache_file, &next).unwrap())
         .await
         .unwrap();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    let seen = loop {
-        let seen = client.execute("return window.seen;", vec![]).await.unwrap();
-        let last = seen
-            .as_array()
-            .and_then(|a| a.last())
-            .map(|e| e["type"].clone());
-        if last == Some(json!("done")) || last == Some(json!("onerror")) {
-            break seen;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "no done: {seen}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let seen =
+        crate::helpers::eventually(Duration::from_secs(60), "the page sees done", || async {
+            let seen = client.execute("return window.seen;", vec![]).await.unwrap();
+            let last = seen
+                .as_array()
+                .and_then(|a| a.last())
+                .map(|e| e["type"].clone());
+            match last == Some(json!("done")) || last == Some(json!("onerror")) {
+                true => Ok(seen),
+                false => Err(seen.to_string()),
+            }
+        })
+        .await;
     client.close().await.unwrap();
     seen.as_array().unwrap().clone()
 }

@@ -10,11 +10,12 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use crate::helpers::app::*;
+use crate::helpers::eventually;
 use crate::helpers::testbed::{testbed, Testbed};
 use serde_json::Value;
 
 /// The environment that points a `pma-cache` process at the test bed.
-fn pma_env(bed: &Testbed, tmp: &Path) -> Vec<(&'static str, String)> {
+fn pma_env_in(bed: &Testbed, tmp: &Path) -> Vec<(&'static str, String)> {
     let mut env = bed.pma_env();
     // Every process this sync starts inherits it: the leak check looks for it.
     env.push(("TMPDIR", tmp.display().to_string()));
@@ -138,7 +139,7 @@ async fn sync_writes_a_cache_equal_to_the_table_and_leaves_no_browser_behind() {
     let bed = testbed();
     let dir = tempfile::tempdir().unwrap();
     let cache_file = dir.path().join("data_cache.json");
-    let out = run_sync(&cache_file, &pma_env(bed, dir.path()));
+    let out = run_sync(&cache_file, &pma_env_in(bed, dir.path()));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "sync failed:\n{stderr}");
     let cache = read_json(&cache_file);
@@ -178,7 +179,7 @@ async fn a_wrong_password_fails_clearly_without_retrying_and_keeps_the_cache() {
     let bed = testbed();
     let (dir, cache_file, before) = seeded_cache();
     let wrong = "not-the-password-5521";
-    let mut env = pma_env(bed, dir.path());
+    let mut env = pma_env_in(bed, dir.path());
     set_env(&mut env, "PMA_PASSWORD", wrong);
     let out = run_sync(&cache_file, &env);
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -215,7 +216,7 @@ async fn phpmyadmin_down_fails_clearly_and_keeps_the_cache() {
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}/", closed.local_addr().unwrap());
     drop(closed);
-    let mut env = pma_env(bed, dir.path());
+    let mut env = pma_env_in(bed, dir.path());
     set_env(&mut env, "PMA_URL", url);
     let out = run_sync(&cache_file, &env);
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -242,7 +243,7 @@ async fn an_export_far_smaller_than_the_cache_is_refused_unless_forced() {
     }
     import_csv(&cache_file, &big).unwrap();
     let before = std::fs::read(&cache_file).unwrap();
-    let env = pma_env(bed, dir.path());
+    let env = pma_env_in(bed, dir.path());
     let out = run_sync(&cache_file, &env);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
@@ -271,7 +272,7 @@ async fn an_empty_table_is_refused() {
     );
     let dir = tempfile::tempdir().unwrap();
     let cache_file = dir.path().join("data_cache.json");
-    let mut env = pma_env(bed, dir.path());
+    let mut env = pma_env_in(bed, dir.path());
     set_env(&mut env, "PMA_DATABASE", "e2e_empty");
     let out = run_sync(&cache_file, &env);
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -285,7 +286,7 @@ async fn sse_subscribers_get_the_cache_then_the_refreshed_table() {
     let _one = crate::helpers::ONE_BROWSER.lock().await;
     let bed = testbed();
     let tmp = tempfile::tempdir().unwrap();
-    let mut env = pma_env(bed, tmp.path());
+    let mut env = pma_env_in(bed, tmp.path());
     // Through the bed's own ChromeDriver: the WEBDRIVER_URL path.
     env.push(("WEBDRIVER_URL", bed.webdriver_url.clone()));
     let app = spawn_app_with(Options {
@@ -316,7 +317,7 @@ async fn fifty_concurrent_refreshes_start_exactly_one_export() {
     let tmp = tempfile::tempdir().unwrap();
     let app = spawn_app_with(Options {
         seed: Some(SMALL_CSV),
-        env: pma_env(bed, tmp.path()),
+        env: pma_env_in(bed, tmp.path()),
         ..Options::default()
     })
     .await;
@@ -357,7 +358,7 @@ async fn a_failed_refresh_is_reported_to_subscribers_and_in_status() {
     let _one = crate::helpers::ONE_BROWSER.lock().await;
     let bed = testbed();
     let tmp = tempfile::tempdir().unwrap();
-    let mut env = pma_env(bed, tmp.path());
+    let mut env = pma_env_in(bed, tmp.path());
     set_env(&mut env, "PMA_PASSWORD", "wrong-password-9931");
     let app = spawn_app_with(Options {
         seed: Some(SMALL_CSV),
@@ -387,20 +388,16 @@ async fn a_failed_refresh_is_reported_to_subscribers_and_in_status() {
 }
 
 async fn wait_for_sync_end(app: &TestApp) -> Value {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(180);
-    loop {
+    eventually(Duration::from_secs(180), "the sync ends", || async {
         let status = app.get_status().await;
         let ended = status["sync"]["last_success"].is_string()
             || status["sync"]["last_failure"].is_string();
-        if status["sync"]["state"] == "idle" && ended {
-            return status;
+        match status["sync"]["state"] == "idle" && ended {
+            true => Ok(status),
+            false => Err(status.to_string()),
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "sync never ended: {status}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -427,25 +424,27 @@ async fn the_standalone_worker_syncs_at_start_and_a_separate_server_serves_its_f
         .env("WORKER_HOST", "127.0.0.1")
         .env("WORKER_PORT", worker_port.to_string())
         .env("API_KEY", KEY)
-        .envs(pma_env(bed, tmp.path()))
+        .envs(pma_env_in(bed, tmp.path()))
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(180);
-    let body: Value = loop {
-        let r = app.get_fetch_data("").await;
-        if r.status() == 200 {
-            break r.json().await.unwrap();
-        }
-        if let Ok(Some(status)) = worker.try_wait() {
-            panic!("the worker exited with {status}");
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the worker never wrote the cache"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let body: Value = eventually(
+        Duration::from_secs(180),
+        "the worker writes the cache",
+        || {
+            if let Ok(Some(status)) = worker.try_wait() {
+                panic!("the worker exited with {status}");
+            }
+            async {
+                let r = app.get_fetch_data("").await;
+                match r.status().as_u16() {
+                    200 => Ok(r.json().await.unwrap()),
+                    status => Err(format!("status {status}")),
+                }
+            }
+        },
+    )
+    .await;
     assert_cache_equals_table(&body, bed);
     let health: Value = app
         .client
@@ -469,27 +468,27 @@ async fn the_standalone_worker_syncs_at_start_and_a_separate_server_serves_its_f
         "the worker's /metrics asks for its API_KEY"
     );
     // The sync's outcome reaches the metrics a moment after the cache file.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    let metrics = loop {
-        let text = app
-            .client
-            .get(format!("{worker_url}/metrics"))
-            .header("X-API-Key", KEY)
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        if text.contains("pma_cache_syncs_total{result=\"success\"} 1") {
-            break text;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the worker's /metrics never counted its sync:\n{text}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let metrics = eventually(
+        Duration::from_secs(20),
+        "the worker's /metrics counts its sync",
+        || async {
+            let text = app
+                .client
+                .get(format!("{worker_url}/metrics"))
+                .header("X-API-Key", KEY)
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            match text.contains("pma_cache_syncs_total{result=\"success\"} 1") {
+                true => Ok(text),
+                false => Err(text),
+            }
+        },
+    )
+    .await;
     assert!(
         metrics.contains("pma_cache_sync_duration_seconds"),
         "{metrics}"
@@ -514,7 +513,7 @@ async fn serve_with_a_sync_interval_fills_a_missing_cache_at_start() {
     let _one = crate::helpers::ONE_BROWSER.lock().await;
     let bed = testbed();
     let tmp = tempfile::tempdir().unwrap();
-    let mut env = pma_env(bed, tmp.path());
+    let mut env = pma_env_in(bed, tmp.path());
     set_env(&mut env, "SYNC_INTERVAL", "1h");
     let app = spawn_app_with(Options {
         env,
@@ -534,7 +533,7 @@ async fn three_syncs_and_refreshes_on_a_server_of_the_same_file_make_exactly_one
     let _one = crate::helpers::ONE_BROWSER.lock().await;
     let bed = testbed();
     let tmp = tempfile::tempdir().unwrap();
-    let env = pma_env(bed, tmp.path());
+    let env = pma_env_in(bed, tmp.path());
     let app = spawn_app_with(Options {
         seed: Some(SMALL_CSV),
         env: env.clone(),
@@ -587,19 +586,19 @@ async fn three_syncs_and_refreshes_on_a_server_of_the_same_file_make_exactly_one
         "exactly one export"
     );
     // The server serves that version, whoever wrote it.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let body: Value = app.get_fetch_data("").await.json().await.unwrap();
-        if body["count"] != 2 {
-            assert_cache_equals_table(&body, bed);
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "never served the new version"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let body = eventually(
+        Duration::from_secs(20),
+        "the new version is served",
+        || async {
+            let body: Value = app.get_fetch_data("").await.json().await.unwrap();
+            match body["count"] != 2 {
+                true => Ok(body),
+                false => Err(body["last_updated"].to_string()),
+            }
+        },
+    )
+    .await;
+    assert_cache_equals_table(&body, bed);
     // A browser the server kept for its next refresh ends with the server.
     assert!(app.stop().success());
     assert_eq!(processes_under(tmp.path(), None), Vec::<String>::new());
@@ -621,7 +620,7 @@ async fn the_shrink_guard_reads_a_cache_in_any_key_order_and_refuses_when_the_co
         records.len()
     );
     std::fs::write(&cache_file, &reordered).unwrap();
-    let env = pma_env(bed, dir.path());
+    let env = pma_env_in(bed, dir.path());
     let out = run_sync(&cache_file, &env);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
@@ -689,7 +688,7 @@ async fn a_sync_killed_at_any_moment_leaves_the_cache_whole_and_nothing_running(
     ] {
         let (dir, cache_file, before) = seeded_cache();
         let tmp = tempfile::tempdir().unwrap();
-        let env = pma_env(bed, tmp.path());
+        let env = pma_env_in(bed, tmp.path());
         let mut child = tokio::process::Command::new(binary())
             .arg("sync")
             .env_clear()
