@@ -69,22 +69,13 @@ pub fn router(state: AppState, cors_origins: &[String]) -> Router {
             state.clone(),
             auth::require_api_key,
         ));
-    let mut app = Router::new()
+    let routes = Router::new()
         .route("/health", get(status::health))
         .route("/", get(dashboard::index))
         .route("/dashboard.js", get(dashboard::script))
         .route("/dashboard.css", get(dashboard::style))
-        .merge(authed)
-        .fallback(|| async { error::ApiError::NotFound })
-        // Applies to the routes added above: keep it after the last `.route`/`.merge`.
-        .method_not_allowed_fallback(params::method_not_allowed)
-        .layer(middleware::from_fn(params::reject_unknown_params))
-        .layer(middleware::from_fn_with_state(
-            state.clone(),
-            metrics::count_requests,
-        ))
-        .layer(middleware::from_fn(log_request))
-        .with_state(state);
+        .merge(authed);
+    let mut app = finish(routes, state);
     if !cors_origins.is_empty() {
         app = app.layer(cors_layer(cors_origins));
     }
@@ -101,9 +92,16 @@ pub fn worker_router(state: AppState) -> Router {
             auth::require_api_key,
         )),
     };
-    Router::new()
+    let routes = Router::new()
         .route("/health", get(status::health))
-        .merge(metrics)
+        .merge(metrics);
+    finish(routes, state)
+}
+
+/// What every route shares: JSON answers to unknown paths and wrong methods, the check of query
+/// parameters, request counting and the request log. Keep it after the last route is added.
+fn finish(routes: Router<AppState>, state: AppState) -> Router {
+    routes
         .fallback(|| async { error::ApiError::NotFound })
         .method_not_allowed_fallback(params::method_not_allowed)
         .layer(middleware::from_fn(params::reject_unknown_params))

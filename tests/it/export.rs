@@ -41,6 +41,43 @@ fn settings(
 }
 
 /// Shows the sync's logs (phases, durations) with `RUST_LOG=info`.
+/// What every browser test here starts from: one browser at a time (the checks for leftover
+/// processes look at this test process's children), logs, the test bed, and a private folder
+/// whose `failures/` takes the evidence of failed exports.
+struct BrowserTest {
+    _one: tokio::sync::MutexGuard<'static, ()>,
+    bed: &'static Testbed,
+    work: tempfile::TempDir,
+}
+
+impl BrowserTest {
+    async fn start() -> Self {
+        let one = crate::helpers::ONE_BROWSER.lock().await;
+        init_logs();
+        Self {
+            _one: one,
+            bed: testbed(),
+            work: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    /// Where failed exports leave their evidence.
+    fn failures(&self) -> PathBuf {
+        self.work.path().join("failures")
+    }
+
+    /// Settings for the bed's table at `pma_url` with `password`, through the ChromeDriver at
+    /// `webdriver_url` (`None`: the export starts its own).
+    fn settings_at(
+        &self,
+        pma_url: &str,
+        password: &str,
+        webdriver_url: Option<String>,
+    ) -> SyncSettings {
+        settings(self.bed, pma_url, password, webdriver_url, &self.failures())
+    }
+}
+
 fn init_logs() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
@@ -257,18 +294,10 @@ async fn assert_no_browser_left() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_exported_csv_equals_the_table_exactly() {
-    let _one = crate::helpers::ONE_BROWSER.lock().await;
-    init_logs();
-    let bed = testbed();
-    let work = tempfile::tempdir().unwrap();
+    let test = BrowserTest::start().await;
+    let bed = test.bed;
     let token = null_token();
-    let settings = settings(
-        bed,
-        &bed.pma_url,
-        &bed.password,
-        None,
-        &work.path().join("failures"),
-    );
+    let settings = test.settings_at(&bed.pma_url, &bed.password, None);
 
     let started = Instant::now();
     let (export, _) = export_once(&settings, &token).await;
@@ -298,19 +327,11 @@ async fn the_exported_csv_equals_the_table_exactly() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_wrong_password_is_rejected_with_phpmyadmins_message() {
-    let _one = crate::helpers::ONE_BROWSER.lock().await;
-    init_logs();
-    let bed = testbed();
-    let work = tempfile::tempdir().unwrap();
-    let failures = work.path().join("failures");
+    let test = BrowserTest::start().await;
+    let bed = test.bed;
+    let failures = test.failures();
     let wrong = "not-the-password-7f3a";
-    let settings = settings(
-        bed,
-        &bed.pma_url,
-        wrong,
-        Some(bed.webdriver_url.clone()),
-        &failures,
-    );
+    let settings = test.settings_at(&bed.pma_url, wrong, Some(bed.webdriver_url.clone()));
 
     let err = export_once(&settings, &null_token())
         .await
@@ -338,22 +359,14 @@ async fn a_wrong_password_is_rejected_with_phpmyadmins_message() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_unreachable_phpmyadmin_fails_at_once_with_chromiums_error_code() {
-    let _one = crate::helpers::ONE_BROWSER.lock().await;
-    init_logs();
-    let bed = testbed();
-    let work = tempfile::tempdir().unwrap();
+    let test = BrowserTest::start().await;
+    let bed = test.bed;
     let closed = {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         listener.local_addr().unwrap().port()
     };
     let url = format!("http://127.0.0.1:{closed}/");
-    let settings = settings(
-        bed,
-        &url,
-        &bed.password,
-        None,
-        &work.path().join("failures"),
-    );
+    let settings = test.settings_at(&url, &bed.password, None);
 
     let err = export_once(&settings, &null_token())
         .await
@@ -385,17 +398,10 @@ async fn an_unreachable_phpmyadmin_fails_at_once_with_chromiums_error_code() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_missing_table_is_a_fatal_error() {
-    let _one = crate::helpers::ONE_BROWSER.lock().await;
-    init_logs();
-    let bed = testbed();
-    let work = tempfile::tempdir().unwrap();
-    let mut settings = settings(
-        bed,
-        &bed.pma_url,
-        &bed.password,
-        Some(bed.webdriver_url.clone()),
-        &work.path().join("failures"),
-    );
+    let test = BrowserTest::start().await;
+    let bed = test.bed;
+    let mut settings =
+        test.settings_at(&bed.pma_url, &bed.password, Some(bed.webdriver_url.clone()));
     settings.table = "no_such_table".into();
 
     let err = export_once(&settings, &null_token())
@@ -432,17 +438,9 @@ async fn a_missing_table_is_a_fatal_error() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_export_cancelled_by_its_deadline_leaves_no_browser_behind() {
-    let _one = crate::helpers::ONE_BROWSER.lock().await;
-    init_logs();
-    let bed = testbed();
-    let work = tempfile::tempdir().unwrap();
-    let settings = settings(
-        bed,
-        &bed.pma_url,
-        &bed.password,
-        None,
-        &work.path().join("failures"),
-    );
+    let test = BrowserTest::start().await;
+    let bed = test.bed;
+    let settings = test.settings_at(&bed.pma_url, &bed.password, None);
     let token = null_token();
     let progress = Progress::new(None);
     let cancel = CancellationToken::new();
@@ -539,17 +537,9 @@ fn assert_csv_equals_table(file: &Path, token: &str, bed: &Testbed) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_kept_browser_exports_again_and_logs_in_again_when_phpmyadmin_forgot_its_session() {
-    let _one = crate::helpers::ONE_BROWSER.lock().await;
-    init_logs();
-    let bed = testbed();
-    let work = tempfile::tempdir().unwrap();
-    let settings = settings(
-        bed,
-        &bed.pma_url,
-        &bed.password,
-        None,
-        &work.path().join("failures"),
-    );
+    let test = BrowserTest::start().await;
+    let bed = test.bed;
+    let settings = test.settings_at(&bed.pma_url, &bed.password, None);
     let token = null_token();
     let mut kept = None;
 
@@ -606,17 +596,9 @@ async fn a_kept_browser_exports_again_and_logs_in_again_when_phpmyadmin_forgot_i
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_kept_browser_whose_chromium_was_killed_is_replaced() {
-    let _one = crate::helpers::ONE_BROWSER.lock().await;
-    init_logs();
-    let bed = testbed();
-    let work = tempfile::tempdir().unwrap();
-    let settings = settings(
-        bed,
-        &bed.pma_url,
-        &bed.password,
-        None,
-        &work.path().join("failures"),
-    );
+    let test = BrowserTest::start().await;
+    let bed = test.bed;
+    let settings = test.settings_at(&bed.pma_url, &bed.password, None);
     let token = null_token();
     let mut kept = None;
     export_with(&settings, &mut kept, &token)

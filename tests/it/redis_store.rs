@@ -162,15 +162,9 @@ async fn a_replica_serves_the_published_zstd_frame_from_the_swap_on_and_it_decod
         String::from_utf8_lossy(&out.stderr)
     );
     wait_until_served(&app, 50).await;
-    let get = |accept: &'static str| {
-        app.raw_client
-            .get(app.url("/fetch-data"))
-            .header("X-API-Key", KEY)
-            .header("Accept-Encoding", accept)
-            .send()
-    };
+
     // No wait for a compressor: the variant came with the version.
-    let zstd_answer = get("zstd").await.unwrap();
+    let zstd_answer = app.get_fetch_data_encoded("zstd").await;
     assert_eq!(zstd_answer.headers()["content-encoding"], "zstd");
     let frame = zstd_answer.bytes().await.unwrap();
     let mut conn = redis::Client::open(redis.url())
@@ -183,7 +177,12 @@ async fn a_replica_serves_the_published_zstd_frame_from_the_swap_on_and_it_decod
         .query(&mut conn)
         .unwrap();
     assert_eq!(frame, published, "the frame Redis holds, as it is");
-    let identity = get("identity").await.unwrap().bytes().await.unwrap();
+    let identity = app
+        .get_fetch_data_encoded("identity")
+        .await
+        .bytes()
+        .await
+        .unwrap();
     assert_eq!(zstd::decode_all(&frame[..]).unwrap(), identity);
 }
 

@@ -142,12 +142,7 @@ fn a_waiting_sync_exits_0_without_exporting_when_the_other_process_wrote_a_versi
 
 #[tokio::test]
 async fn a_panicking_sync_is_reported_as_a_failure_and_frees_the_single_flight() {
-    let app = spawn_app_with(Options {
-        seed: Some(SMALL_CSV),
-        env: faulty_pma_env("panic"),
-        ..Options::default()
-    })
-    .await;
+    let app = spawn_app_with_env(faulty_pma_env("panic")).await;
     let stream = app.get_fetch_data("?stream=true&refresh=true").await;
     let events = read_events(stream, Duration::from_secs(20)).await;
     let kinds: Vec<&str> = events.iter().filter_map(|e| e["type"].as_str()).collect();

@@ -74,13 +74,7 @@ async fn a_missing_or_wrong_key_is_unauthorized() {
 async fn every_rotated_key_is_accepted() {
     let app = spawn_app().await;
     for key in [KEY, OTHER_KEY] {
-        let r = app
-            .client
-            .get(app.url("/fetch-data"))
-            .header("X-API-Key", key)
-            .send()
-            .await
-            .unwrap();
+        let r = app.get_with("/fetch-data", &[("X-API-Key", key)]).await;
         assert_eq!(r.status(), 200);
     }
 }
@@ -88,12 +82,7 @@ async fn every_rotated_key_is_accepted() {
 #[tokio::test]
 async fn the_api_key_query_parameter_is_accepted_only_on_event_streams() {
     let app = spawn_app().await;
-    let r = app
-        .client
-        .get(app.url(&format!("/fetch-data?stream=true&api_key={OTHER_KEY}")))
-        .send()
-        .await
-        .unwrap();
+    let r = app.get_stream_with_key_in_url(OTHER_KEY).await;
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["content-type"], "text/event-stream");
     drop(r);
@@ -116,12 +105,8 @@ async fn the_api_key_query_parameter_is_accepted_only_on_event_streams() {
     }
     // Even with the right header: the key must not travel in the URL.
     let r = app
-        .client
-        .get(app.url(&format!("/fetch-data?api_key={KEY}")))
-        .header("X-API-Key", KEY)
-        .send()
-        .await
-        .unwrap();
+        .get_with(&format!("/fetch-data?api_key={KEY}"), &[("X-API-Key", KEY)])
+        .await;
     assert_eq!(r.status(), 401);
     let r = app
         .client
@@ -220,13 +205,11 @@ async fn an_unchanged_cache_answers_304_to_its_etag_in_any_encoding() {
     app.wait_for_encodings().await;
     for encoding in ["identity", "gzip", "zstd"] {
         let r = app
-            .raw_client
-            .get(app.url("/fetch-data"))
-            .header("X-API-Key", KEY)
-            .header("Accept-Encoding", encoding)
-            .send()
-            .await
-            .unwrap();
+            .get_raw(
+                "/fetch-data",
+                &[("X-API-Key", KEY), ("Accept-Encoding", encoding)],
+            )
+            .await;
         let etag = r.headers()["etag"].to_str().unwrap().to_owned();
         assert!(
             etag.starts_with("W/\"") && etag.ends_with('"'),
@@ -234,24 +217,20 @@ async fn an_unchanged_cache_answers_304_to_its_etag_in_any_encoding() {
         );
         assert!(r.headers().contains_key("last-modified"));
         let r = app
-            .raw_client
-            .get(app.url("/fetch-data"))
-            .header("X-API-Key", KEY)
-            .header("If-None-Match", &etag)
-            .send()
-            .await
-            .unwrap();
+            .get_raw(
+                "/fetch-data",
+                &[("X-API-Key", KEY), ("If-None-Match", &etag)],
+            )
+            .await;
         assert_eq!(r.status(), 304, "{encoding}");
         assert!(r.bytes().await.unwrap().is_empty());
     }
     let r = app
-        .raw_client
-        .get(app.url("/fetch-data"))
-        .header("X-API-Key", KEY)
-        .header("If-None-Match", "\"something-else\"")
-        .send()
-        .await
-        .unwrap();
+        .get_raw(
+            "/fetch-data",
+            &[("X-API-Key", KEY), ("If-None-Match", "\"something-else\"")],
+        )
+        .await;
     assert_eq!(r.status(), 200);
 }
 
@@ -259,18 +238,12 @@ async fn an_unchanged_cache_answers_304_to_its_etag_in_any_encoding() {
 async fn gzip_and_zstd_bodies_decode_to_the_identity_body() {
     let app = spawn_app().await;
     app.wait_for_encodings().await;
-    let get = |accept: &'static str| {
-        app.raw_client
-            .get(app.url("/fetch-data"))
-            .header("X-API-Key", KEY)
-            .header("Accept-Encoding", accept)
-            .send()
-    };
-    let identity = get("identity").await.unwrap();
+
+    let identity = app.get_fetch_data_encoded("identity").await;
     assert!(identity.headers().get("content-encoding").is_none());
     let identity = identity.bytes().await.unwrap();
 
-    let gz = get("gzip").await.unwrap();
+    let gz = app.get_fetch_data_encoded("gzip").await;
     assert_eq!(gz.headers()["content-encoding"], "gzip");
     assert_eq!(gz.headers()["vary"], "Accept-Encoding");
     let mut decoded = Vec::new();
@@ -279,17 +252,17 @@ async fn gzip_and_zstd_bodies_decode_to_the_identity_body() {
         .unwrap();
     assert_eq!(decoded, identity);
 
-    let zs = get("gzip;q=0.5, zstd").await.unwrap();
+    let zs = app.get_fetch_data_encoded("gzip;q=0.5, zstd").await;
     assert_eq!(zs.headers()["content-encoding"], "zstd");
     let decoded = zstd::decode_all(&zs.bytes().await.unwrap()[..]).unwrap();
     assert_eq!(decoded, identity);
 
-    let none = get("br").await.unwrap();
+    let none = app.get_fetch_data_encoded("br").await;
     assert!(
         none.headers().get("content-encoding").is_none(),
         "unknown coding falls back"
     );
-    let none = get("gzip;q=0, zstd;q=0").await.unwrap();
+    let none = app.get_fetch_data_encoded("gzip;q=0, zstd;q=0").await;
     assert!(
         none.headers().get("content-encoding").is_none(),
         "q=0 refuses a coding"
@@ -387,12 +360,8 @@ async fn malformed_parameters_and_unknown_routes_get_clear_errors() {
     );
     // No failure yet is not a wrong path.
     let r = app
-        .client
-        .get(app.url("/failures/latest.png"))
-        .header("X-API-Key", KEY)
-        .send()
-        .await
-        .unwrap();
+        .get_with("/failures/latest.png", &[("X-API-Key", KEY)])
+        .await;
     assert_eq!(r.status(), 404);
     assert_eq!(
         r.json::<Value>().await.unwrap(),
@@ -450,13 +419,7 @@ async fn a_wrong_method_gets_a_json_405_that_lists_the_allowed_ones() {
         assert!(message.ends_with(&format!(": use {allowed}")), "{message}");
         assert!(message.starts_with("Method "), "{message}");
     }
-    let r = app
-        .client
-        .get(app.url("/refresh"))
-        .header("X-API-Key", KEY)
-        .send()
-        .await
-        .unwrap();
+    let r = app.get_with("/refresh", &[("X-API-Key", KEY)]).await;
     assert_eq!(
         r.json::<Value>().await.unwrap()["message"],
         "Method GET is not allowed on /refresh: use POST"
@@ -465,12 +428,7 @@ async fn a_wrong_method_gets_a_json_405_that_lists_the_allowed_ones() {
 
 #[tokio::test]
 async fn host_accepts_a_name_resolved_when_binding() {
-    let app = spawn_app_with(Options {
-        seed: Some(SMALL_CSV),
-        env: vec![("HOST", "localhost".into())],
-        ..Options::default()
-    })
-    .await;
+    let app = spawn_app_with_env(vec![("HOST", "localhost".into())]).await;
     let r = app.client.get(app.url("/health")).send().await.unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(app.get_fetch_data("").await.status(), 200);
@@ -498,28 +456,32 @@ async fn refresh_without_a_sync_source_says_so() {
     );
 }
 
-#[tokio::test]
-async fn sse_sends_cached_then_updated_then_done_when_another_process_imports() {
-    let app = spawn_app().await;
-    let r = app
-        .client
-        .get(app.url(&format!("/fetch-data?stream=true&api_key={KEY}")))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    assert_eq!(r.headers()["content-type"], "text/event-stream");
-    assert_eq!(r.headers()["x-accel-buffering"], "no");
+/// The events of the stream `r` while a new version, `csv`, is imported: `cached`, `updated`
+/// and `done`, checked.
+async fn events_while_importing(
+    app: &TestApp,
+    r: reqwest::Response,
+    csv: &'static str,
+) -> Vec<Value> {
     let cache_file = app.cache_file.clone();
     // The stream follows versions from before its headers were sent: a version imported from
     // now on is its `updated`, however soon it lands.
-    let importer = tokio::task::spawn_blocking(move || {
-        import_csv(&cache_file, "id,name\n7,fresh\n").unwrap();
-    });
+    let importer = tokio::task::spawn_blocking(move || import_csv(&cache_file, csv).unwrap());
     let events = read_events(r, Duration::from_secs(15)).await;
     importer.await.unwrap();
     let types: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
     assert_eq!(types, ["cached", "updated", "done"], "{events:?}");
+    events
+}
+
+#[tokio::test]
+async fn sse_sends_cached_then_updated_then_done_when_another_process_imports() {
+    let app = spawn_app().await;
+    let r = app.get_stream_with_key_in_url(KEY).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-type"], "text/event-stream");
+    assert_eq!(r.headers()["x-accel-buffering"], "no");
+    let events = events_while_importing(&app, r, "id,name\n7,fresh\n").await;
     assert_eq!(events[0]["payload"]["count"], 2);
     assert_eq!(events[0]["payload"]["status"], "success");
     assert_eq!(
@@ -552,26 +514,11 @@ async fn sse_events_carry_ids_and_the_first_says_when_nothing_is_cached() {
 #[tokio::test]
 async fn notify_only_streams_carry_the_version_and_no_rows() {
     let app = spawn_app().await;
-    let r = app
-        .raw_client
-        .get(app.url("/fetch-data"))
-        .header("X-API-Key", KEY)
-        .send()
-        .await
-        .unwrap();
+    let r = app.get_raw("/fetch-data", &[("X-API-Key", KEY)]).await;
     let etag = r.headers()["etag"].to_str().unwrap().to_owned();
     let r = app.get_fetch_data("?stream=true&payload=none").await;
     assert_eq!(r.status(), 200);
-    let cache_file = app.cache_file.clone();
-    // The stream follows versions from before its headers were sent: a version imported from
-    // now on is its `updated`, however soon it lands.
-    let importer = tokio::task::spawn_blocking(move || {
-        import_csv(&cache_file, "id,name\n7,fresh\n").unwrap();
-    });
-    let events = read_events(r, Duration::from_secs(15)).await;
-    importer.await.unwrap();
-    let types: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
-    assert_eq!(types, ["cached", "updated", "done"], "{events:?}");
+    let events = events_while_importing(&app, r, "id,name\n7,fresh\n").await;
     assert_eq!(events[0]["count"], 2);
     assert_eq!(events[0]["etag"], etag.as_str());
     assert!(events[0]["last_updated"].as_str().unwrap().ends_with('Z'));
@@ -581,13 +528,14 @@ async fn notify_only_streams_carry_the_version_and_no_rows() {
 
     // The etag it announces is the one that gets a 304.
     let r = app
-        .client
-        .get(app.url("/fetch-data"))
-        .header("X-API-Key", KEY)
-        .header("If-None-Match", events[1]["etag"].as_str().unwrap())
-        .send()
-        .await
-        .unwrap();
+        .get_with(
+            "/fetch-data",
+            &[
+                ("X-API-Key", KEY),
+                ("If-None-Match", events[1]["etag"].as_str().unwrap()),
+            ],
+        )
+        .await;
     assert_eq!(r.status(), 304);
 
     let r = app.get_fetch_data("?payload=none").await;
@@ -653,12 +601,7 @@ async fn status_reports_the_cache_and_an_idle_unconfigured_sync() {
 
 #[tokio::test]
 async fn cors_headers_only_for_configured_origins() {
-    let app = spawn_app_with(Options {
-        seed: Some(SMALL_CSV),
-        env: vec![("CORS_ALLOW_ORIGINS", "https://dash.example".into())],
-        ..Options::default()
-    })
-    .await;
+    let app = spawn_app_with_env(vec![("CORS_ALLOW_ORIGINS", "https://dash.example".into())]).await;
     let preflight = app
         .client
         .request(reqwest::Method::OPTIONS, app.url("/fetch-data"))
@@ -680,22 +623,14 @@ async fn cors_headers_only_for_configured_origins() {
     assert!(allowed.contains("x-api-key"), "{allowed}");
 
     let other = app
-        .client
-        .get(app.url("/health"))
-        .header("Origin", "https://evil.example")
-        .send()
-        .await
-        .unwrap();
+        .get_with("/health", &[("Origin", "https://evil.example")])
+        .await;
     assert!(other.headers().get("access-control-allow-origin").is_none());
 
     let plain = spawn_app().await;
     let r = plain
-        .client
-        .get(plain.url("/health"))
-        .header("Origin", "https://dash.example")
-        .send()
-        .await
-        .unwrap();
+        .get_with("/health", &[("Origin", "https://dash.example")])
+        .await;
     assert!(r.headers().get("access-control-allow-origin").is_none());
 }
 

@@ -17,12 +17,8 @@ use crate::helpers::app::*;
 /// The number of open event streams, from `/metrics`.
 pub(super) async fn subscribers(app: &TestApp) -> u64 {
     let text = app
-        .client
-        .get(app.url("/metrics"))
-        .header("X-API-Key", KEY)
-        .send()
+        .get_with("/metrics", &[("X-API-Key", KEY)])
         .await
-        .unwrap()
         .text()
         .await
         .unwrap();
@@ -140,13 +136,11 @@ async fn a_stalled_subscriber_is_dropped_even_when_its_event_fits_in_the_kernels
     .await;
     wait_for_version(&app, 2_000).await;
     let gzip_len = app
-        .raw_client
-        .get(app.url("/fetch-data"))
-        .header("X-API-Key", KEY)
-        .header("Accept-Encoding", "gzip")
-        .send()
+        .get_raw(
+            "/fetch-data",
+            &[("X-API-Key", KEY), ("Accept-Encoding", "gzip")],
+        )
         .await
-        .unwrap()
         .bytes()
         .await
         .unwrap()

@@ -28,13 +28,11 @@ fn events_of(raw: &[u8]) -> Vec<Value> {
 /// while another process imports `next` after a moment. Returns the bytes on the wire.
 async fn stream_with_update(app: &TestApp, accept: &str, next: &str) -> (Option<String>, Vec<u8>) {
     let r = app
-        .raw_client
-        .get(app.url("/fetch-data?stream=true"))
-        .header("X-API-Key", KEY)
-        .header("Accept-Encoding", accept)
-        .send()
-        .await
-        .unwrap();
+        .get_raw(
+            "/fetch-data?stream=true",
+            &[("X-API-Key", KEY), ("Accept-Encoding", accept)],
+        )
+        .await;
     assert_eq!(r.status(), 200);
     let encoding = r
         .headers()
@@ -65,12 +63,8 @@ async fn event_streams_are_gzip_or_zstd_spliced_from_the_precompressed_body() {
         .await;
         app.wait_for_encodings().await;
         let identity_body = app
-            .raw_client
-            .get(app.url("/fetch-data"))
-            .header("X-API-Key", KEY)
-            .send()
+            .get_raw("/fetch-data", &[("X-API-Key", KEY)])
             .await
-            .unwrap()
             .bytes()
             .await
             .unwrap();
@@ -210,13 +204,11 @@ async fn refresh_answers_gzip_with_its_info_in_front() {
     let app = spawn_app().await;
     app.wait_for_encodings().await;
     let r = app
-        .raw_client
-        .get(app.url("/fetch-data?refresh=true"))
-        .header("X-API-Key", KEY)
-        .header("Accept-Encoding", "gzip")
-        .send()
-        .await
-        .unwrap();
+        .get_raw(
+            "/fetch-data?refresh=true",
+            &[("X-API-Key", KEY), ("Accept-Encoding", "gzip")],
+        )
+        .await;
     assert_eq!(r.headers()["content-encoding"], "gzip");
     let mut out = Vec::new();
     flate2::read::GzDecoder::new(&r.bytes().await.unwrap()[..])

@@ -87,6 +87,16 @@ pub async fn spawn_app() -> TestApp {
     .await
 }
 
+/// A server with a small cache imported and the settings `env`.
+pub async fn spawn_app_with_env(env: Vec<(&'static str, String)>) -> TestApp {
+    spawn_app_with(Options {
+        seed: Some(SMALL_CSV),
+        env,
+        ..Options::default()
+    })
+    .await
+}
+
 pub async fn spawn_app_with(options: Options) -> TestApp {
     let dir = tempfile::tempdir().unwrap();
     let cache_file = options
@@ -302,6 +312,38 @@ impl TestApp {
         self.client
             .get(self.url(&format!("/fetch-data{query}")))
             .header("X-API-Key", KEY)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// `GET path` with `headers`, the body left as sent (no decompression).
+    pub async fn get_raw(&self, path: &str, headers: &[(&str, &str)]) -> reqwest::Response {
+        Self::get_by(&self.raw_client, self.url(path), headers).await
+    }
+
+    /// `GET path` with `headers`, a compressed body decoded.
+    pub async fn get_with(&self, path: &str, headers: &[(&str, &str)]) -> reqwest::Response {
+        Self::get_by(&self.client, self.url(path), headers).await
+    }
+
+    async fn get_by(
+        client: &reqwest::Client,
+        url: String,
+        headers: &[(&str, &str)],
+    ) -> reqwest::Response {
+        let mut request = client.get(url);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        request.send().await.unwrap()
+    }
+
+    /// `GET /fetch-data?stream=true` with the key in the URL, as a browser's `EventSource` sends
+    /// it.
+    pub async fn get_stream_with_key_in_url(&self, key: &str) -> reqwest::Response {
+        self.client
+            .get(self.url(&format!("/fetch-data?stream=true&api_key={key}")))
             .send()
             .await
             .unwrap()

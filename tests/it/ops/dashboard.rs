@@ -60,12 +60,7 @@ fn digits(s: &str) -> String {
 async fn the_dashboard_asks_for_the_key_then_shows_the_cache_and_a_refresh() {
     let _one = crate::helpers::ONE_BROWSER.lock().await;
     let bed = testbed();
-    let app = spawn_app_with(Options {
-        seed: Some(SMALL_CSV),
-        env: pma_env_at(bed, &bed.pma_url),
-        ..Options::default()
-    })
-    .await;
+    let app = spawn_app_with_env(pma_env_at(bed, &bed.pma_url)).await;
     let browser = headless_chromium(&bed.webdriver_url).await;
     let result = async {
         browser.goto(&app.url("/")).await.unwrap();

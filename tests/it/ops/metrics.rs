@@ -52,12 +52,8 @@ async fn metrics_describe_the_cache_and_count_requests_by_route_template() {
     let app = spawn_app().await;
     for _ in 0..3 {
         let response = app
-            .client
-            .get(app.url("/status?secret-looking=abc123"))
-            .header("X-API-Key", KEY)
-            .send()
-            .await
-            .unwrap();
+            .get_with("/status?secret-looking=abc123", &[("X-API-Key", KEY)])
+            .await;
         // An unknown parameter is refused; its request is still counted, by route.
         assert_eq!(response.status(), 400);
     }

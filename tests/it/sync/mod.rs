@@ -126,6 +126,25 @@ fn read_json(path: &Path) -> Value {
 }
 
 /// How many exports phpMyAdmin has served so far (from its request log).
+/// With `SYNC_FORCE` set to `force`, the sync the guard refused goes through: the cache holds
+/// the table's `rows`.
+fn forced_sync_takes_the_table(
+    cache_file: &Path,
+    env: &[(&'static str, String)],
+    force: &str,
+    rows: usize,
+) {
+    let mut forced = env.to_vec();
+    forced.push(("SYNC_FORCE", force.into()));
+    let out = run_sync(cache_file, &forced);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(read_json(cache_file)["count"], rows);
+}
+
 fn exports_served(bed: &Testbed) -> usize {
     let log = std::fs::read_to_string(bed.dir.join("php.log")).unwrap_or_default();
     log.lines()
@@ -250,15 +269,7 @@ async fn an_export_far_smaller_than_the_cache_is_refused_unless_forced() {
     assert!(stderr.contains("far fewer"), "{stderr}");
     assert_eq!(std::fs::read(&cache_file).unwrap(), before);
 
-    let mut forced = env.clone();
-    forced.push(("SYNC_FORCE", "1".into()));
-    let out = run_sync(&cache_file, &forced);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(read_json(&cache_file)["count"], table_rows);
+    forced_sync_takes_the_table(&cache_file, &env, "1", table_rows);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -315,12 +326,7 @@ async fn fifty_concurrent_refreshes_start_exactly_one_export() {
     let _one = crate::helpers::ONE_BROWSER.lock().await;
     let bed = testbed();
     let tmp = tempfile::tempdir().unwrap();
-    let app = spawn_app_with(Options {
-        seed: Some(SMALL_CSV),
-        env: pma_env_in(bed, tmp.path()),
-        ..Options::default()
-    })
-    .await;
+    let app = spawn_app_with_env(pma_env_in(bed, tmp.path())).await;
     let exports_before = exports_served(bed);
     let requests = (0..50).map(|_| app.post_refresh());
     let answers = futures_util::future::join_all(requests).await;
@@ -534,12 +540,7 @@ async fn three_syncs_and_refreshes_on_a_server_of_the_same_file_make_exactly_one
     let bed = testbed();
     let tmp = tempfile::tempdir().unwrap();
     let env = pma_env_in(bed, tmp.path());
-    let app = spawn_app_with(Options {
-        seed: Some(SMALL_CSV),
-        env: env.clone(),
-        ..Options::default()
-    })
-    .await;
+    let app = spawn_app_with_env(env.clone()).await;
     let exports_before = exports_served(bed);
     let syncs: Vec<_> = (0..3)
         .map(|_| {
@@ -638,15 +639,7 @@ async fn the_shrink_guard_reads_a_cache_in_any_key_order_and_refuses_when_the_co
     );
     assert_eq!(std::fs::read_to_string(&cache_file).unwrap(), truncated);
 
-    let mut forced = env.clone();
-    forced.push(("SYNC_FORCE", "true".into()));
-    let out = run_sync(&cache_file, &forced);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(read_json(&cache_file)["count"], table_rows);
+    forced_sync_takes_the_table(&cache_file, &env, "true", table_rows);
 }
 
 /// Names in `tmp` of folders a sync makes (browser downloads, work folders).
