@@ -512,14 +512,6 @@ async fn a_missing_chromedriver_is_fatal_and_says_how_to_install_it() {
     assert!(format!("{err:#}").contains("bin/setup"), "{err:#}");
 }
 
-/// How many logins phpMyAdmin has answered so far (from its request log).
-fn logins_served(bed: &Testbed) -> usize {
-    let log = std::fs::read_to_string(bed.dir.join("php.log")).unwrap_or_default();
-    log.lines()
-        .filter(|l| l.ends_with("POST /index.php?route=/") || l.ends_with("POST /index.php"))
-        .count()
-}
-
 /// How many times phpMyAdmin 5.2 has served the table's export page so far.
 fn export_pages_served(bed: &Testbed) -> usize {
     let log = std::fs::read_to_string(bed.dir.join("php.log")).unwrap_or_default();
@@ -555,7 +547,7 @@ async fn a_kept_browser_exports_again_and_logs_in_again_when_phpmyadmin_forgot_i
 
     // The same browser again: the export form still shown is submitted again, no login and no
     // new load of the export page.
-    let logins = logins_served(bed);
+    let logins = bed.logins_served();
     let pages = export_pages_served(bed);
     let second = export_with(&settings, &mut kept, &token)
         .await
@@ -565,7 +557,7 @@ async fn a_kept_browser_exports_again_and_logs_in_again_when_phpmyadmin_forgot_i
         folder,
         "same browser"
     );
-    assert_eq!(logins_served(bed), logins, "no new login");
+    assert_eq!(bed.logins_served(), logins, "no new login");
     assert_eq!(
         export_pages_served(bed),
         pages,
@@ -587,7 +579,7 @@ async fn a_kept_browser_exports_again_and_logs_in_again_when_phpmyadmin_forgot_i
         folder,
         "same browser"
     );
-    assert_eq!(logins_served(bed), logins + 1, "one new login");
+    assert_eq!(bed.logins_served(), logins + 1, "one new login");
     assert_csv_equals_table(&third, &token, bed);
 
     kept.take().unwrap().close().await;

@@ -162,8 +162,10 @@ async fn a_panicking_sync_is_reported_as_a_failure_and_frees_the_single_flight()
         body["status"], "triggered",
         "the single flight is free again"
     );
-    let logs = app.wait_for_log("sync failed").await;
-    assert!(logs.contains("sync failed"), "{logs}");
+    wait_for_status(&app, "two failures counted", |s| {
+        s["sync"]["consecutive_failures"] == 2
+    })
+    .await;
 }
 
 #[tokio::test]

@@ -401,19 +401,6 @@ impl TestApp {
         }
     }
 
-    /// Waits until the server has logged `needle` (lines reach the log a moment after what they
-    /// tell of: the log is written off the request path), 10 s at most; returns the log.
-    pub async fn wait_for_log(&self, needle: &str) -> String {
-        super::eventually(Duration::from_secs(10), needle, || async {
-            let logs = self.logs();
-            match logs.contains(needle) {
-                true => Ok(logs),
-                false => Err(logs),
-            }
-        })
-        .await
-    }
-
     /// Sends SIGTERM and waits for a clean exit.
     pub fn stop(mut self) -> std::process::ExitStatus {
         let Runner::Process { child, .. } = &mut self.runner else {

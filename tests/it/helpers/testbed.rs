@@ -136,6 +136,15 @@ impl Testbed {
         ]
     }
 
+    /// How many logins phpMyAdmin 5.2 (`pma_url`) has been sent so far: the login form's POSTs,
+    /// counted in its request log.
+    pub fn logins_served(&self) -> usize {
+        let log = std::fs::read_to_string(self.dir.join("php.log")).unwrap_or_default();
+        log.lines()
+            .filter(|l| l.ends_with("POST /index.php?route=/") || l.ends_with("POST /index.php"))
+            .count()
+    }
+
     /// Runs SQL as MariaDB's root and returns the tab-separated output, without a header row.
     pub fn sql(&self, sql: &str) -> String {
         let output = Command::new("mariadb")
