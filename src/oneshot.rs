@@ -47,7 +47,7 @@ async fn import_locked(
     cache_file: &std::path::Path,
 ) -> anyhow::Result<()> {
     let started = Instant::now();
-    let started_at = rfc3339(OffsetDateTime::now_utc());
+    let started_at = OffsetDateTime::now_utc();
     let converted = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
         let file = std::fs::File::open(&csv_path)
             .with_context(|| format!("cannot read {}", csv_path.display()))?;
@@ -132,7 +132,7 @@ pub async fn sync(args: SyncArgs) -> anyhow::Result<()> {
                         rows = r.rows,
                         by = r.written_by,
                         "another process refreshed the cache at {}; not exporting again",
-                        r.finished_at
+                        rfc3339(r.finished_at)
                     ),
                     None => tracing::info!(
                         "another process refreshed the cache meanwhile; not exporting again"

@@ -19,8 +19,10 @@ pub struct VersionRecord {
     pub rows: usize,
     /// Which process wrote it: command, process id, host.
     pub written_by: String,
-    pub started_at: String,
-    pub finished_at: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub started_at: time::OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub finished_at: time::OffsetDateTime,
     pub duration_seconds: f64,
 }
 
@@ -30,7 +32,7 @@ impl VersionRecord {
     pub fn made_now(
         last_updated: String,
         rows: usize,
-        started_at: String,
+        started_at: time::OffsetDateTime,
         started: std::time::Instant,
     ) -> Self {
         let now = time::OffsetDateTime::now_utc();
@@ -40,9 +42,7 @@ impl VersionRecord {
             rows,
             written_by: Self::this_process(),
             started_at,
-            finished_at: now
-                .format(&time::format_description::well_known::Rfc3339)
-                .unwrap_or_else(|_| now.unix_timestamp().to_string()),
+            finished_at: now,
             duration_seconds: started.elapsed().as_secs_f64(),
         }
     }
@@ -93,8 +93,8 @@ mod tests {
             last_updated: "T".into(),
             rows: 3,
             written_by: VersionRecord::this_process(),
-            started_at: "S".into(),
-            finished_at: "F".into(),
+            started_at: time::macros::datetime!(2026-01-01 00:00:00 UTC),
+            finished_at: time::macros::datetime!(2026-01-01 00:00:01.5 UTC),
             duration_seconds: 1.5,
         };
         record.write(&cache).unwrap();

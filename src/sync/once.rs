@@ -86,7 +86,7 @@ async fn sync_steps(
     stop: &CancellationToken,
 ) -> anyhow::Result<(usize, usize)> {
     let started = Instant::now();
-    let started_at = rfc3339(OffsetDateTime::now_utc());
+    let started_at = OffsetDateTime::now_utc();
     super::fault::hit().await;
     // Room for the new version's JSON, reserved before the download starts so that the buffer
     // never grows (and is copied) while the CSV arrives: the previous version's size and 1/8.

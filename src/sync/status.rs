@@ -57,22 +57,18 @@ impl SyncStatus {
     /// Takes the last success from the record of the version being served when it is newer
     /// than this process's own (another process or replica synced).
     pub fn merge_version_record(&mut self, record: &crate::cache::VersionRecord) {
-        let theirs = parse_rfc3339(&record.finished_at);
+        let theirs = record.finished_at;
         let newer = match self.last_success {
             None => true,
-            Some(ours) => theirs > Some(ours),
+            Some(ours) => theirs > ours,
         };
         if newer {
-            self.last_success = theirs;
+            self.last_success = Some(theirs);
             self.last_duration_seconds = Some(record.duration_seconds);
             self.last_rows = Some(record.rows);
         }
         self.last_written_by = Some(record.written_by.clone());
     }
-}
-
-fn parse_rfc3339(s: &str) -> Option<OffsetDateTime> {
-    OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok()
 }
 
 /// The shared, always-current sync status. A std mutex: it is held for a few assignments, never
