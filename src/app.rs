@@ -20,7 +20,6 @@ pub struct Application {
     state: AppState,
     cors_origins: Vec<String>,
     write_timeout: Duration,
-    sync_interval: Option<Duration>,
 }
 
 impl Application {
@@ -66,7 +65,6 @@ impl Application {
             state,
             cors_origins: config.cors_allow_origins,
             write_timeout: config.sse_write_timeout,
-            sync_interval: config.sync_interval,
         })
     }
 
@@ -87,9 +85,8 @@ impl Application {
             state,
             cors_origins,
             write_timeout,
-            sync_interval,
         } = self;
-        let schedule = sync_interval.map(|every| {
+        let schedule = state.sync_interval.map(|every| {
             let first = match state.cache.current() {
                 Some(s) => every.saturating_sub(s.age()),
                 None => Duration::ZERO,

@@ -238,8 +238,8 @@ impl Destination<'_> {
 
     /// Rows in the current version (see [`VersionStore::row_count`]).
     pub async fn row_count(&self) -> anyhow::Result<Option<usize>> {
-        match self.serving.and_then(Cache::current) {
-            Some(snapshot) => Ok(Some(snapshot.count)),
+        match self.serving {
+            Some(cache) => cache.row_count().await,
             None => self.store.row_count().await,
         }
     }

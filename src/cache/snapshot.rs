@@ -278,14 +278,9 @@ impl Snapshot {
 
     /// Builds a compressed variant at `level` (the quick one, or the level chosen for it:
     /// [`Snapshot::final_level`]) and serves it from now on. CPU-heavy: call from a blocking
-    /// thread. A failed first build marks the variant unavailable; a failed later one keeps the
-    /// variant built before.
-    pub fn compress(&self, encoding: Encoding, level: i32) -> anyhow::Result<Duration> {
-        self.compress_until(encoding, level, &|| true)
-    }
-
-    /// [`Snapshot::compress`], stopped (with an error, the variant left as it was) when
-    /// `keep_going` says no.
+    /// thread. `keep_going` is asked between chunks; when it says no, compression stops with an
+    /// error. A failed first build marks the variant unavailable; a failed later one (or a
+    /// stopped one) keeps the variant built before.
     pub fn compress_until(
         &self,
         encoding: Encoding,
@@ -511,10 +506,11 @@ mod tests {
         let s = Snapshot::from_cache_buffer(buffer(GOOD)).unwrap();
         assert!(s.encoded(Encoding::Gzip).is_none());
         for level in [QUICK_LEVEL, GZIP_LEVEL as i32] {
-            s.compress(Encoding::Gzip, level).unwrap();
+            s.compress_until(Encoding::Gzip, level, &|| true).unwrap();
         }
         assert!(s.is_final(Encoding::Gzip));
-        s.compress(Encoding::Zstd, QUICK_LEVEL).unwrap();
+        s.compress_until(Encoding::Zstd, QUICK_LEVEL, &|| true)
+            .unwrap();
         assert!(!s.is_final(Encoding::Zstd) && !s.is_pending(Encoding::Zstd));
         let mut out = Vec::new();
         std::io::Read::read_to_end(
