@@ -31,11 +31,13 @@ impl Application {
             .with_context(|| format!("cannot listen on {}:{}", config.host, config.port))?;
         let services = Services::build(ServiceSettings {
             cache_file: config.cache_file.clone(),
+            table: config.table.clone(),
             shared: config.shared,
             serving: true,
             sync: config.sync,
             alerts: &config.alerts,
             secrets: config.api_keys.clone(),
+            query: Some(config.query.clone()),
         })?;
         let cache = &services.cache;
         match cache.load_initial().await {

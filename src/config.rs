@@ -198,6 +198,78 @@ pub struct ServeArgs {
     pub pma: PmaArgs,
     #[command(flatten)]
     pub alerts: AlertArgs,
+    #[command(flatten)]
+    pub query: QueryArgs,
+}
+
+/// How `/query` and `/tables` run queries.
+#[derive(Debug, Args)]
+pub struct QueryArgs {
+    /// Most rows a JSON answer holds; it is cut there and says `"truncated": true` (NDJSON, CSV,
+    /// Arrow and Parquet answers hold every row).
+    #[arg(long, env = "QUERY_MAX_ROWS", default_value_t = 10_000)]
+    pub query_max_rows: usize,
+    /// A query still running after this long is stopped with an error.
+    #[arg(long, env = "QUERY_TIMEOUT", value_parser = parse_duration, default_value = "5s")]
+    pub query_timeout: Duration,
+    /// Memory the running queries may use together for sorts, groups and joins (e.g. 512MiB);
+    /// a query that needs more is stopped with an error.
+    #[arg(long, env = "QUERY_MEMORY", default_value = "512MiB")]
+    pub query_memory: bytesize::ByteSize,
+    /// Queries that run at once, each on the query threads; more wait for their turn.
+    #[arg(long, env = "QUERY_CONCURRENCY", default_value_t = 2)]
+    pub query_concurrency: usize,
+    /// Memory for answers kept per version (the same query on the same version is answered from
+    /// it); 0 keeps none.
+    #[arg(long, env = "QUERY_CACHE", default_value = "64MiB")]
+    pub query_cache: bytesize::ByteSize,
+}
+
+/// Validated query settings.
+#[derive(Debug, Clone)]
+pub struct QuerySettings {
+    pub max_rows: usize,
+    pub timeout: Duration,
+    pub memory_bytes: usize,
+    pub concurrency: usize,
+    pub cache_bytes: u64,
+}
+
+impl QueryArgs {
+    /// Checks the limits.
+    pub fn validate(self) -> Result<QuerySettings, ConfigError> {
+        if self.query_max_rows == 0 {
+            return Err(ConfigError::new("QUERY_MAX_ROWS must be at least 1"));
+        }
+        if self.query_timeout < Duration::from_millis(10) {
+            return Err(ConfigError::new("QUERY_TIMEOUT must be at least 10ms"));
+        }
+        if self.query_memory.as_u64() < 1 << 20 {
+            return Err(ConfigError::new("QUERY_MEMORY must be at least 1MiB"));
+        }
+        if !(1..=64).contains(&self.query_concurrency) {
+            return Err(ConfigError::new("QUERY_CONCURRENCY must be from 1 to 64"));
+        }
+        Ok(QuerySettings {
+            max_rows: self.query_max_rows,
+            timeout: self.query_timeout,
+            memory_bytes: usize::try_from(self.query_memory.as_u64()).unwrap_or(usize::MAX),
+            concurrency: self.query_concurrency,
+            cache_bytes: self.query_cache.as_u64(),
+        })
+    }
+}
+
+impl Default for QuerySettings {
+    fn default() -> Self {
+        Self {
+            max_rows: 10_000,
+            timeout: Duration::from_secs(5),
+            memory_bytes: 512 << 20,
+            concurrency: 2,
+            cache_bytes: 64 << 20,
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -207,6 +279,11 @@ pub struct ImportArgs {
     /// Fields exactly equal to this token become JSON null (default: none; an empty field stays "").
     #[arg(long, env = "IMPORT_NULL")]
     pub null: Option<String>,
+    /// A file with the table's `CREATE TABLE` (MySQL), which types the columns for queries and
+    /// names the key; without it every column is text.
+    #[arg(long, env = "IMPORT_SCHEMA")]
+    pub schema: Option<PathBuf>,
+
     #[command(flatten)]
     pub cache: CacheArgs,
 }
@@ -462,6 +539,9 @@ pub struct ServeConfig {
     pub sync_interval: Option<Duration>,
     pub alerts: AlertSettings,
     pub sse_write_timeout: Duration,
+    /// The table's name where a version does not declare it.
+    pub table: String,
+    pub query: QuerySettings,
 }
 
 /// The keys of a comma-separated API_KEY.
@@ -544,7 +624,9 @@ impl ServeArgs {
             Some(list) => parse_origins(&list)?,
         };
         let (cache_file, shared) = self.cache.validate()?;
+        let table = self.pma.pma_table.trim().to_owned();
         let sync = self.pma.validate(&cache_file, false)?;
+        let query = self.query.validate()?;
         if self.sync_interval.is_some() && sync.is_none() {
             return Err(ConfigError::new(
                 "SYNC_INTERVAL is set but PMA_URL is not: the schedule needs the phpMyAdmin settings",
@@ -561,6 +643,8 @@ impl ServeArgs {
             sync_interval: self.sync_interval,
             alerts: self.alerts.validate(self.sync_interval)?,
             sse_write_timeout: self.sse_write_timeout,
+            table,
+            query,
         })
     }
 }

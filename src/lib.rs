@@ -5,7 +5,10 @@
 //!   snapshot that the API serves.
 //! - [`sync`] — the worker that logs into phpMyAdmin through a headless browser, exports the table
 //!   and replaces the cache.
-//! - [`api`] — the HTTP API: auth, `/fetch-data`, SSE, `/refresh`, `/status`.
+//! - [`query`] — questions over each version: read-only SQL and filtered rows, run by
+//!   DataFusion over the version's typed view, in JSON, NDJSON, CSV, Arrow and Parquet.
+//! - [`api`] — the HTTP API: auth, `/fetch-data`, SSE, `/refresh`, `/status`, `/query`,
+//!   `/tables`.
 //! - [`ops`] — watching it run: recent syncs, Prometheus metrics, webhook alerts.
 //! - [`startup`] — the composition root: what `serve` and `worker` share, built once, with the
 //!   task tracker and cancellation token that own every background task.
@@ -21,6 +24,7 @@ pub mod commands;
 pub mod config;
 pub mod oneshot;
 pub mod ops;
+pub mod query;
 pub mod shutdown;
 pub mod startup;
 pub mod sync;

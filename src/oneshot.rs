@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cache::format::rfc3339;
 use crate::cache::{
+    TableSchema,
     csv_to_cache_json, json_capacity_for_csv, Destination, SyncLockGuard, VersionRecord,
     VersionStore,
 };
@@ -32,10 +33,14 @@ pub struct SyncBusy(String);
 /// `import`: converts a local CSV into the cache, atomically, under the sync lock.
 pub async fn import(args: ImportArgs) -> anyhow::Result<()> {
     let (cache_file, shared) = args.cache.validate()?;
+    let schema = match &args.schema {
+        Some(path) => Some(TableSchema::from_file(path)?),
+        None => None,
+    };
     sweep_leftovers().await;
     let store = VersionStore::open(cache_file.clone(), shared)?;
     let held = wait_for_lock(&store).await?;
-    let result = import_locked(&store, args.file, args.null, &cache_file).await;
+    let result = import_locked(&store, args.file, args.null, schema, &cache_file).await;
     held.release().await;
     result
 }
@@ -44,6 +49,7 @@ async fn import_locked(
     store: &Arc<VersionStore>,
     csv_path: PathBuf,
     null: Option<String>,
+    schema: Option<TableSchema>,
     cache_file: &std::path::Path,
 ) -> anyhow::Result<()> {
     let started = Instant::now();
@@ -63,7 +69,23 @@ async fn import_locked(
         converted.columns.len(),
         converted.cache_bytes().len(),
     );
-    let record = VersionRecord::made_now(converted.last_updated.clone(), rows, started_at, started);
+    if let Some(schema) = &schema {
+        let declared: Vec<&str> = schema.columns.iter().map(|c| c.name.as_str()).collect();
+        anyhow::ensure!(
+            declared == converted.columns,
+            "the schema's table `{}` has the columns {declared:?}, the CSV {:?}: nothing was \
+             imported",
+            schema.table,
+            converted.columns
+        );
+    }
+    let record = VersionRecord::made_now(
+        converted.last_updated.clone(),
+        rows,
+        started_at,
+        started,
+        schema,
+    );
     Destination {
         store,
         serving: None,

@@ -16,8 +16,9 @@ use tokio_util::task::TaskTracker;
 
 use crate::api::{self, AppState};
 use crate::cache::{Cache, VersionStore};
-use crate::config::{AlertSettings, Secret, SharedSettings, SyncSettings};
+use crate::config::{AlertSettings, QuerySettings, Secret, SharedSettings, SyncSettings};
 use crate::ops::{self, alerts::AlertTask, Monitor};
+use crate::query::QueryEngine;
 use crate::sync::{leftovers, Syncer};
 
 /// Ends what earlier, killed runs left behind (browser folders, a browser still running). Runs
@@ -38,6 +39,8 @@ pub struct Services {
     pub cache: Arc<Cache>,
     pub monitor: Arc<Monitor>,
     pub syncer: Arc<Syncer>,
+    /// Runs queries over the served version (`serve` only).
+    pub query: Option<Arc<QueryEngine>>,
     /// Every background task runs on this tracker...
     pub tasks: TaskTracker,
     /// ...and stops when this token is cancelled.
@@ -49,6 +52,8 @@ pub struct Services {
 #[derive(Debug)]
 pub struct ServiceSettings<'a> {
     pub cache_file: PathBuf,
+    /// The table's name where a version does not declare it (PMA_TABLE).
+    pub table: String,
     pub shared: Option<SharedSettings>,
     /// Whether this process serves the cache: syncs then serve each new version from memory.
     pub serving: bool,
@@ -56,13 +61,15 @@ pub struct ServiceSettings<'a> {
     pub alerts: &'a AlertSettings,
     /// Scrubbed from every alert, beside the phpMyAdmin password.
     pub secrets: Vec<Secret>,
+    /// How queries run, when this process answers them.
+    pub query: Option<QuerySettings>,
 }
 
 impl Services {
     /// Opens the cache and builds the monitor and the syncer around it.
     pub fn build(settings: ServiceSettings<'_>) -> anyhow::Result<Self> {
         let store = VersionStore::open(settings.cache_file, settings.shared)?;
-        let cache = Cache::new(Arc::clone(&store));
+        let cache = Cache::new(Arc::clone(&store), settings.table);
         let tasks = TaskTracker::new();
         let shutdown = CancellationToken::new();
         cache.run_background_work_on(tasks.clone(), shutdown.clone());
@@ -79,11 +86,13 @@ impl Services {
             tasks.clone(),
             shutdown.clone(),
         );
+        let query = settings.query.map(QueryEngine::new).transpose()?;
         Ok(Self {
             store,
             cache,
             monitor,
             syncer,
+            query,
             tasks,
             shutdown,
             alerts,
@@ -118,6 +127,7 @@ impl Services {
             shutdown: self.shutdown.clone(),
             sync_interval,
             monitor: Arc::clone(&self.monitor),
+            query: self.query.clone(),
         }
     }
 
@@ -148,5 +158,8 @@ impl Services {
         self.tasks.close();
         self.tasks.wait().await;
         self.syncer.close_kept_browser().await;
+        if let Some(query) = &self.query {
+            query.shutdown();
+        }
     }
 }

@@ -40,11 +40,13 @@ impl Worker {
         }
         let services = Services::build(ServiceSettings {
             cache_file: config.cache_file.clone(),
+            table: config.sync.table.clone(),
             shared: config.shared,
             serving: false,
             sync: Some(config.sync),
             alerts: &config.alerts,
             secrets: config.api_keys.clone(),
+            query: None,
         })?;
         let state = services.app_state(config.api_keys, Some(config.sync_interval));
         Ok(Self {

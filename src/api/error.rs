@@ -24,7 +24,7 @@ pub enum ApiError {
     #[error("{0}")]
     BadRequest(String),
     /// 404: no such route.
-    #[error("Not found: no such route (the routes are /fetch-data, /status, /refresh, /metrics, /health and / for the dashboard)")]
+    #[error("Not found: no such route (the routes are /fetch-data, /query, /tables, /status, /refresh, /metrics, /health and / for the dashboard)")]
     NotFound,
     /// 404: the failure screenshot route, when no sync has failed with a screenshot yet.
     #[error("No failure screenshot yet: one is kept each time a sync fails")]
@@ -37,6 +37,18 @@ pub enum ApiError {
         path: String,
         allowed: &'static str,
     },
+    /// 400: a query was stopped at its time or memory limit.
+    #[error("{0}")]
+    QueryStopped(String),
+    /// 404: no row has the key asked for, or no such table.
+    #[error("{0}")]
+    NoSuchRow(String),
+    /// 503: queries cannot be answered now (no typed view of the served version).
+    #[error("{0}")]
+    QueryUnavailable(String),
+    /// 500: the engine failed on a query it accepted.
+    #[error("{0}")]
+    QueryFailed(String),
     /// 503: nothing cached yet.
     #[error("No cached data")]
     NoCache,
@@ -61,8 +73,12 @@ impl ApiError {
             ApiError::MissingKey | ApiError::WrongKey | ApiError::KeyInQuery => {
                 StatusCode::UNAUTHORIZED
             }
-            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            ApiError::NotFound | ApiError::NoFailureScreenshot => StatusCode::NOT_FOUND,
+            ApiError::BadRequest(_) | ApiError::QueryStopped(_) => StatusCode::BAD_REQUEST,
+            ApiError::NotFound | ApiError::NoFailureScreenshot | ApiError::NoSuchRow(_) => {
+                StatusCode::NOT_FOUND
+            }
+            ApiError::QueryUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::QueryFailed(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::NoCache
             | ApiError::SyncNotConfigured

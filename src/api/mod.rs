@@ -5,6 +5,7 @@
 //! - [`negotiate`] — which encoding an answer goes in.
 //! - [`fetch`] — `/fetch-data` from ready-made bytes.
 //! - [`sse`] — `/fetch-data?stream=true`.
+//! - [`query`] — `/query` (read-only SQL) and `/tables` (columns, types, filtered rows).
 //! - [`status`] — `/health`, `/status`, `/refresh`.
 //! - [`error`] — the one error type clients see.
 
@@ -15,6 +16,7 @@ pub mod fetch;
 pub mod metrics;
 pub mod negotiate;
 pub mod params;
+pub mod query;
 pub mod sse;
 pub mod status;
 
@@ -39,6 +41,7 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 use crate::cache::Cache;
 use crate::config::Secret;
 use crate::ops::Monitor;
+use crate::query::QueryEngine;
 use crate::sync::Syncer;
 
 /// Shared context of every handler.
@@ -52,6 +55,8 @@ pub struct AppState {
     pub sync_interval: Option<Duration>,
     /// Recent syncs, metrics, staleness threshold.
     pub monitor: Arc<Monitor>,
+    /// Runs `/query` and `/tables` (`serve` only).
+    pub query: Option<Arc<QueryEngine>>,
 }
 
 /// The API's routes; `cors_origins` empty sends no CORS headers.
@@ -61,6 +66,10 @@ pub fn router(state: AppState, cors_origins: &[String]) -> Router {
         .route("/fetch-data", get(fetch::fetch_data))
         .route("/refresh", post(status::refresh))
         .route("/metrics", get(metrics::metrics))
+        .route("/query", get(query::query_get).post(query::query_post))
+        .route("/tables", get(query::tables))
+        .route("/tables/{table}", get(query::table_rows))
+        .route("/tables/{table}/{key}", get(query::table_row))
         .route(
             "/failures/latest.png",
             get(dashboard::latest_failure_screenshot),

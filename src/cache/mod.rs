@@ -6,7 +6,9 @@
 //! - [`files`] — atomic writes and reads of files; [`record`] — who wrote each version.
 //! - [`format`] — the cache file's format and the body layout built from it.
 //! - [`convert`] — CSV to cache JSON.
-//! - [`snapshot`] — the ready-to-send bodies the API serves.
+//! - [`schema`] — the table's declared columns and key; [`typed`] — the typed, columnar view
+//!   of each version that queries read.
+//! - [`snapshot`] — the ready-to-send bodies the API serves, with the typed view.
 //! - [`framing`] — the bytes of compressed answers: the variants' gzip and zstd framing, and the
 //!   encoding of streamed answers that splice them.
 //!
@@ -24,7 +26,9 @@ pub mod format;
 pub mod framing;
 pub mod record;
 pub mod redis_store;
+pub mod schema;
 pub mod snapshot;
+pub mod typed;
 pub mod version_store;
 
 use std::path::Path;
@@ -41,7 +45,9 @@ pub use convert::{csv_to_cache_json, json_capacity_for_csv, ConvertError, Conver
 pub use framing::Encoding;
 pub use record::VersionRecord;
 pub use redis_store::RedisStore;
+pub use schema::TableSchema;
 pub use snapshot::Snapshot;
+pub use typed::TypedTable;
 pub use version_store::{
     Loaded, SyncLockGuard, VersionStore, SHARED_CHECK_INTERVAL, WATCH_INTERVAL,
 };
@@ -54,6 +60,8 @@ pub type Versions = watch::Receiver<Option<Arc<Snapshot>>>;
 #[derive(Debug)]
 pub struct Cache {
     store: Arc<VersionStore>,
+    /// The table's name when a version does not declare it (PMA_TABLE).
+    table: String,
     current: ArcSwapOption<Snapshot>,
     /// The record of the served version, when it has one.
     record: ArcSwapOption<VersionRecord>,
@@ -64,10 +72,12 @@ pub struct Cache {
 }
 
 impl Cache {
-    /// An empty cache serving versions from `store`; [`Cache::load_initial`] loads the first.
-    pub fn new(store: Arc<VersionStore>) -> Arc<Self> {
+    /// An empty cache serving versions of `table` from `store`; [`Cache::load_initial`] loads
+    /// the first.
+    pub fn new(store: Arc<VersionStore>, table: String) -> Arc<Self> {
         Arc::new(Self {
             store,
+            table,
             current: ArcSwapOption::empty(),
             record: ArcSwapOption::empty(),
             versions: watch::Sender::new(None),
@@ -135,9 +145,14 @@ impl Cache {
         record: VersionRecord,
         zstd_frame: Option<Bytes>,
     ) -> anyhow::Result<()> {
-        let snapshot = tokio::task::spawn_blocking(move || Snapshot::from_converted(converted))
-            .await
-            .map_err(|e| anyhow::anyhow!("the snapshot builder stopped: {e}"))?;
+        let (schema, table) = (record.schema.clone(), self.table.clone());
+        let snapshot = tokio::task::spawn_blocking(move || {
+            let mut snapshot = Snapshot::from_converted(converted);
+            attach_typed_view(&mut snapshot, schema.as_ref(), &table);
+            snapshot
+        })
+        .await
+        .map_err(|e| anyhow::anyhow!("the snapshot builder stopped: {e}"))?;
         if let Some(frame) = zstd_frame {
             snapshot.adopt_zstd(frame);
         }
@@ -159,8 +174,28 @@ impl Cache {
     }
 
     async fn serve_loaded(&self, loaded: Option<Loaded>) -> bool {
-        let Some(Loaded { snapshot, record }) = loaded else {
+        let Some(Loaded {
+            mut snapshot,
+            record,
+        }) = loaded
+        else {
             return false;
+        };
+        let (schema, table) = (
+            record.as_ref().and_then(|r| r.schema.clone()),
+            self.table.clone(),
+        );
+        let built = tokio::task::spawn_blocking(move || {
+            attach_typed_view(&mut snapshot, schema.as_ref(), &table);
+            snapshot
+        })
+        .await;
+        let snapshot = match built {
+            Ok(snapshot) => snapshot,
+            Err(e) => {
+                tracing::error!("the typed view's builder stopped: {e}; still serving the version held");
+                return false;
+            }
         };
         let record = record.map(Arc::new);
         let snapshot = self.install(snapshot, record.clone());
@@ -252,6 +287,31 @@ impl Destination<'_> {
             cache.serve_published(converted, record, frame).await?;
         }
         Ok(())
+    }
+}
+
+/// Builds the typed view of `snapshot` with its declared `schema` and attaches it. A version
+/// whose view cannot be built is still served whole (`/fetch-data`); queries then say why they
+/// cannot answer. Blocking.
+fn attach_typed_view(snapshot: &mut Snapshot, schema: Option<&TableSchema>, table: &str) {
+    let digest = schema.map(TableSchema::digest);
+    match TypedTable::build(&snapshot.body, schema, table) {
+        Ok(view) => {
+            tracing::info!(
+                table = %view.schema.table,
+                rows = view.rows(),
+                typed_columns = view.kinds.iter().filter(|k| **k != schema::ValueKind::Text).count(),
+                unrepresentable = view.unrepresentable.iter().sum::<usize>(),
+                bytes = view.memory_bytes(),
+                seconds = view.build_time.as_secs_f64(),
+                "typed view built"
+            );
+            snapshot.attach_typed(Some(view), digest);
+        }
+        Err(e) => {
+            tracing::error!("the typed view of this version cannot be built: {e:#}");
+            snapshot.attach_typed(None, digest);
+        }
     }
 }
 

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::files::write_atomic_unsynced;
+use super::schema::TableSchema;
 
 /// What a version records about the sync that made it, so every process (another `serve`, a
 /// replica) can tell who wrote the cache it serves, when, and how long it took.
@@ -24,6 +25,10 @@ pub struct VersionRecord {
     #[serde(with = "time::serde::rfc3339")]
     pub finished_at: time::OffsetDateTime,
     pub duration_seconds: f64,
+    /// The table's declared structure, when the sync read it (or `import --schema` gave it);
+    /// without it every column is text in the typed view.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schema: Option<TableSchema>,
 }
 
 impl VersionRecord {
@@ -34,6 +39,7 @@ impl VersionRecord {
         rows: usize,
         started_at: time::OffsetDateTime,
         started: std::time::Instant,
+        schema: Option<TableSchema>,
     ) -> Self {
         let now = time::OffsetDateTime::now_utc();
         Self {
@@ -44,6 +50,7 @@ impl VersionRecord {
             started_at,
             finished_at: now,
             duration_seconds: started.elapsed().as_secs_f64(),
+            schema,
         }
     }
 
@@ -96,6 +103,7 @@ mod tests {
             started_at: time::macros::datetime!(2026-01-01 00:00:00 UTC),
             finished_at: time::macros::datetime!(2026-01-01 00:00:01.5 UTC),
             duration_seconds: 1.5,
+            schema: None,
         };
         record.write(&cache).unwrap();
         assert_eq!(VersionRecord::read_matching(&cache, "T", 3), Some(record));

@@ -17,6 +17,7 @@ use bytes::Bytes;
 use tokio::sync::Notify;
 
 use super::convert::Converted;
+use super::typed::TypedTable;
 use super::format::{check_document, DocumentFacts, BODY_PREFIX, BODY_ROOM};
 use super::framing::{self, compress_body_until, Encoding, GZIP_LEVEL, ZSTD_LEVEL};
 #[cfg(test)]
@@ -66,8 +67,11 @@ pub struct Snapshot {
     /// The ETag of each encoded representation: the identity tag marked with the encoding.
     etag_gzip: String,
     etag_zstd: String,
-    /// Hash of the columns and rows, to tell a new version with the same data.
+    /// Hash of the columns and rows (and the declared types), to tell a new version with the
+    /// same data.
     data_hash: u64,
+    /// The typed view of the rows, for queries.
+    typed: Option<Arc<TypedTable>>,
     /// When this data was first served (an unchanged sync keeps it), for `Last-Modified`.
     pub data_modified: SystemTime,
     /// `data_modified` as an HTTP date.
@@ -77,6 +81,15 @@ pub struct Snapshot {
     pub count: usize,
     /// Size of the cache file in bytes.
     pub file_size: u64,
+}
+
+/// The weak validators of data with `data_hash` and `count` rows: identity, gzip, zstd.
+fn etags(data_hash: u64, count: usize) -> [String; 3] {
+    let etag = format!("W/\"{data_hash:016x}-{count:x}\"");
+    let marked =
+        |encoding: Encoding| format!("{}-{}\"", etag.trim_end_matches('"'), encoding.token());
+    let (gzip, zstd) = (marked(Encoding::Gzip), marked(Encoding::Zstd));
+    [etag, gzip, zstd]
 }
 
 impl Snapshot {
@@ -152,14 +165,13 @@ impl Snapshot {
         let start = BODY_ROOM + 1 - BODY_PREFIX.len();
         buf[start..=BODY_ROOM].copy_from_slice(BODY_PREFIX);
         let body = Bytes::from(buf).slice(start..);
-        let etag = format!("W/\"{data_hash:016x}-{count:x}\"");
-        let marked =
-            |encoding: Encoding| format!("{}-{}\"", etag.trim_end_matches('"'), encoding.token());
+        let [etag, etag_gzip, etag_zstd] = etags(data_hash, count);
         Ok(Self {
-            etag_gzip: marked(Encoding::Gzip),
-            etag_zstd: marked(Encoding::Zstd),
+            etag_gzip,
+            etag_zstd,
             etag,
             data_hash,
+            typed: None,
             data_modified: last_modified,
             http_date: httpdate::fmt_http_date(last_modified),
             body,
@@ -174,6 +186,21 @@ impl Snapshot {
             count,
             file_size,
         })
+    }
+
+    /// Attaches the version's typed view, whose declared types (their digest, when known) become
+    /// part of the validators: a change of types or key is a new representation.
+    pub fn attach_typed(&mut self, typed: Option<TypedTable>, schema_digest: Option<u64>) {
+        if let Some(digest) = schema_digest {
+            self.data_hash ^= digest.rotate_left(17);
+            [self.etag, self.etag_gzip, self.etag_zstd] = etags(self.data_hash, self.count);
+        }
+        self.typed = typed.map(Arc::new);
+    }
+
+    /// The version's typed view, when it could be built.
+    pub fn typed(&self) -> Option<&Arc<TypedTable>> {
+        self.typed.as_ref()
     }
 
     /// Whether `other` holds the same columns and rows.

@@ -37,6 +37,7 @@ pub mod scheduler;
 pub mod session;
 pub mod shrink_guard;
 pub mod status;
+pub mod structure;
 
 pub use once::{sync_once, SyncReport};
 pub use outcome::SyncOutcome;

@@ -15,6 +15,7 @@ use super::shrink_guard::check_row_count;
 use super::status::{Phase, Progress};
 use crate::cache::format::rfc3339;
 use crate::cache::{
+    TableSchema,
     csv_to_cache_json, json_capacity_for_csv, Converted, Destination, SyncLockGuard, VersionRecord,
 };
 use crate::config::SyncSettings;
@@ -115,14 +116,15 @@ async fn sync_steps(
         false => browser.take().map(|b| tokio::spawn(b.close())),
     };
     let csv_path = work.path().join("export.csv");
-    let (converted, last_byte) = match exported {
-        Ok(exported) => {
+    let (converted, last_byte, schema) = match exported {
+        Ok(mut exported) => {
             let last_byte = std::fs::metadata(&exported.csv).and_then(|m| m.modified());
+            let schema = exported.schema.take();
             progress.enter(Phase::Converting);
             let converted = finish_conversion(exported, &csv_path, null_token).await;
-            (converted, last_byte.ok())
+            (converted, last_byte.ok(), schema)
         }
-        Err(e) => (Err(e), None),
+        Err(e) => (Err(e), None, None),
     };
     if let Some(closing) = closing {
         if let Err(e) = closing.await {
@@ -140,7 +142,14 @@ async fn sync_steps(
 
     progress.enter(Phase::Writing);
     let (rows, bytes) = (converted.count, converted.cache_bytes().len());
-    let record = VersionRecord::made_now(converted.last_updated.clone(), rows, started_at, started);
+    let schema = schema.filter(|s| matches_columns(s, &converted.columns));
+    let record = VersionRecord::made_now(
+        converted.last_updated.clone(),
+        rows,
+        started_at,
+        started,
+        schema,
+    );
     let path = destination.store.path();
     destination
         .publish(converted, record)
@@ -165,7 +174,7 @@ async fn finish_conversion(
     csv_path: &Path,
     null_token: String,
 ) -> anyhow::Result<Converted> {
-    let Exported { csv, following } = exported;
+    let Exported { csv, following, .. } = exported;
     let moved = std::fs::rename(&csv, csv_path)
         .with_context(|| format!("cannot move the export {}", csv.display()));
     let size = moved.and_then(|()| {
@@ -207,4 +216,17 @@ fn null_token() -> String {
         "NULL~{}",
         Alphanumeric.sample_string(&mut rand::thread_rng(), 10)
     )
+}
+
+/// Whether `schema` declares exactly the exported columns (a table changed between the two
+/// reads is exported again next time; until then its columns are text).
+fn matches_columns(schema: &TableSchema, columns: &[String]) -> bool {
+    let same = schema.columns.len() == columns.len()
+        && schema.columns.iter().zip(columns).all(|(s, c)| s.name == *c);
+    if !same {
+        tracing::warn!(
+            "the table's structure and the exported columns differ; its columns are text for              queries until the next sync"
+        );
+    }
+    same
 }

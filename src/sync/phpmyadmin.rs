@@ -15,6 +15,7 @@ use anyhow::anyhow;
 
 use tokio_util::sync::CancellationToken;
 
+use crate::cache::TableSchema;
 use crate::config::SyncSettings;
 use crate::sync::download::{check_is_csv, entries, wait_for_download, Answer, OnDownload};
 use crate::sync::error::ExportError;
@@ -23,6 +24,11 @@ use crate::sync::export_page::{choose_csv_options, click_export, reach_export_fo
 use crate::sync::page::page_state;
 use crate::sync::session::Browser;
 use crate::sync::status::{Phase, Progress};
+use crate::sync::structure::read_structure;
+
+/// An export: the CSV's path in the browser's folder, and the table's structure when it could
+/// be read (see [`crate::sync::structure`]).
+pub type Export = (PathBuf, Option<TableSchema>);
 
 /// Exports `settings.table` as CSV with the browser in `kept`, starting one if there is none or
 /// the one there no longer answers; SQL NULL is written as `null_token`. Returns the CSV's path
@@ -38,7 +44,7 @@ pub async fn export_table_csv(
     progress: &Progress,
     cancel: &CancellationToken,
     on_download: OnDownload<'_>,
-) -> Result<PathBuf, ExportError> {
+) -> Result<Export, ExportError> {
     let outcome = tokio::select! {
         r = export(settings, kept, null_token, progress, on_download) => r,
         () = cancel.cancelled() => Err(ExportError::Cancelled),
@@ -63,7 +69,7 @@ async fn export(
     null_token: &str,
     progress: &Progress,
     on_download: OnDownload<'_>,
-) -> Result<PathBuf, ExportError> {
+) -> Result<Export, ExportError> {
     if let Some(mut browser) = kept.take() {
         if browser.is_alive().await {
             *kept = Some(browser);
@@ -84,16 +90,18 @@ async fn export(
     if warm && shows_last_export_form(browser).await? {
         // The last export's page, with its session's token, is still there: submit it again
         // instead of loading it again. An ended session answers with the login page.
+        let schema = read_structure(browser.client(), settings).await;
         match submit(browser, settings, null_token, progress, &mut *on_download).await? {
-            Answer::File(file) => return checked(file, progress),
+            Answer::File(file) => return Ok((checked(file, progress)?, schema)),
             Answer::LoginPage => {
                 tracing::info!("phpMyAdmin answered the export with its login page")
             }
         }
     }
     reach_export_form(browser, settings, progress).await?;
+    let schema = read_structure(browser.client(), settings).await;
     match submit(browser, settings, null_token, progress, on_download).await? {
-        Answer::File(file) => checked(file, progress),
+        Answer::File(file) => Ok((checked(file, progress)?, schema)),
         Answer::LoginPage => Err(ExportError::Transient(anyhow!(
             "phpMyAdmin answered the export with its login page (session expired?)"
         ))),

@@ -12,6 +12,7 @@ use super::follow::FollowedConversion;
 use super::phpmyadmin::export_table_csv;
 use super::session::Browser;
 use super::status::Progress;
+use crate::cache::TableSchema;
 use crate::config::SyncSettings;
 
 /// Export attempts for transient failures (browser crash, timeout, connection refused).
@@ -22,6 +23,8 @@ const FIRST_BACKOFF: Duration = Duration::from_secs(2);
 /// The export's CSV, and the conversion that has been reading it since it appeared, if any.
 pub struct Exported {
     pub csv: PathBuf,
+    /// The table's declared structure, when phpMyAdmin gave it.
+    pub schema: Option<TableSchema>,
     pub following: Option<FollowedConversion>,
 }
 
@@ -62,7 +65,13 @@ pub async fn export_with_retries(
             }
         }
         match exported {
-            Ok(csv) => return Ok(Exported { csv, following }),
+            Ok((csv, schema)) => {
+                return Ok(Exported {
+                    csv,
+                    schema,
+                    following,
+                })
+            }
             Err(ExportError::Transient(e)) if attempt < EXPORT_ATTEMPTS => {
                 tracing::warn!(
                     attempt,

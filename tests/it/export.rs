@@ -5,7 +5,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::helpers::testbed::{testbed, Testbed};
-use pma_cache::cache::csv_to_cache_json;
+use datafusion::arrow::array::Array;
+use pma_cache::cache::{csv_to_cache_json, TableSchema, TypedTable};
 use pma_cache::config::{BrowserSettings, Secret, SyncSettings};
 use pma_cache::sync::error::ExportError;
 use pma_cache::sync::follow::FollowedConversion;
@@ -123,7 +124,9 @@ async fn export_once(
     token: &str,
 ) -> (Result<PathBuf, ExportError>, PathBuf) {
     let mut kept = None;
-    let result = export_with(settings, &mut kept, token).await;
+    let result = export_with(settings, &mut kept, token)
+        .await
+        .map(|(csv, _schema)| csv);
     let folder = browser_folder(&kept, &result);
     let result = result.map(|csv| {
         let kept_csv = settings.failures_dir.with_file_name("export.csv");
@@ -136,11 +139,20 @@ async fn export_once(
     (result, folder)
 }
 
-async fn export_with(
+/// [`export_with`]'s CSV alone.
+async fn export_csv(
     settings: &SyncSettings,
     kept: &mut Option<Browser>,
     token: &str,
 ) -> Result<PathBuf, ExportError> {
+    export_with(settings, kept, token).await.map(|(csv, _)| csv)
+}
+
+async fn export_with(
+    settings: &SyncSettings,
+    kept: &mut Option<Browser>,
+    token: &str,
+) -> Result<(PathBuf, Option<TableSchema>), ExportError> {
     export_table_csv(
         settings,
         kept,
@@ -178,7 +190,7 @@ async fn export_following(
     .await;
     let following = following.expect("the download was handed over as soon as it appeared");
     let csv = match exported {
-        Ok(csv) => csv,
+        Ok((csv, _schema)) => csv,
         Err(e) => {
             following.abandon().await;
             return Err(e);
@@ -535,7 +547,7 @@ async fn a_kept_browser_exports_again_and_logs_in_again_when_phpmyadmin_forgot_i
     let token = null_token();
     let mut kept = None;
 
-    let first = export_with(&settings, &mut kept, &token)
+    let first = export_csv(&settings, &mut kept, &token)
         .await
         .unwrap_or_else(|e| panic!("first export: {e:#}"));
     std::fs::remove_file(&first).unwrap();
@@ -549,7 +561,7 @@ async fn a_kept_browser_exports_again_and_logs_in_again_when_phpmyadmin_forgot_i
     // new load of the export page.
     let logins = bed.logins_served();
     let pages = export_pages_served(bed);
-    let second = export_with(&settings, &mut kept, &token)
+    let second = export_csv(&settings, &mut kept, &token)
         .await
         .unwrap_or_else(|e| panic!("second export: {e:#}"));
     assert_eq!(
@@ -571,7 +583,7 @@ async fn a_kept_browser_exports_again_and_logs_in_again_when_phpmyadmin_forgot_i
     for session in std::fs::read_dir(bed.dir.join("php-sessions")).unwrap() {
         let _ = std::fs::remove_file(session.unwrap().path());
     }
-    let third = export_with(&settings, &mut kept, &token)
+    let third = export_csv(&settings, &mut kept, &token)
         .await
         .unwrap_or_else(|e| panic!("export after the session was lost: {e:#}"));
     assert_eq!(
@@ -593,7 +605,7 @@ async fn a_kept_browser_whose_chromium_was_killed_is_replaced() {
     let settings = test.settings_at(&bed.pma_url, &bed.password, None);
     let token = null_token();
     let mut kept = None;
-    export_with(&settings, &mut kept, &token)
+    export_csv(&settings, &mut kept, &token)
         .await
         .unwrap_or_else(|e| panic!("first export: {e:#}"));
     let folder = kept.as_ref().unwrap().download_dir().to_owned();
@@ -615,7 +627,7 @@ async fn a_kept_browser_whose_chromium_was_killed_is_replaced() {
             .unwrap();
     }
 
-    let csv = export_with(&settings, &mut kept, &token)
+    let csv = export_csv(&settings, &mut kept, &token)
         .await
         .unwrap_or_else(|e| panic!("export after Chromium was killed: {e:#}"));
     assert_ne!(
@@ -669,5 +681,83 @@ async fn every_phpmyadmin_version_exports_the_table_exactly_cold_and_warm() {
         followed * 2 > exports,
         "only {followed} of {exports} exports were converted while downloading"
     );
+    assert_no_browser_left().await;
+}
+
+/// A table with every kind of value the typed view distinguishes.
+const TYPED_TABLE: &str = "CREATE TABLE typed_probe (\
+    id BIGINT UNSIGNED NOT NULL, price DECIMAL(10,2) NULL, ratio DOUBLE NULL, \
+    flag TINYINT(1) NOT NULL DEFAULT 0, made DATETIME NULL, day DATE NULL, \
+    `a name` VARCHAR(20) NULL, note TEXT NULL, PRIMARY KEY (id))";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_phpmyadmin_version_gives_the_types_and_key_for_the_typed_view() {
+    let test = BrowserTest::start().await;
+    let bed = test.bed;
+    bed.sql(&format!(
+        "SET SESSION sql_mode = ''; DROP TABLE IF EXISTS {db}.typed_probe; USE {db}; {TYPED_TABLE}; \
+         INSERT INTO typed_probe VALUES \
+         (18446744073709551615, 12345678.91, 0.1, 1, '0000-00-00 00:00:00', '2024-02-29', 'NULL', NULL), \
+         (1, NULL, NULL, 0, '2024-01-02 03:04:05', NULL, NULL, 'x');",
+        db = bed.database
+    ));
+    for (version, url) in &bed.versions() {
+        let mut settings = test.settings_at(url, &bed.password, None);
+        settings.table = "typed_probe".into();
+        let token = null_token();
+        let mut kept = None;
+        let (csv, schema) = export_with(&settings, &mut kept, &token)
+            .await
+            .unwrap_or_else(|e| panic!("phpMyAdmin {version}: {e:#}"));
+        let schema = schema.unwrap_or_else(|| panic!("phpMyAdmin {version} gave no structure"));
+        let converted =
+            csv_to_cache_json(std::fs::File::open(&csv).unwrap(), Some(&token), "T", 0).unwrap();
+        kept.take().unwrap().close().await;
+        assert_eq!(schema.table, "typed_probe", "{version}");
+        assert_eq!(schema.key, ["id"], "{version}");
+        let types: Vec<(String, String, bool)> = schema
+            .columns
+            .iter()
+            .map(|c| (c.name.clone(), schema.kind_of(&c.name).name(), c.nullable))
+            .collect();
+        let expected = [
+            ("id", "unsigned", false),
+            ("price", "decimal(10,2)", true),
+            ("ratio", "double", true),
+            ("flag", "integer", false),
+            ("made", "datetime", true),
+            ("day", "date", true),
+            ("a name", "text", true),
+            ("note", "text", true),
+        ]
+        .map(|(n, t, null)| (n.to_owned(), t.to_owned(), null));
+        assert_eq!(types, expected, "phpMyAdmin {version}");
+
+        let mut body = b"{\"status\":\"success\",".to_vec();
+        body.extend_from_slice(&converted.cache_bytes()[1..]);
+        let view = TypedTable::build(&body, Some(&schema), "typed_probe").unwrap();
+        assert_eq!(view.rows(), 2, "{version}");
+        assert_eq!(
+            view.unrepresentable,
+            [0, 0, 0, 0, 1, 0, 0, 0],
+            "{version}: the zero date alone cannot be held"
+        );
+        let row = view.row_of_key("18446744073709551615").expect("the maximum key");
+        let text = |c: usize| {
+            datafusion::arrow::util::display::ArrayFormatter::try_new(
+                view.batch.column(c).as_ref(),
+                &Default::default(),
+            )
+            .unwrap()
+            .value(row)
+            .to_string()
+        };
+        assert_eq!(text(0), "18446744073709551615", "{version}");
+        assert_eq!(text(1), "12345678.91", "{version}");
+        assert_eq!(text(6), "NULL", "{version}: the text NULL stays text");
+        assert!(view.batch.column(7).is_null(row), "{version}: SQL NULL is null");
+        assert!(view.batch.column(4).is_null(row), "{version}: the zero date is null");
+    }
+    bed.sql(&format!("DROP TABLE {}.typed_probe", bed.database));
     assert_no_browser_left().await;
 }
