@@ -11,9 +11,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cache::format::rfc3339;
 use crate::cache::{
-    TableSchema,
-    csv_to_cache_json, json_capacity_for_csv, Destination, SyncLockGuard, VersionRecord,
-    VersionStore,
+    csv_to_cache_json, json_capacity_for_csv, Destination, SyncLockGuard, TableSchema,
+    VersionRecord, VersionStore,
 };
 use crate::config::{CacheArgs, ImportArgs, PmaArgs, SyncArgs, SyncSettings};
 use crate::shutdown;

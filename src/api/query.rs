@@ -94,7 +94,9 @@ async fn send(answer: Arc<Answer>, headers: &HeaderMap) -> Response {
     let etag = HeaderValue::from_str(&answer.etag).ok();
     if let (Some(tag), Some(held)) = (&etag, headers.get(header::IF_NONE_MATCH)) {
         let held = held.to_str().unwrap_or_default();
-        if held.split(',').any(|t| t.trim() == tag.to_str().unwrap_or_default() || t.trim() == "*")
+        if held
+            .split(',')
+            .any(|t| t.trim() == tag.to_str().unwrap_or_default() || t.trim() == "*")
         {
             let mut response = StatusCode::NOT_MODIFIED.into_response();
             response.headers_mut().insert(header::ETAG, tag.clone());
@@ -138,7 +140,10 @@ async fn send(answer: Arc<Answer>, headers: &HeaderMap) -> Response {
             HeaderValue::from_static(encoding.token()),
         );
     }
-    h.insert(header::VARY, HeaderValue::from_static("accept, accept-encoding"));
+    h.insert(
+        header::VARY,
+        HeaderValue::from_static("accept, accept-encoding"),
+    );
     h.insert(
         header::CACHE_CONTROL,
         HeaderValue::from_static("private, no-cache"),
@@ -190,7 +195,16 @@ pub async fn query_get(
         ApiError::BadRequest("/query needs the SQL: ?sql=SELECT … (or POST it)".into())
     })?;
     let question = Question::Sql { sql, params };
-    ask(&state, Ask { question, format, shape }, &headers).await
+    ask(
+        &state,
+        Ask {
+            question,
+            format,
+            shape,
+        },
+        &headers,
+    )
+    .await
 }
 
 /// The JSON body of `POST /query`.
@@ -241,7 +255,16 @@ pub async fn query_post(
             .map(|(_, v)| Param::Text(v.clone())),
     );
     let question = Question::Sql { sql, params };
-    ask(&state, Ask { question, format, shape }, &headers).await
+    ask(
+        &state,
+        Ask {
+            question,
+            format,
+            shape,
+        },
+        &headers,
+    )
+    .await
 }
 
 fn json_param(value: serde_json::Value, n: usize) -> Result<Param, ApiError> {
@@ -299,9 +322,6 @@ pub async fn tables(State(state): State<AppState>) -> Result<Response, ApiError>
         "name": view.schema.table,
         "columns": columns,
         "key": key,
-        "deltas": if view.has_key() { json!(null) } else {
-            json!("none: the table has no primary key")
-        },
         "rows": view.rows(),
         "version": snapshot.etag,
         "typed_view": {

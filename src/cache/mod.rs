@@ -193,7 +193,9 @@ impl Cache {
         let snapshot = match built {
             Ok(snapshot) => snapshot,
             Err(e) => {
-                tracing::error!("the typed view's builder stopped: {e}; still serving the version held");
+                tracing::error!(
+                    "the typed view's builder stopped: {e}; still serving the version held"
+                );
                 return false;
             }
         };

@@ -45,7 +45,10 @@ pub enum ValueKind {
     /// `BIGINT UNSIGNED`: unsigned 64-bit, up to 18446744073709551615.
     Unsigned,
     /// `DECIMAL(p,s)` with `p <= 38`: exact.
-    Decimal { precision: u8, scale: i8 },
+    Decimal {
+        precision: u8,
+        scale: i8,
+    },
     /// `FLOAT`, `DOUBLE`, `REAL`.
     Double,
     Date,
@@ -138,9 +141,9 @@ impl TableSchema {
         let mut alter_keys: Vec<(String, Vec<String>)> = Vec::new();
         let mut create_errors = Vec::new();
         for statement in tokens.split(|t| t.token == Token::SemiColon) {
-            let meaningful = statement.iter().any(|t| {
-                !matches!(t.token, Token::Whitespace(_) | Token::EOF)
-            });
+            let meaningful = statement
+                .iter()
+                .any(|t| !matches!(t.token, Token::Whitespace(_) | Token::EOF));
             if !meaningful {
                 continue;
             }
@@ -370,7 +373,10 @@ mod tests {
     fn wide_decimals_and_unknown_types_stay_text() {
         assert_eq!(ValueKind::of_mysql_type("decimal(65,30)"), ValueKind::Text);
         assert_eq!(ValueKind::of_mysql_type("enum('a','b')"), ValueKind::Text);
-        assert_eq!(ValueKind::of_mysql_type("int(10) unsigned"), ValueKind::Integer);
+        assert_eq!(
+            ValueKind::of_mysql_type("int(10) unsigned"),
+            ValueKind::Integer
+        );
         assert_eq!(
             ValueKind::of_mysql_type("DECIMAL"),
             ValueKind::Decimal {

@@ -17,11 +17,11 @@ use bytes::Bytes;
 use tokio::sync::Notify;
 
 use super::convert::Converted;
-use super::typed::TypedTable;
 use super::format::{check_document, DocumentFacts, BODY_PREFIX, BODY_ROOM};
 use super::framing::{self, compress_body_until, Encoding, GZIP_LEVEL, ZSTD_LEVEL};
 #[cfg(test)]
 use super::framing::{zstd_body_of, QUICK_LEVEL};
+use super::typed::TypedTable;
 
 /// A compressed variant of the body: first a quick one ([`framing::QUICK_LEVEL`]), then the one at the
 /// level chosen for its encoding, which takes its place.

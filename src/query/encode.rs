@@ -333,9 +333,12 @@ mod tests {
             vec![
                 Arc::new(UInt64Array::from(vec![u64::MAX, 1])),
                 Arc::new(
-                    Decimal128Array::from(vec![Some(123_456_789_012_345_678_901_234_567_i128), None])
-                        .with_precision_and_scale(38, 2)
-                        .unwrap(),
+                    Decimal128Array::from(vec![
+                        Some(123_456_789_012_345_678_901_234_567_i128),
+                        None,
+                    ])
+                    .with_precision_and_scale(38, 2)
+                    .unwrap(),
                 ),
                 Arc::new(Float64Array::from(vec![Some(0.1), Some(f64::NAN)])),
                 Arc::new(StringArray::from(vec![Some("a \"q\"\n"), None])),

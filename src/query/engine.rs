@@ -20,13 +20,13 @@ use bytes::Bytes;
 use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::catalog::MemTable;
+use datafusion::common::tree_node::{Transformed, TreeNode};
 use datafusion::common::{ParamValues, ScalarValue, TableReference};
 use datafusion::error::DataFusionError;
+use datafusion::execution::context::SQLOptions;
 use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
 use datafusion::execution::memory_pool::GreedyMemoryPool;
 use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
-use datafusion::execution::context::SQLOptions;
-use datafusion::common::tree_node::{Transformed, TreeNode};
 use datafusion::physical_plan::coop::CooperativeExec;
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::{DataFrame, SessionConfig, SessionContext};
@@ -178,9 +178,8 @@ impl QueryEngine {
                 DiskManagerBuilder::default().with_mode(DiskManagerMode::Disabled),
             )
             .build_arc()?;
-        let answers = (settings.cache_bytes > 0).then(|| {
-            Answers::with_weighter(1024, settings.cache_bytes, AnswerWeight)
-        });
+        let answers = (settings.cache_bytes > 0)
+            .then(|| Answers::with_weighter(1024, settings.cache_bytes, AnswerWeight));
         Ok(Arc::new(Self {
             permits: Arc::new(Semaphore::new(settings.concurrency)),
             settings,
@@ -247,7 +246,8 @@ impl QueryEngine {
             let abort = task.abort_handle();
             // Dropped on timeout: the query's task is aborted with it.
             let _abort_on_drop = AbortOnDrop(abort);
-            task.await.map_err(|e| QueryError::Internal(e.to_string()))?
+            task.await
+                .map_err(|e| QueryError::Internal(e.to_string()))?
         };
         let result = match tokio::time::timeout(timeout, work).await {
             Ok(result) => result,
@@ -299,7 +299,10 @@ impl QueryEngine {
         };
         let table = MemTable::try_new(batch.schema(), partitions).map_err(engine_error)?;
         context
-            .register_table(TableReference::bare(view.schema.table.as_str()), Arc::new(table))
+            .register_table(
+                TableReference::bare(view.schema.table.as_str()),
+                Arc::new(table),
+            )
             .map_err(engine_error)?;
         let session = Arc::new(Session {
             etag: snapshot.etag.clone(),
@@ -358,7 +361,16 @@ async fn run(
         .await
         .map_err(engine_error)?;
     let next = page.as_ref().and_then(|p| p.finish(&mut batches));
-    encode(ask.format, ask.shape, &schema, &batches, version, settings.max_rows, next, etag)
+    encode(
+        ask.format,
+        ask.shape,
+        &schema,
+        &batches,
+        version,
+        settings.max_rows,
+        next,
+        etag,
+    )
 }
 
 /// Makes every join yield to the runtime after each batch it makes. A join can make millions of
@@ -397,7 +409,11 @@ pub(super) fn encode(
         json_answer(schema, batches, version, shape, max_rows, next.as_deref()).map_err(internal)?
     } else {
         let rows = batches.iter().map(RecordBatch::num_rows).sum();
-        (stream_answer(format, schema, batches, shape).map_err(internal)?, rows, false)
+        (
+            stream_answer(format, schema, batches, shape).map_err(internal)?,
+            rows,
+            false,
+        )
     };
     Ok(Answer {
         body,
@@ -457,9 +473,11 @@ async fn plan_sql(
 /// A parameter's value, of the type its place in the SQL wants when the engine knows it.
 fn bind(param: Param, wanted: Option<&DataType>, n: usize) -> Result<ScalarValue, QueryError> {
     let value = match param {
-        Param::Null => return Ok(wanted.map_or(ScalarValue::Null, |t| {
-            ScalarValue::try_from(t).unwrap_or(ScalarValue::Null)
-        })),
+        Param::Null => {
+            return Ok(wanted.map_or(ScalarValue::Null, |t| {
+                ScalarValue::try_from(t).unwrap_or(ScalarValue::Null)
+            }))
+        }
         Param::Text(s) => ScalarValue::Utf8(Some(s)),
         Param::Integer(i) => ScalarValue::Int64(Some(i)),
         Param::Float(f) => ScalarValue::Float64(Some(f)),

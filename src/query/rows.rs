@@ -162,7 +162,11 @@ impl Page {
         Some(
             Token {
                 s: self.sort.map(text),
-                k: self.key.iter().map(|&c| text(c).unwrap_or_default()).collect(),
+                k: self
+                    .key
+                    .iter()
+                    .map(|&c| text(c).unwrap_or_default())
+                    .collect(),
                 o: None,
             }
             .encode(),
@@ -222,7 +226,9 @@ fn like(column: &str, pattern: String, view: &TypedTable) -> Result<Expr, QueryE
 }
 
 fn escape_like(s: &str) -> String {
-    s.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_")
+    s.replace('\\', "\\\\")
+        .replace('%', "\\%")
+        .replace('_', "\\_")
 }
 
 fn truthy(filter: &Filter) -> Result<bool, QueryError> {
@@ -415,7 +421,9 @@ pub async fn plan(
         offset = Some(token.as_ref().and_then(|t| t.o).unwrap_or(0));
     } else if let Some(token) = &token {
         if token.k.len() != key.len() {
-            return Err(QueryError::Bad("_next is not a token this server gave".into()));
+            return Err(QueryError::Bad(
+                "_next is not a token this server gave".into(),
+            ));
         }
         let after_key = after(view, &key, &token.k)?;
         let condition = match (&sort, &token.s) {
@@ -430,15 +438,15 @@ pub async fn plan(
                         } else {
                             c().gt(v.clone())
                         };
-                        beyond
-                            .or(c().eq(v).and(after_key))
-                            .or(c().is_null())
+                        beyond.or(c().eq(v).and(after_key)).or(c().is_null())
                     }
                     None => c().is_null().and(after_key),
                 }
             }
             (Some(_), None) => {
-                return Err(QueryError::Bad("_next is not a token this server gave".into()))
+                return Err(QueryError::Bad(
+                    "_next is not a token this server gave".into(),
+                ))
             }
         };
         frame = frame.filter(condition).map_err(engine_error)?;
@@ -514,7 +522,9 @@ pub fn parse_request(
                     usize::MAX
                 } else {
                     value.parse().ok().filter(|n| *n > 0).ok_or_else(|| {
-                        QueryError::Bad(format!("_size must be a positive number or max, not {value:?}"))
+                        QueryError::Bad(format!(
+                            "_size must be a positive number or max, not {value:?}"
+                        ))
                     })?
                 })
             }
@@ -571,10 +581,16 @@ mod tests {
     #[test]
     fn parses_filters_and_names_unknown_ones() {
         let pairs = |v: &[(&str, &str)]| -> Vec<(String, String)> {
-            v.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect()
+            v.iter()
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .collect()
         };
         let r = parse_request(
-            &pairs(&[("total__gte", "10"), ("status", "paid"), ("_sort_desc", "total")]),
+            &pairs(&[
+                ("total__gte", "10"),
+                ("status", "paid"),
+                ("_sort_desc", "total"),
+            ]),
             None,
         )
         .unwrap();

@@ -8,11 +8,11 @@
 
 use std::ops::ControlFlow;
 
+use datafusion::sql::sqlparser::ast::helpers::attached_token::AttachedToken;
 use datafusion::sql::sqlparser::ast::{
     BinaryOperator, CastKind, DataType as SqlType, Expr, Function, FunctionArg, FunctionArgExpr,
     FunctionArguments, Ident, ObjectName, ObjectNamePart, Statement, Value,
 };
-use datafusion::sql::sqlparser::ast::helpers::attached_token::AttachedToken;
 use datafusion::sql::sqlparser::dialect::MySqlDialect;
 use datafusion::sql::sqlparser::parser::Parser;
 use datafusion::sql::sqlparser::tokenizer::{Token, Tokenizer};
@@ -28,7 +28,8 @@ pub fn prepare(sql: &str) -> Result<Statement, Refused> {
         return Err(Refused("no SQL given: send a SELECT in `sql`".into()));
     }
     let dialect = MySqlDialect {};
-    let cannot_parse = |e: &dyn std::fmt::Display| Refused(format!("the SQL cannot be parsed: {e}"));
+    let cannot_parse =
+        |e: &dyn std::fmt::Display| Refused(format!("the SQL cannot be parsed: {e}"));
     let mut tokens = Tokenizer::new(&dialect, sql)
         .tokenize_with_location()
         .map_err(|e| cannot_parse(&e))?;
@@ -194,8 +195,7 @@ fn rewrite_function(function: &Function) -> Result<Option<Expr>, Refused> {
             })))
         }
         "if" => {
-            let [condition, then, otherwise] =
-                args()?.try_into().map_err(|_| arity("IF", 3))?;
+            let [condition, then, otherwise] = args()?.try_into().map_err(|_| arity("IF", 3))?;
             Expr::Case {
                 case_token: AttachedToken::empty(),
                 end_token: AttachedToken::empty(),
@@ -279,10 +279,20 @@ fn text(s: &str) -> Expr {
 /// A quoted date or time used as one (`DATE_SUB('2025-06-01', …)`), typed as MySQL does: a
 /// date alone is a DATE, with a time a DATETIME.
 fn date_literal(x: Expr) -> Expr {
-    let is_text = |v: &Value| matches!(v, Value::SingleQuotedString(_) | Value::DoubleQuotedString(_));
+    let is_text = |v: &Value| {
+        matches!(
+            v,
+            Value::SingleQuotedString(_) | Value::DoubleQuotedString(_)
+        )
+    };
     match &x {
         Expr::Value(v) if is_text(&v.value) => {
-            let short = v.value.to_string().trim_matches(|c| c == '\'' || c == '"').len() <= 10;
+            let short = v
+                .value
+                .to_string()
+                .trim_matches(|c| c == '\'' || c == '"')
+                .len()
+                <= 10;
             let to = if short {
                 SqlType::Date
             } else {
@@ -409,7 +419,10 @@ mod tests {
 
     #[test]
     fn translates_date_format_codes() {
-        assert_eq!(chrono_format("%Y-%m-%d %H:%i:%s").unwrap(), "%Y-%m-%d %H:%M:%S");
+        assert_eq!(
+            chrono_format("%Y-%m-%d %H:%i:%s").unwrap(),
+            "%Y-%m-%d %H:%M:%S"
+        );
         assert!(chrono_format("%U").is_err());
     }
 }

@@ -15,8 +15,8 @@ use super::shrink_guard::check_row_count;
 use super::status::{Phase, Progress};
 use crate::cache::format::rfc3339;
 use crate::cache::{
-    TableSchema,
-    csv_to_cache_json, json_capacity_for_csv, Converted, Destination, SyncLockGuard, VersionRecord,
+    csv_to_cache_json, json_capacity_for_csv, Converted, Destination, SyncLockGuard, TableSchema,
+    VersionRecord,
 };
 use crate::config::SyncSettings;
 
@@ -222,7 +222,11 @@ fn null_token() -> String {
 /// reads is exported again next time; until then its columns are text).
 fn matches_columns(schema: &TableSchema, columns: &[String]) -> bool {
     let same = schema.columns.len() == columns.len()
-        && schema.columns.iter().zip(columns).all(|(s, c)| s.name == *c);
+        && schema
+            .columns
+            .iter()
+            .zip(columns)
+            .all(|(s, c)| s.name == *c);
     if !same {
         tracing::warn!(
             "the table's structure and the exported columns differ; its columns are text for              queries until the next sync"

@@ -25,7 +25,7 @@ fn repo() -> &'static Path {
 }
 
 /// The body of the README's one fenced block in `language`.
-fn readme_example(language: &str) -> String {
+pub(crate) fn readme_example(language: &str) -> String {
     let readme = std::fs::read_to_string(repo().join("README.md")).unwrap();
     let fence = format!("\n```{language}\n");
     let mut blocks = readme.match_indices(&fence).map(|(at, _)| {
@@ -94,7 +94,7 @@ fn big_cache(dir: &Path) -> Vec<u8> {
 }
 
 /// Runs Python `code` as a script; returns its stdout and its peak resident memory in bytes.
-async fn run_python(code: &str, env: &[(&str, &str)], dir: &Path) -> (String, u64) {
+pub(crate) async fn run_python(code: &str, env: &[(&str, &str)], dir: &Path) -> (String, u64) {
     let script = dir.join("example.py");
     std::fs::write(&script, code).unwrap();
     // The example runs in this process so that its VmHWM is the example's own peak. Not

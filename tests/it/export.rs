@@ -742,7 +742,9 @@ async fn every_phpmyadmin_version_gives_the_types_and_key_for_the_typed_view() {
             [0, 0, 0, 0, 1, 0, 0, 0],
             "{version}: the zero date alone cannot be held"
         );
-        let row = view.row_of_key("18446744073709551615").expect("the maximum key");
+        let row = view
+            .row_of_key("18446744073709551615")
+            .expect("the maximum key");
         let text = |c: usize| {
             datafusion::arrow::util::display::ArrayFormatter::try_new(
                 view.batch.column(c).as_ref(),
@@ -755,8 +757,14 @@ async fn every_phpmyadmin_version_gives_the_types_and_key_for_the_typed_view() {
         assert_eq!(text(0), "18446744073709551615", "{version}");
         assert_eq!(text(1), "12345678.91", "{version}");
         assert_eq!(text(6), "NULL", "{version}: the text NULL stays text");
-        assert!(view.batch.column(7).is_null(row), "{version}: SQL NULL is null");
-        assert!(view.batch.column(4).is_null(row), "{version}: the zero date is null");
+        assert!(
+            view.batch.column(7).is_null(row),
+            "{version}: SQL NULL is null"
+        );
+        assert!(
+            view.batch.column(4).is_null(row),
+            "{version}: the zero date is null"
+        );
     }
     bed.sql(&format!("DROP TABLE {}.typed_probe", bed.database));
     assert_no_browser_left().await;

@@ -166,6 +166,11 @@ async fn answers_equal_mariadbs_to_the_same_sql() {
         "SELECT COUNT(*) FROM orders WHERE created_at >= DATE_SUB('2025-06-01', INTERVAL 30 DAY)",
         "SELECT COALESCE(discount_code, fulfillment_status, 'x'), COUNT(*) FROM orders \
          GROUP BY COALESCE(discount_code, fulfillment_status, 'x') ORDER BY 2 DESC, 1 LIMIT 5",
+        "SELECT id, IF(total > 100, 'big', 'small'), TRIM(currency), REPLACE(currency, 'U', 'u'), \
+         SUBSTR(billing_country, 1, 1), ABS(discount_amount - total), AVG(total) OVER () \
+         FROM orders ORDER BY id LIMIT 10",
+        "SELECT id FROM orders WHERE id < 3 UNION SELECT id FROM orders WHERE id > 497 ORDER BY id",
+        "SELECT AVG(total), AVG(subtotal) FROM orders",
     ];
     for sql in queries {
         let theirs = mariadb_answer(bed, sql);
@@ -234,10 +239,13 @@ async fn parameters_are_bound_not_pasted() {
 }
 
 fn bed_rows(bed: &Testbed) -> u64 {
-    bed.sql(&format!("SELECT COUNT(*) FROM {}.{}", bed.database, bed.table))
-        .trim()
-        .parse()
-        .unwrap()
+    bed.sql(&format!(
+        "SELECT COUNT(*) FROM {}.{}",
+        bed.database, bed.table
+    ))
+    .trim()
+    .parse()
+    .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -266,7 +274,9 @@ async fn anything_but_one_read_only_query_is_refused_with_the_reason() {
         assert!(message.contains(why), "{sql}: {message}");
     }
     // The table is still whole.
-    let (status, answer) = app.get_json("/query?sql=SELECT%20COUNT(*)%20AS%20n%20FROM%20orders").await;
+    let (status, answer) = app
+        .get_json("/query?sql=SELECT%20COUNT(*)%20AS%20n%20FROM%20orders")
+        .await;
     assert_eq!(status, 200);
     assert_eq!(answer["rows"][0]["n"].as_u64(), Some(bed_rows(testbed())));
 }
@@ -279,7 +289,8 @@ async fn a_query_past_its_time_is_stopped_while_fetch_data_answers() {
     ])
     .await;
     // 500 x 500 x 500 rows, each a text to build and measure: many seconds of work.
-    let slow = "SELECT SUM(LENGTH(CONCAT(a.note, b.email, c.email))) FROM orders a, orders b, orders c";
+    let slow =
+        "SELECT SUM(LENGTH(CONCAT(a.note, b.email, c.email))) FROM orders a, orders b, orders c";
     let started = std::time::Instant::now();
     let (stopped, fetched) = tokio::join!(app.query(slow, &[]), async {
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -304,7 +315,11 @@ async fn a_query_past_its_time_is_stopped_while_fetch_data_answers() {
         let after = app.query("SELECT COUNT(*) AS n FROM orders", &[]).await;
         let status = after.status();
         let body = after.text().await.unwrap();
-        if status == 200 { Ok(()) } else { Err(body) }
+        if status == 200 {
+            Ok(())
+        } else {
+            Err(body)
+        }
     })
     .await;
 }
@@ -317,7 +332,8 @@ async fn a_query_past_its_memory_is_stopped_and_others_go_on() {
     ])
     .await;
     // Grouping 250,000 joined rows needs far more than 1 MiB, with no disk to spill to.
-    let hungry = "SELECT a.note, b.email, COUNT(*) FROM orders a, orders b GROUP BY a.note, b.email";
+    let hungry =
+        "SELECT a.note, b.email, COUNT(*) FROM orders a, orders b GROUP BY a.note, b.email";
     let response = app.query(hungry, &[]).await;
     let status = response.status();
     let message = response.json::<Value>().await.unwrap()["message"].to_string();
@@ -331,7 +347,8 @@ async fn a_query_past_its_memory_is_stopped_and_others_go_on() {
 async fn every_format_is_read_by_a_real_reader() {
     let (app, _dir) = orders_app(vec![]).await;
     let sql = "SELECT id, total, created_at, note FROM orders ORDER BY id LIMIT 50";
-    let rows_of = |batches: &[RecordBatch]| batches.iter().map(RecordBatch::num_rows).sum::<usize>();
+    let rows_of =
+        |batches: &[RecordBatch]| batches.iter().map(RecordBatch::num_rows).sum::<usize>();
 
     let csv = app.query(sql, &[("_format", "csv")]).await;
     assert_eq!(csv.headers()["content-type"], "text/csv; charset=utf-8");
@@ -480,7 +497,9 @@ async fn rows_are_filtered_sorted_and_looked_up_by_key() {
     let bed = testbed();
     let (app, _dir) = orders_app(vec![]).await;
     let (status, page) = app
-        .get_json("/tables/orders?total__gte=100&financial_status=paid&_col=id&_col=total&_size=max")
+        .get_json(
+            "/tables/orders?total__gte=100&financial_status=paid&_col=id&_col=total&_size=max",
+        )
         .await;
     assert_eq!(status, 200, "{page}");
     let theirs = mariadb_answer(
@@ -493,7 +512,10 @@ async fn rows_are_filtered_sorted_and_looked_up_by_key() {
         .iter()
         .map(|r| r["id"].to_string())
         .collect();
-    assert_eq!(ours, theirs.iter().map(|r| r[0].clone()).collect::<Vec<_>>());
+    assert_eq!(
+        ours,
+        theirs.iter().map(|r| r[0].clone()).collect::<Vec<_>>()
+    );
     assert_eq!(
         page["columns"],
         serde_json::json!([{"name": "id", "type": "integer"}, {"name": "total", "type": "decimal(12,2)"}])
@@ -542,7 +564,9 @@ async fn pages_stay_right_when_a_new_version_lands_between_them() {
     let bed = testbed();
     let (app, dir) = orders_app(vec![]).await;
     let cache_file = dir.path().join("orders.json");
-    let (status, first) = app.get_json("/tables/orders?_sort=total&_size=40&_col=id").await;
+    let (status, first) = app
+        .get_json("/tables/orders?_sort=total&_size=40&_col=id")
+        .await;
     assert_eq!(status, 200, "{first}");
     let first_ids: Vec<i64> = first["rows"]
         .as_array()
@@ -569,7 +593,11 @@ async fn pages_stay_right_when_a_new_version_lands_between_them() {
     import_orders(bed, &cache_file, |id| !gone.contains(&id));
     crate::helpers::eventually(Duration::from_secs(20), "the new version", || async {
         let tag = app.get_fetch_data("").await.headers()["etag"].clone();
-        if tag != before { Ok(()) } else { Err(format!("{tag:?}")) }
+        if tag != before {
+            Ok(())
+        } else {
+            Err(format!("{tag:?}"))
+        }
     })
     .await;
 
@@ -577,7 +605,9 @@ async fn pages_stay_right_when_a_new_version_lands_between_them() {
     let mut token = Some(next);
     while let Some(t) = token {
         let (status, page) = app
-            .get_json(&format!("/tables/orders?_sort=total&_size=40&_col=id&_next={t}"))
+            .get_json(&format!(
+                "/tables/orders?_sort=total&_size=40&_col=id&_next={t}"
+            ))
             .await;
         assert_eq!(status, 200, "{page}");
         rest.extend(
@@ -600,5 +630,35 @@ async fn pages_stay_right_when_a_new_version_lands_between_them() {
     .iter()
     .map(|r| r[0].parse().unwrap())
     .collect();
-    assert_eq!(rest, expected, "the pages after the first, from the new version");
+    assert_eq!(
+        rest, expected,
+        "the pages after the first, from the new version"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_readme_query_example_runs_as_written() {
+    let (app, dir) = orders_app(vec![]).await;
+    let code = crate::examples::readme_example("py");
+    let (out, _) = crate::examples::run_python(
+        &code,
+        &[("PMA_CACHE_URL", &app.base), ("PMA_CACHE_KEY", KEY)],
+        dir.path(),
+    )
+    .await;
+    let months = mariadb_answer(
+        testbed(),
+        "SELECT COUNT(DISTINCT DATE_FORMAT(created_at, '%Y-%m')) FROM orders \
+         WHERE financial_status = 'paid'",
+    );
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(
+        lines.len().to_string(),
+        (months[0][0].parse::<usize>().unwrap() + 1).to_string(),
+        "one line a month, then the top customers:\n{out}"
+    );
+    assert!(
+        lines.last().unwrap().starts_with("top customers: [("),
+        "{out}"
+    );
 }

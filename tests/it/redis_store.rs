@@ -413,3 +413,68 @@ async fn a_replica_without_phpmyadmin_settings_forwards_refreshes_to_the_worker(
     assert_eq!(served_count(&b).await, Some(2));
     bed.sql(&format!("DROP TABLE shop.{table};"));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn replicas_type_their_view_from_the_schema_the_publisher_sent() {
+    let redis = Redis::start();
+    let a = replica(&redis, vec![]).await;
+    let b = replica(&redis, vec![]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let csv_path = dir.path().join("in.csv");
+    std::fs::write(
+        &csv_path,
+        "id,price\n1,9.50\n2,10.00\n3,18446744073709551615\n",
+    )
+    .unwrap();
+    let schema = dir.path().join("t.sql");
+    std::fs::write(
+        &schema,
+        "CREATE TABLE `orders` (`id` bigint(20) unsigned NOT NULL, `price` decimal(30,2), \
+         PRIMARY KEY (`id`))",
+    )
+    .unwrap();
+    let out = Command::new(binary())
+        .arg("import")
+        .arg(&csv_path)
+        .arg("--schema")
+        .arg(&schema)
+        .env("CACHE_FILE", dir.path().join("data_cache.json"))
+        .env("REDIS_URL", redis.url())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for app in [&a, &b] {
+        wait_until_served(app, 3).await;
+        let tables: Value = app
+            .get_with("/tables", &[("X-API-Key", KEY)])
+            .await
+            .json()
+            .await
+            .unwrap();
+        let columns = &tables["tables"][0]["columns"];
+        assert_eq!(columns[0]["type"], "unsigned", "{tables}");
+        assert_eq!(columns[1]["type"], "decimal(30,2)", "{tables}");
+        assert_eq!(tables["tables"][0]["key"], serde_json::json!(["id"]));
+        // Typed, so 9.50 < 10.00 (as text it would not be).
+        let answer = app
+            .client
+            .get(app.url("/query"))
+            .header("X-API-Key", KEY)
+            .query(&[("sql", "SELECT SUM(price) AS s, MAX(price) AS m FROM orders")])
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(
+            answer
+                .contains(r#""rows":[{"s":18446744073709551634.50,"m":18446744073709551615.00}]"#),
+            "{answer}"
+        );
+    }
+}

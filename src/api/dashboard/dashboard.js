@@ -30,6 +30,9 @@ function signOut(message) {
   for (const id of ["rows", "last-updated", "age", "sync-state", "phase", "last-error", "last-error-time", "next-run", "refresh-result"]) $(id).textContent = "";
   $("history").replaceChildren();
   $("chart").replaceChildren();
+  for (const id of ["query-head", "query-rows", "query-chart"]) $(id).replaceChildren();
+  for (const id of ["query-info", "query-error", "query-table-name"]) $(id).textContent = "";
+  $("sql").value = "";
   $("screenshot").removeAttribute("src");
   if (screenshotUrl) URL.revokeObjectURL(screenshotUrl);
   screenshotUrl = null;
@@ -179,11 +182,93 @@ async function poll() {
   if (key()) timer = setTimeout(poll, POLL_MS);
 }
 
+const NUMERIC = /^(integer|unsigned|double|decimal)/;
+
+// Runs the SQL in the box and shows the answer: a table, and a chart when the answer is
+// label and number pairs.
+async function runQuery() {
+  $("query-error").textContent = "";
+  $("query-info").textContent = "running…";
+  const started = performance.now();
+  let response;
+  try {
+    response = await api("/query?" + new URLSearchParams({ sql: $("sql").value, _shape: "arrays" }));
+  } catch (e) { return; }
+  const body = await response.json().catch(() => ({ message: `HTTP ${response.status}` }));
+  if (!response.ok) {
+    $("query-info").textContent = "";
+    $("query-error").textContent = body.message || `HTTP ${response.status}`;
+    return;
+  }
+  const ms = Math.round(performance.now() - started);
+  $("query-info").textContent = `${body.rows.length.toLocaleString()} row${body.rows.length === 1 ? "" : "s"}` +
+    `${body.truncated ? " (cut at QUERY_MAX_ROWS)" : ""} in ${ms} ms`;
+  const head = document.createElement("tr");
+  for (const c of body.columns) {
+    const th = document.createElement("th");
+    th.textContent = c.name;
+    th.title = c.type;
+    head.append(th);
+  }
+  $("query-head").replaceChildren(head);
+  const numeric = body.columns.map((c) => NUMERIC.test(c.type));
+  $("query-rows").replaceChildren(...body.rows.slice(0, 1000).map((row) => {
+    const tr = document.createElement("tr");
+    row.forEach((v, i) => tr.append(cell(v === null ? "NULL" : String(v), numeric[i] ? "number" : "")));
+    return tr;
+  }));
+  drawAnswerChart(body);
+}
+
+function drawAnswerChart(body) {
+  const chart = $("query-chart");
+  const pairs = body.columns.length === 2 && !NUMERIC.test(body.columns[0].type) &&
+    NUMERIC.test(body.columns[1].type) && body.rows.length > 0 && body.rows.length <= 500;
+  if (!pairs) { chart.replaceChildren(); return; }
+  const ns = "http://www.w3.org/2000/svg";
+  const svg = document.createElementNS(ns, "svg");
+  const width = Math.max(300, chart.clientWidth || 600), height = 160, top = 8, bottom = 18;
+  const values = body.rows.map((r) => Number(r[1]) || 0);
+  const max = Math.max(...values.map(Math.abs), 1e-9);
+  const slot = width / values.length, plot = height - top - bottom;
+  svg.setAttribute("viewBox", `0 0 ${width} ${height}`);
+  svg.setAttribute("preserveAspectRatio", "none");
+  body.rows.forEach((row, i) => {
+    const rect = document.createElementNS(ns, "rect");
+    const h = Math.max(1, (Math.abs(values[i]) / max) * plot);
+    rect.setAttribute("x", i * slot + Math.min(2, slot / 4));
+    rect.setAttribute("y", top + plot - h);
+    rect.setAttribute("width", Math.max(1, slot - Math.min(4, slot / 2)));
+    rect.setAttribute("height", h);
+    const title = document.createElementNS(ns, "title");
+    title.textContent = `${row[0]}: ${row[1]}`;
+    rect.append(title);
+    svg.append(rect);
+  });
+  const caption = document.createElementNS(ns, "text");
+  caption.setAttribute("x", 2); caption.setAttribute("y", height - 4);
+  caption.textContent = `${body.columns[1].name} by ${body.columns[0].name} (highest: ${Math.max(...values)})`;
+  svg.append(caption);
+  chart.replaceChildren(svg);
+}
+
+// Names the served table and offers a first query over it.
+async function describeTable() {
+  try {
+    const response = await api("/tables");
+    if (!response.ok) return;
+    const table = (await response.json()).tables[0];
+    $("query-table-name").textContent = table.name;
+    if (!$("sql").value) $("sql").value = `SELECT * FROM \`${table.name}\` LIMIT 20`;
+  } catch (e) { /* signed out */ }
+}
+
 function open() {
   $("login").hidden = true;
   $("board").hidden = false;
   $("sign-out").hidden = false;
   poll();
+  describeTable();
 }
 
 document.addEventListener("DOMContentLoaded", () => {
@@ -195,6 +280,10 @@ document.addEventListener("DOMContentLoaded", () => {
     open();
   });
   $("sign-out").addEventListener("click", () => signOut(""));
+  $("query-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    runQuery();
+  });
   $("refresh").addEventListener("click", async () => {
     $("refresh").disabled = true;
     try {

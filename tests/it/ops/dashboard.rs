@@ -166,3 +166,71 @@ async fn the_dashboard_asks_for_the_key_then_shows_the_cache_and_a_refresh() {
     browser.close().await.ok();
     result
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_dashboard_runs_a_query_and_draws_label_number_pairs() {
+    let _one = crate::helpers::ONE_BROWSER.lock().await;
+    let bed = testbed();
+    let app = spawn_app().await;
+    let browser = headless_chromium(&bed.webdriver_url).await;
+    let result = async {
+        browser.goto(&app.url("/")).await.unwrap();
+        let key_input = browser
+            .wait()
+            .for_element(Locator::Id("key"))
+            .await
+            .unwrap();
+        key_input.send_keys(KEY).await.unwrap();
+        click(&browser, Locator::Css("#login button[type=submit]")).await;
+        // Headings are shown in capitals (CSS); the text is the table's name.
+        wait_for_text(&browser, "query-table-name", |t| {
+            t.eq_ignore_ascii_case("orders")
+        })
+        .await;
+        let sql = browser.find(Locator::Id("sql")).await.unwrap();
+        assert_eq!(
+            sql.prop("value").await.unwrap().as_deref(),
+            Some("SELECT * FROM `orders` LIMIT 20"),
+            "a first query is offered"
+        );
+
+        // A label and a number: a table and a chart.
+        sql.clear().await.unwrap();
+        sql.send_keys("SELECT name, COUNT(*) AS n FROM orders GROUP BY name ORDER BY n DESC, name")
+            .await
+            .unwrap();
+        click(&browser, Locator::Id("run-query")).await;
+        wait_for_text(&browser, "query-info", |t| t.starts_with("2 rows")).await;
+        let head = text(&browser, "query-head").await;
+        assert!(head.contains("name") && head.contains('n'), "{head}");
+        let rows = text(&browser, "query-rows").await;
+        assert!(rows.contains("Ada \"the\" first"), "{rows}");
+        let bars = browser
+            .find_all(Locator::Css("#query-chart svg rect"))
+            .await
+            .unwrap();
+        assert_eq!(bars.len(), 2);
+
+        // Not pairs: a table alone. A refused statement: its reason.
+        sql.clear().await.unwrap();
+        sql.send_keys("SELECT * FROM orders").await.unwrap();
+        click(&browser, Locator::Id("run-query")).await;
+        wait_for_text(&browser, "query-info", |t| t.starts_with("2 rows in")).await;
+        assert!(browser
+            .find_all(Locator::Css("#query-chart svg"))
+            .await
+            .unwrap()
+            .is_empty());
+        sql.clear().await.unwrap();
+        sql.send_keys("DELETE FROM orders").await.unwrap();
+        click(&browser, Locator::Id("run-query")).await;
+        let error = wait_for_text(&browser, "query-error", |t| !t.is_empty()).await;
+        assert!(error.contains("DELETE is refused"), "{error}");
+
+        click(&browser, Locator::Id("sign-out")).await;
+        assert_eq!(text(&browser, "query-rows").await, "");
+    }
+    .await;
+    browser.close().await.ok();
+    result
+}
