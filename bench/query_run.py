@@ -109,8 +109,16 @@ class Http:
         self.conn = http.client.HTTPConnection(self.host, self.port, timeout=120)
 
     def get(self, path):
-        self.conn.request("GET", path, headers=self.headers)
-        r = self.conn.getresponse()
+        try:
+            self.conn.request("GET", path, headers=self.headers)
+            r = self.conn.getresponse()
+        except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
+            # An idle keep-alive connection the server closed (uvicorn's after 5 s): once more,
+            # on a new one (only ever in the untimed warm-up, which comes first).
+            self.conn.close()
+            self.conn = http.client.HTTPConnection(self.host, self.port, timeout=120)
+            self.conn.request("GET", path, headers=self.headers)
+            r = self.conn.getresponse()
         body = r.read()
         if r.status != 200:
             raise SystemExit(f"{path}: {r.status} {body[:300]!r}")
