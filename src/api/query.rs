@@ -167,6 +167,23 @@ fn send_plain(answer: &Answer, etag: Option<HeaderValue>) -> Response {
     response
 }
 
+/// Answers SQL with its parameters, as `/query` (GET or POST) was asked.
+async fn ask_sql(
+    state: &AppState,
+    sql: String,
+    params: Vec<Param>,
+    (format, shape): (Format, Shape),
+    headers: &HeaderMap,
+) -> Result<Response, ApiError> {
+    let question = Question::Sql { sql, params };
+    let sql = Ask {
+        question,
+        format,
+        shape,
+    };
+    ask(state, sql, headers).await
+}
+
 async fn ask(state: &AppState, ask: Ask, headers: &HeaderMap) -> Result<Response, ApiError> {
     let engine = engine(state)?;
     let snapshot = current_snapshot(state)?;
@@ -194,17 +211,7 @@ pub async fn query_get(
     let sql = sql.ok_or_else(|| {
         ApiError::BadRequest("/query needs the SQL: ?sql=SELECT … (or POST it)".into())
     })?;
-    let question = Question::Sql { sql, params };
-    ask(
-        &state,
-        Ask {
-            question,
-            format,
-            shape,
-        },
-        &headers,
-    )
-    .await
+    ask_sql(&state, sql, params, (format, shape), &headers).await
 }
 
 /// The JSON body of `POST /query`.
@@ -254,17 +261,7 @@ pub async fn query_post(
             .filter(|(n, _)| n == "p")
             .map(|(_, v)| Param::Text(v.clone())),
     );
-    let question = Question::Sql { sql, params };
-    ask(
-        &state,
-        Ask {
-            question,
-            format,
-            shape,
-        },
-        &headers,
-    )
-    .await
+    ask_sql(&state, sql, params, (format, shape), &headers).await
 }
 
 fn json_param(value: serde_json::Value, n: usize) -> Result<Param, ApiError> {

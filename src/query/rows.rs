@@ -4,8 +4,6 @@
 //! stays right when a new version lands between two requests. A key lookup is answered from
 //! the typed view's key index, without a scan.
 
-use std::sync::Arc;
-
 use base64::Engine as _;
 use datafusion::arrow::array::{Array, RecordBatch};
 use datafusion::arrow::datatypes::DataType;
@@ -558,9 +556,6 @@ pub fn parse_request(
     }
     Ok(request)
 }
-
-/// Arc'd for the engine's question type.
-pub type SharedRows = Arc<RowsRequest>;
 
 #[cfg(test)]
 mod tests {
