@@ -31,7 +31,7 @@ impl Application {
             .with_context(|| format!("cannot listen on {}:{}", config.host, config.port))?;
         let services = Services::build(ServiceSettings {
             cache_file: config.cache_file.clone(),
-            table: config.table.clone(),
+            cache: config.cache.clone(),
             shared: config.shared,
             serving: true,
             sync: config.sync,

@@ -10,6 +10,8 @@ use clap::builder::TypedValueParser;
 use clap::error::ErrorKind;
 use clap::{Args, Parser, Subcommand};
 
+use crate::cache::{CacheSettings, DeltaSettings};
+
 /// A configuration problem found at start-up. Its message names the setting to fix.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
@@ -200,6 +202,13 @@ pub struct ServeArgs {
     pub alerts: AlertArgs,
     #[command(flatten)]
     pub query: QueryArgs,
+    /// Change sets kept so that a client holding one of the last this many versions catches up
+    /// with a delta (`/fetch-data?since=`); 0 keeps none.
+    #[arg(long, env = "DELTA_VERSIONS", default_value_t = 48)]
+    pub delta_versions: usize,
+    /// Memory the kept change sets may use together (e.g. 64MiB); the oldest go first.
+    #[arg(long, env = "DELTA_MEMORY", default_value = "64MiB")]
+    pub delta_memory: bytesize::ByteSize,
 }
 
 /// How `/query` and `/tables` run queries.
@@ -401,6 +410,10 @@ pub struct PmaArgs {
     /// The table to export.
     #[arg(long, env = "PMA_TABLE", default_value = "orders")]
     pub pma_table: String,
+    /// The column(s) that identify a row, comma-separated, instead of the table's primary key
+    /// (for deltas and key lookups; needed when the table declares none).
+    #[arg(long, env = "PMA_KEY")]
+    pub pma_key: Option<String>,
     /// Use this running WebDriver server instead of starting chromedriver.
     #[arg(long, env = "WEBDRIVER_URL")]
     pub webdriver_url: Option<String>,
@@ -513,6 +526,8 @@ pub struct SyncSettings {
     pub password: Secret,
     pub database: String,
     pub table: String,
+    /// The columns PMA_KEY names instead of the table's primary key.
+    pub key: Option<Vec<String>>,
     pub browser: BrowserSettings,
     /// Deadline for a whole sync.
     pub timeout: Duration,
@@ -539,8 +554,9 @@ pub struct ServeConfig {
     pub sync_interval: Option<Duration>,
     pub alerts: AlertSettings,
     pub sse_write_timeout: Duration,
-    /// The table's name where a version does not declare it.
-    pub table: String,
+    /// The table's name where a version does not declare it, the key that overrides the
+    /// declared one, and the change sets kept.
+    pub cache: CacheSettings,
     pub query: QuerySettings,
 }
 
@@ -624,7 +640,14 @@ impl ServeArgs {
             Some(list) => parse_origins(&list)?,
         };
         let (cache_file, shared) = self.cache.validate()?;
-        let table = self.pma.pma_table.trim().to_owned();
+        let cache = CacheSettings {
+            table: self.pma.pma_table.trim().to_owned(),
+            key: self.pma.key()?,
+            deltas: DeltaSettings {
+                versions: self.delta_versions,
+                memory_bytes: usize::try_from(self.delta_memory.as_u64()).unwrap_or(usize::MAX),
+            },
+        };
         let sync = self.pma.validate(&cache_file, false)?;
         let query = self.query.validate()?;
         if self.sync_interval.is_some() && sync.is_none() {
@@ -643,7 +666,7 @@ impl ServeArgs {
             sync_interval: self.sync_interval,
             alerts: self.alerts.validate(self.sync_interval)?,
             sse_write_timeout: self.sse_write_timeout,
-            table,
+            cache,
             query,
         })
     }
@@ -686,12 +709,35 @@ pub fn cache_dir(cache_file: &Path) -> PathBuf {
 }
 
 impl PmaArgs {
+    /// The columns PMA_KEY names, in order; `None` when it is unset or blank.
+    pub fn key(&self) -> Result<Option<Vec<String>>, ConfigError> {
+        let Some(raw) = self.pma_key.as_deref().filter(|k| !k.trim().is_empty()) else {
+            return Ok(None);
+        };
+        let mut columns: Vec<String> = Vec::new();
+        for column in raw.split(',').map(str::trim) {
+            if column.is_empty() {
+                return Err(ConfigError::new(format!(
+                    "PMA_KEY {raw:?} has an empty column name: give column names separated by commas"
+                )));
+            }
+            if columns.iter().any(|c| c == column) {
+                return Err(ConfigError::new(format!(
+                    "PMA_KEY names the column {column:?} twice"
+                )));
+            }
+            columns.push(column.to_owned());
+        }
+        Ok(Some(columns))
+    }
+
     /// Validates the phpMyAdmin settings. With `required` false, no PMA_URL means "no sync source".
     pub fn validate(
         self,
         cache_file: &Path,
         required: bool,
     ) -> Result<Option<SyncSettings>, ConfigError> {
+        let key = self.key()?;
         let Some(raw_url) = self.pma_url.filter(|u| !u.trim().is_empty()) else {
             if required {
                 return Err(ConfigError::new(
@@ -754,6 +800,7 @@ impl PmaArgs {
             password,
             database,
             table: self.pma_table,
+            key,
             browser: BrowserSettings {
                 webdriver_url,
                 chromedriver_path: self.chromedriver_path,

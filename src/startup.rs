@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::api::{self, AppState};
-use crate::cache::{Cache, VersionStore};
+use crate::cache::{Cache, CacheSettings, VersionStore};
 use crate::config::{AlertSettings, QuerySettings, Secret, SharedSettings, SyncSettings};
 use crate::ops::{self, alerts::AlertTask, Monitor};
 use crate::query::QueryEngine;
@@ -52,8 +52,9 @@ pub struct Services {
 #[derive(Debug)]
 pub struct ServiceSettings<'a> {
     pub cache_file: PathBuf,
-    /// The table's name where a version does not declare it (PMA_TABLE).
-    pub table: String,
+    /// The table's name where a version does not declare it (PMA_TABLE), the key that
+    /// overrides the declared one (PMA_KEY), and the change sets kept.
+    pub cache: CacheSettings,
     pub shared: Option<SharedSettings>,
     /// Whether this process serves the cache: syncs then serve each new version from memory.
     pub serving: bool,
@@ -69,7 +70,7 @@ impl Services {
     /// Opens the cache and builds the monitor and the syncer around it.
     pub fn build(settings: ServiceSettings<'_>) -> anyhow::Result<Self> {
         let store = VersionStore::open(settings.cache_file, settings.shared)?;
-        let cache = Cache::new(Arc::clone(&store), settings.table);
+        let cache = Cache::new(Arc::clone(&store), settings.cache);
         let tasks = TaskTracker::new();
         let shutdown = CancellationToken::new();
         cache.run_background_work_on(tasks.clone(), shutdown.clone());

@@ -11,6 +11,7 @@ use anyhow::Context;
 use tokio::net::TcpListener;
 
 use crate::api::{self, AppState};
+use crate::cache::{CacheSettings, DeltaSettings};
 use crate::config::WorkerConfig;
 use crate::startup::{ServiceSettings, Services};
 
@@ -40,7 +41,11 @@ impl Worker {
         }
         let services = Services::build(ServiceSettings {
             cache_file: config.cache_file.clone(),
-            table: config.sync.table.clone(),
+            cache: CacheSettings {
+                table: config.sync.table.clone(),
+                key: config.sync.key.clone(),
+                deltas: DeltaSettings::default(),
+            },
             shared: config.shared,
             serving: false,
             sync: Some(config.sync),

@@ -49,6 +49,9 @@ pub enum ApiError {
     /// 500: the engine failed on a query it accepted.
     #[error("{0}")]
     QueryFailed(String),
+    /// 410: the version a delta was asked from is unknown or no longer kept.
+    #[error("{0}")]
+    VersionGone(String),
     /// 503: nothing cached yet.
     #[error("No cached data")]
     NoCache,
@@ -80,6 +83,7 @@ impl ApiError {
             ApiError::QueryUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::QueryFailed(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::VersionGone(_) => StatusCode::GONE,
             ApiError::NoCache
             | ApiError::SyncNotConfigured
             | ApiError::NoWorker

@@ -15,9 +15,12 @@ use bytes::Bytes;
 use super::error::ApiError;
 use super::negotiate::{accepted_encoding, quality};
 use super::params::FetchParams;
+use super::query::send;
 use super::{sse, AppState};
+use crate::cache::delta;
 use crate::cache::framing::StreamEncoder;
-use crate::cache::{Encoding, Snapshot};
+use crate::cache::{CatchUp, Encoding, Snapshot};
+use crate::query::Answer;
 use crate::sync::Trigger;
 
 /// `GET /fetch-data[?refresh=true][&stream=true]`.
@@ -29,6 +32,9 @@ pub async fn fetch_data(
     let params = FetchParams::parse(query.as_deref())?;
     if params.stream {
         return Ok(sse::stream(state, &headers, params.refresh, params.payload).await);
+    }
+    if let Some(since) = params.since {
+        return delta_response(&state, &since, &headers).await;
     }
     let info = match params.refresh {
         false => None,
@@ -48,6 +54,63 @@ pub async fn fetch_data(
         None => cached_response(&snapshot, &headers).await,
         Some(info) => response_with_info(&snapshot, &headers, info).await,
     })
+}
+
+/// `GET /fetch-data?since=<etag>`: the rows changed since the version the client holds, `304`
+/// when it holds the current one, `410 Gone` when its version is unknown or older than the
+/// change sets kept.
+async fn delta_response(
+    state: &AppState,
+    since: &str,
+    headers: &HeaderMap,
+) -> Result<Response, ApiError> {
+    let snapshot = current_snapshot(state)?;
+    if let Err(why) = delta::deltas_possible(&snapshot) {
+        return Err(ApiError::BadRequest(format!(
+            "no deltas for this table: {why}; fetch the whole table instead"
+        )));
+    }
+    let Some((current, catch_up)) = state.cache.catch_up(since) else {
+        return Err(ApiError::NoCache);
+    };
+    let sets = match catch_up {
+        CatchUp::Current => {
+            let mut response = StatusCode::NOT_MODIFIED.into_response();
+            if let Ok(tag) = HeaderValue::from_str(&current.etag) {
+                response.headers_mut().insert(header::ETAG, tag);
+            }
+            return Ok(response);
+        }
+        CatchUp::Gone => {
+            let (kept, _) = state.cache.deltas_kept();
+            return Err(ApiError::VersionGone(format!(
+                "No changes kept since the version {since}: it is unknown here or older than the \
+                 last {kept} change sets kept (DELTA_VERSIONS); fetch the whole table without \
+                 'since' and ask for changes from its ETag"
+            )));
+        }
+        CatchUp::Apply(sets) => sets,
+    };
+    let since = since.to_owned();
+    let answer = tokio::task::spawn_blocking(move || {
+        let merged = delta::merge(&sets);
+        let rows = merged.upserted.len() + merged.deleted.len();
+        let body = delta::delta_body(&since, &current, &merged);
+        Answer {
+            body: Bytes::from(body),
+            content_type: "application/json",
+            etag: format!(
+                "\"{}..{}\"",
+                delta::bare_etag(&since),
+                delta::bare_etag(&current.etag)
+            ),
+            rows,
+            truncated: false,
+        }
+    })
+    .await
+    .map_err(|e| ApiError::QueryFailed(format!("the delta could not be built: {e}")))?;
+    Ok(send(Arc::new(answer), headers).await)
 }
 
 /// The served snapshot, or the error that explains why there is none.

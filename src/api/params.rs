@@ -14,7 +14,7 @@ use super::error::ApiError;
 /// is accepted there is the key check's answer, which says why.
 fn known_params(route: &str) -> &'static [&'static str] {
     match route {
-        "/fetch-data" => &["refresh", "stream", "payload", "api_key"],
+        "/fetch-data" => &["refresh", "stream", "payload", "since", "api_key"],
         "/query" => &["sql", "p", "_format", "_shape", "api_key"],
         "/status" | "/refresh" | "/metrics" | "/failures/latest.png" | "/tables" => &["api_key"],
         _ => &[],
@@ -112,6 +112,8 @@ pub struct FetchParams {
     pub refresh: bool,
     pub stream: bool,
     pub payload: Payload,
+    /// The ETag of the version the client holds: answer with the changes since.
+    pub since: Option<String>,
 }
 
 impl FetchParams {
@@ -124,6 +126,16 @@ impl FetchParams {
             let slot = match key.as_ref() {
                 "refresh" => &mut params.refresh,
                 "stream" => &mut params.stream,
+                "since" => {
+                    if value.trim().is_empty() {
+                        return Err(ApiError::BadRequest(
+                            "'since' takes the ETag of the version you hold, as /fetch-data sent it"
+                                .into(),
+                        ));
+                    }
+                    params.since = Some(value.into_owned());
+                    continue;
+                }
                 "payload" => {
                     payload_given = true;
                     params.payload = match value.to_ascii_lowercase().as_str() {
@@ -144,6 +156,12 @@ impl FetchParams {
         if payload_given && !params.stream {
             return Err(ApiError::BadRequest(
                 "'payload' applies only to event streams (stream=true)".into(),
+            ));
+        }
+        if params.since.is_some() && (params.stream || params.refresh) {
+            return Err(ApiError::BadRequest(
+                "'since' asks for the changes since a version; it goes without stream and refresh"
+                    .into(),
             ));
         }
         Ok(params)
@@ -174,8 +192,13 @@ mod tests {
                 refresh: true,
                 stream: true,
                 payload: Payload::Full,
+                since: None,
             }
         );
+        let p = FetchParams::parse(Some("since=W%2F%22ab-1%22")).unwrap();
+        assert_eq!(p.since.as_deref(), Some("W/\"ab-1\""));
+        assert!(FetchParams::parse(Some("since=")).is_err());
+        assert!(FetchParams::parse(Some("since=x&stream=true")).is_err());
         let p = FetchParams::parse(Some("stream=true&payload=none")).unwrap();
         assert_eq!(p.payload, Payload::None);
         assert!(FetchParams::parse(Some("stream=true&payload=some")).is_err());
@@ -194,7 +217,7 @@ mod tests {
         let err = check_known("/fetch-data", "limit=5&columns=id,total&limit=6").unwrap_err();
         assert_eq!(
             err.to_string(),
-            "Unknown query parameters 'limit', 'columns': /fetch-data takes refresh, stream, payload"
+            "Unknown query parameters 'limit', 'columns': /fetch-data takes refresh, stream, payload, since"
         );
         let err = check_known("/status", "verbose=1").unwrap_err();
         assert_eq!(

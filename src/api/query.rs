@@ -16,6 +16,7 @@ use super::error::ApiError;
 use super::fetch::current_snapshot;
 use super::negotiate::quality;
 use super::AppState;
+use crate::cache::delta::deltas_possible;
 use crate::cache::framing::{compress_body, Encoding};
 use crate::query::rows::parse_request;
 use crate::query::{Answer, Ask, Format, Param, QueryEngine, QueryError, Question, Shape};
@@ -90,7 +91,7 @@ fn format_and_shape(
 }
 
 /// Sends `answer`: `304` when the client holds it, else its bytes, compressed as accepted.
-async fn send(answer: Arc<Answer>, headers: &HeaderMap) -> Response {
+pub(super) async fn send(answer: Arc<Answer>, headers: &HeaderMap) -> Response {
     let etag = HeaderValue::from_str(&answer.etag).ok();
     if let (Some(tag), Some(held)) = (&etag, headers.get(header::IF_NONE_MATCH)) {
         let held = held.to_str().unwrap_or_default();
@@ -315,6 +316,13 @@ pub async fn tables(State(state): State<AppState>) -> Result<Response, ApiError>
     } else {
         json!(null)
     };
+    let deltas = match deltas_possible(&snapshot) {
+        Ok(()) => {
+            let (kept, bytes) = state.cache.deltas_kept();
+            json!({"available": true, "change_sets_kept": kept, "bytes": bytes})
+        }
+        Err(why) => json!({"available": false, "why": why.to_string()}),
+    };
     let table = json!({
         "name": view.schema.table,
         "columns": columns,
@@ -325,6 +333,7 @@ pub async fn tables(State(state): State<AppState>) -> Result<Response, ApiError>
             "bytes": view.memory_bytes(),
             "build_seconds": view.build_time.as_secs_f64(),
         },
+        "deltas": deltas,
     });
     Ok(Json(json!({"status": "success", "tables": [table]})).into_response())
 }

@@ -8,6 +8,8 @@
 //! - [`convert`] — CSV to cache JSON.
 //! - [`schema`] — the table's declared columns and key; [`typed`] — the typed, columnar view
 //!   of each version that queries read.
+//! - [`rows`] — where each row sits in a version's body, and its hash; [`delta`] — the change
+//!   sets between versions and the log of the last ones.
 //! - [`snapshot`] — the ready-to-send bodies the API serves, with the typed view.
 //! - [`framing`] — the bytes of compressed answers: the variants' gzip and zstd framing, and the
 //!   encoding of streamed answers that splice them.
@@ -20,19 +22,21 @@
 //! `import`) talk to the store alone.
 
 pub mod convert;
+pub mod delta;
 pub mod file_store;
 pub mod files;
 pub mod format;
 pub mod framing;
 pub mod record;
 pub mod redis_store;
+pub mod rows;
 pub mod schema;
 pub mod snapshot;
 pub mod typed;
 pub mod version_store;
 
 use std::path::Path;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
@@ -42,6 +46,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use convert::{csv_to_cache_json, json_capacity_for_csv, ConvertError, Converted};
+pub use delta::{CatchUp, ChangeSet, DeltaLog, DeltaSettings};
 pub use framing::Encoding;
 pub use record::VersionRecord;
 pub use redis_store::RedisStore;
@@ -69,20 +74,92 @@ pub struct Cache {
     versions: watch::Sender<Option<Arc<Snapshot>>>,
     /// Where the compression of each new version runs, and what stops it.
     background: OnceLock<(TaskTracker, CancellationToken)>,
+    /// The primary key to use instead of the declared one (PMA_KEY).
+    key: Option<Vec<String>>,
+    /// The last change sets. Locked while a version is installed, so a client never sees a
+    /// version without the change set that led to it.
+    deltas: Mutex<DeltaLog>,
+}
+
+/// How a process serves versions: the table's name when a version does not declare it
+/// (PMA_TABLE), the key to use instead of the declared one (PMA_KEY), and the change sets kept.
+#[derive(Debug, Clone, Default)]
+pub struct CacheSettings {
+    pub table: String,
+    pub key: Option<Vec<String>>,
+    pub deltas: DeltaSettings,
+}
+
+/// A new version made ready to serve, with the change set from the version served before it.
+struct Prepared {
+    snapshot: Snapshot,
+    change: Option<ChangeSet>,
 }
 
 impl Cache {
-    /// An empty cache serving versions of `table` from `store`; [`Cache::load_initial`] loads
-    /// the first.
-    pub fn new(store: Arc<VersionStore>, table: String) -> Arc<Self> {
+    /// An empty cache serving versions from `store`; [`Cache::load_initial`] loads the first.
+    pub fn new(store: Arc<VersionStore>, settings: CacheSettings) -> Arc<Self> {
         Arc::new(Self {
             store,
-            table,
+            table: settings.table,
             current: ArcSwapOption::empty(),
             record: ArcSwapOption::empty(),
             versions: watch::Sender::new(None),
             background: OnceLock::new(),
+            key: settings.key,
+            deltas: Mutex::new(DeltaLog::new(settings.deltas)),
         })
+    }
+
+    /// How a client holding the version `since` catches up with the current one, and the
+    /// current snapshot (`None` when nothing is served).
+    pub fn catch_up(&self, since: &str) -> Option<(Arc<Snapshot>, CatchUp)> {
+        let log = self.deltas.lock().expect("delta log lock");
+        let current = self.current()?;
+        let catch_up = log.catch_up(since, &current.etag);
+        Some((current, catch_up))
+    }
+
+    /// Change sets kept, and the bytes they hold.
+    pub fn deltas_kept(&self) -> (usize, usize) {
+        self.deltas.lock().expect("delta log lock").kept()
+    }
+
+    /// Makes `snapshot` ready to serve, off the runtime: its typed view, its rows' index and
+    /// the change set from the version served now.
+    async fn prepare(
+        &self,
+        mut snapshot: Snapshot,
+        schema: Option<TableSchema>,
+    ) -> anyhow::Result<Prepared> {
+        let (table, key, previous) = (self.table.clone(), self.key.clone(), self.current());
+        tokio::task::spawn_blocking(move || {
+            attach_typed_view(&mut snapshot, schema.as_ref(), &table, key.as_deref());
+            let change = previous.and_then(|previous| {
+                if previous.same_data_as(&snapshot) {
+                    return None;
+                }
+                match delta::compute(&previous, &snapshot) {
+                    Ok(set) => {
+                        tracing::info!(
+                            upserted = set.upserted(),
+                            deleted = set.deleted(),
+                            bytes = set.memory_bytes(),
+                            seconds = set.took.as_secs_f64(),
+                            "change set computed"
+                        );
+                        Some(set)
+                    }
+                    Err(e) => {
+                        tracing::info!("no change set for this version: {e}");
+                        None
+                    }
+                }
+            });
+            Prepared { snapshot, change }
+        })
+        .await
+        .map_err(|e| anyhow::anyhow!("the snapshot builder stopped: {e}"))
     }
 
     /// Runs the compression of each new version on `tasks`, stopped by `stop` (set once, by
@@ -145,18 +222,12 @@ impl Cache {
         record: VersionRecord,
         zstd_frame: Option<Bytes>,
     ) -> anyhow::Result<()> {
-        let (schema, table) = (record.schema.clone(), self.table.clone());
-        let snapshot = tokio::task::spawn_blocking(move || {
-            let mut snapshot = Snapshot::from_converted(converted);
-            attach_typed_view(&mut snapshot, schema.as_ref(), &table);
-            snapshot
-        })
-        .await
-        .map_err(|e| anyhow::anyhow!("the snapshot builder stopped: {e}"))?;
+        let snapshot = Snapshot::from_converted(converted);
+        let Prepared { snapshot, change } = self.prepare(snapshot, record.schema.clone()).await?;
         if let Some(frame) = zstd_frame {
             snapshot.adopt_zstd(frame);
         }
-        self.install(snapshot, Some(Arc::new(record)));
+        self.install(snapshot, Some(Arc::new(record)), change);
         Ok(())
     }
 
@@ -174,33 +245,19 @@ impl Cache {
     }
 
     async fn serve_loaded(&self, loaded: Option<Loaded>) -> bool {
-        let Some(Loaded {
-            mut snapshot,
-            record,
-        }) = loaded
-        else {
+        let Some(Loaded { snapshot, record }) = loaded else {
             return false;
         };
-        let (schema, table) = (
-            record.as_ref().and_then(|r| r.schema.clone()),
-            self.table.clone(),
-        );
-        let built = tokio::task::spawn_blocking(move || {
-            attach_typed_view(&mut snapshot, schema.as_ref(), &table);
-            snapshot
-        })
-        .await;
-        let snapshot = match built {
-            Ok(snapshot) => snapshot,
+        let schema = record.as_ref().and_then(|r| r.schema.clone());
+        let (snapshot, change) = match self.prepare(snapshot, schema).await {
+            Ok(Prepared { snapshot, change }) => (snapshot, change),
             Err(e) => {
-                tracing::error!(
-                    "the typed view's builder stopped: {e}; still serving the version held"
-                );
+                tracing::error!("{e:#}; still serving the version held");
                 return false;
             }
         };
         let record = record.map(Arc::new);
-        let snapshot = self.install(snapshot, record.clone());
+        let snapshot = self.install(snapshot, record.clone(), change);
         if let Some(record) = record {
             self.store
                 .keep_local_copy(snapshot, (*record).clone())
@@ -211,13 +268,22 @@ impl Cache {
 
     /// Serves `snapshot`, tells subscribers, and builds its compressed variants off the request
     /// path (a compressed request waits for the quick variant, which comes within a moment).
-    fn install(&self, mut snapshot: Snapshot, record: Option<Arc<VersionRecord>>) -> Arc<Snapshot> {
+    fn install(
+        &self,
+        mut snapshot: Snapshot,
+        record: Option<Arc<VersionRecord>>,
+        change: Option<ChangeSet>,
+    ) -> Arc<Snapshot> {
         if let Some(previous) = self.current() {
             snapshot.keep_data_date_of(&previous);
         }
         let snapshot = Arc::new(snapshot);
-        self.record.store(record);
-        self.current.store(Some(Arc::clone(&snapshot)));
+        {
+            let mut deltas = self.deltas.lock().expect("delta log lock");
+            self.record.store(record);
+            self.current.store(Some(Arc::clone(&snapshot)));
+            deltas.served(&snapshot.etag, change);
+        }
         tracing::info!(
             rows = snapshot.count,
             bytes = snapshot.body.len(),
@@ -295,9 +361,20 @@ impl Destination<'_> {
 /// Builds the typed view of `snapshot` with its declared `schema` and attaches it. A version
 /// whose view cannot be built is still served whole (`/fetch-data`); queries then say why they
 /// cannot answer. Blocking.
-fn attach_typed_view(snapshot: &mut Snapshot, schema: Option<&TableSchema>, table: &str) {
+fn attach_typed_view(
+    snapshot: &mut Snapshot,
+    schema: Option<&TableSchema>,
+    table: &str,
+    key: Option<&[String]>,
+) {
     let digest = schema.map(TableSchema::digest);
-    match TypedTable::build(&snapshot.body, schema, table) {
+    let built = std::thread::scope(|scope| {
+        let shared: &Snapshot = snapshot;
+        // The rows' index (for deltas and text answers) is read beside the typed view.
+        scope.spawn(move || shared.row_index().map(|_| ()));
+        TypedTable::build_with_key(&shared.body, schema, table, key)
+    });
+    match built {
         Ok(view) => {
             tracing::info!(
                 table = %view.schema.table,

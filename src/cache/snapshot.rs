@@ -21,6 +21,7 @@ use super::format::{check_document, DocumentFacts, BODY_PREFIX, BODY_ROOM};
 use super::framing::{self, compress_body_until, Encoding, GZIP_LEVEL, ZSTD_LEVEL};
 #[cfg(test)]
 use super::framing::{zstd_body_of, QUICK_LEVEL};
+use super::rows::RowIndex;
 use super::typed::TypedTable;
 
 /// A compressed variant of the body: first a quick one ([`framing::QUICK_LEVEL`]), then the one at the
@@ -72,6 +73,8 @@ pub struct Snapshot {
     data_hash: u64,
     /// The typed view of the rows, for queries.
     typed: Option<Arc<TypedTable>>,
+    /// Where each row sits in the body and its hash, found on first use.
+    rows: OnceLock<Result<Arc<RowIndex>, String>>,
     /// When this data was first served (an unchanged sync keeps it), for `Last-Modified`.
     pub data_modified: SystemTime,
     /// `data_modified` as an HTTP date.
@@ -172,6 +175,7 @@ impl Snapshot {
             etag,
             data_hash,
             typed: None,
+            rows: OnceLock::new(),
             data_modified: last_modified,
             http_date: httpdate::fmt_http_date(last_modified),
             body,
@@ -199,6 +203,19 @@ impl Snapshot {
     }
 
     /// The version's typed view, when it could be built.
+    /// Where each row sits in the body and its hash. Blocking the first time (a read of the
+    /// whole body): the version's builder calls it before the version is served.
+    pub fn row_index(&self) -> Result<&Arc<RowIndex>, String> {
+        self.rows
+            .get_or_init(|| {
+                RowIndex::build(&self.body)
+                    .map(Arc::new)
+                    .map_err(|e| format!("{e:#}"))
+            })
+            .as_ref()
+            .map_err(Clone::clone)
+    }
+
     pub fn typed(&self) -> Option<&Arc<TypedTable>> {
         self.typed.as_ref()
     }

@@ -27,6 +27,9 @@ use super::schema::{TableSchema, ValueKind};
 /// MySQL identifiers and typical key values never hold).
 pub const KEY_SEPARATOR: char = '\u{1f}';
 
+/// The most threads one build uses to cast columns.
+const MAX_BUILD_THREADS: usize = 4;
+
 /// A version's rows, typed.
 pub struct TypedTable {
     /// The declared structure (every column text when the types are unknown).
@@ -39,6 +42,9 @@ pub struct TypedTable {
     pub unrepresentable: Vec<usize>,
     /// Row number by key text (the parts joined by [`KEY_SEPARATOR`]); `None` without a key.
     key_index: Option<HashMap<Box<str>, u32>>,
+    /// Whether the key is one column whose exported text is the canonical text of its typed
+    /// value, so a typed value's text finds its row in the index.
+    key_exact: bool,
     /// How long the view took to build.
     pub build_time: Duration,
 }
@@ -58,32 +64,87 @@ impl TypedTable {
     /// column text, for a table `table` whose types are unknown). Blocking: call it off the
     /// runtime's threads.
     pub fn build(body: &[u8], schema: Option<&TableSchema>, table: &str) -> anyhow::Result<Self> {
+        Self::build_with_key(body, schema, table, None)
+    }
+
+    /// [`TypedTable::build`], with `key` (PMA_KEY) in place of the declared primary key.
+    pub fn build_with_key(
+        body: &[u8],
+        schema: Option<&TableSchema>,
+        table: &str,
+        key: Option<&[String]>,
+    ) -> anyhow::Result<Self> {
         let started = Instant::now();
         let text = read_text_columns(body).context("reading the rows for the typed view")?;
-        let schema = match schema {
+        let mut schema = match schema {
             Some(s) => s.clone(),
             None => TableSchema::all_text(table, &text.columns),
         };
+        if let Some(key) = key {
+            if let Some(missing) = key.iter().find(|k| !text.columns.contains(k)) {
+                anyhow::bail!(
+                    "PMA_KEY names the column `{missing}`, which the table does not have"
+                );
+            }
+            schema.key = key.to_vec();
+        }
         let key_parts: Vec<usize> = schema
             .key
             .iter()
             .map(|k| text.columns.iter().position(|c| c == k))
             .collect::<Option<_>>()
             .unwrap_or_default();
-        let key_index = (!key_parts.is_empty() && key_parts.len() == schema.key.len())
-            .then(|| index_keys(&text.arrays, &key_parts));
+        let has_key = !key_parts.is_empty() && key_parts.len() == schema.key.len();
+        let kinds: Vec<ValueKind> = text.columns.iter().map(|n| schema.kind_of(n)).collect();
+        // The key index and the columns' casts run side by side, a few threads at most (the
+        // build runs on a blocking thread, off the runtime).
+        let workers = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .clamp(1, MAX_BUILD_THREADS);
+        let (key_index, converted) = std::thread::scope(|scope| {
+            let arrays = &text.arrays;
+            let index = has_key.then(|| {
+                let parts = &key_parts;
+                scope.spawn(move || index_keys(arrays, parts))
+            });
+            let casts: Vec<_> = (0..workers)
+                .map(|worker| {
+                    let kinds = &kinds;
+                    scope.spawn(move || {
+                        (worker..arrays.len())
+                            .step_by(workers)
+                            .map(|i| (i, convert(arrays[i].clone(), kinds[i])))
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            let mut converted: Vec<Option<anyhow::Result<(ArrayRef, usize)>>> =
+                (0..arrays.len()).map(|_| None).collect();
+            for cast in casts {
+                for (i, result) in cast.join().unwrap_or_default() {
+                    converted[i] = Some(result);
+                }
+            }
+            (index.and_then(|h| h.join().ok()), converted)
+        });
+        let key_exact = match key_parts.as_slice() {
+            [part] => match kinds[*part] {
+                ValueKind::Text => true,
+                ValueKind::Integer | ValueKind::Unsigned => canonical_integers(&text.arrays[*part]),
+                _ => false,
+            },
+            _ => false,
+        };
         let mut fields = Vec::with_capacity(text.columns.len());
         let mut arrays: Vec<ArrayRef> = Vec::with_capacity(text.columns.len());
-        let mut kinds = Vec::with_capacity(text.columns.len());
         let mut unrepresentable = Vec::with_capacity(text.columns.len());
-        for (name, texts) in text.columns.iter().zip(text.arrays) {
-            let kind = schema.kind_of(name);
-            let (typed, lost) = convert(texts, kind)
+        for ((name, kind), result) in text.columns.iter().zip(&kinds).zip(converted) {
+            let (typed, lost) = result
+                .ok_or_else(|| anyhow!("a thread converting the columns stopped"))?
                 .with_context(|| format!("converting column `{name}` to {}", kind.name()))?;
             let nullable = schema.column(name).is_none_or(|c| c.nullable) || lost > 0;
             fields.push(Field::new(name, typed.data_type().clone(), nullable));
             arrays.push(typed);
-            kinds.push(kind);
             unrepresentable.push(lost);
         }
         let arrow_schema: SchemaRef = Arc::new(Schema::new(fields));
@@ -95,6 +156,7 @@ impl TypedTable {
             batch,
             unrepresentable,
             key_index,
+            key_exact,
             build_time: started.elapsed(),
         })
     }
@@ -112,6 +174,27 @@ impl TypedTable {
     /// Whether rows can be found by key.
     pub fn has_key(&self) -> bool {
         self.key_index.is_some()
+    }
+
+    /// The key column, when the key is one column whose rows a typed value (an integer's or a
+    /// text's canonical text) finds in the index.
+    pub fn exact_key_column(&self) -> Option<&str> {
+        match (
+            self.key_exact,
+            self.key_index.is_some(),
+            self.schema.key.as_slice(),
+        ) {
+            (true, true, [key]) => Some(key),
+            _ => None,
+        }
+    }
+
+    /// Every key (its parts joined by [`KEY_SEPARATOR`]) and its row; none without a key.
+    pub fn keys(&self) -> impl Iterator<Item = (&str, usize)> {
+        self.key_index
+            .iter()
+            .flatten()
+            .map(|(key, &row)| (key.as_ref(), row as usize))
     }
 
     /// The row whose key is `key` (a composite key's parts joined by [`KEY_SEPARATOR`]).
@@ -147,6 +230,19 @@ fn convert(texts: StringArray, kind: ValueKind) -> anyhow::Result<(ArrayRef, usi
     let typed = cast_with_options(&texts, &arrow_type(kind), &options)?;
     let lost = typed.null_count() - texts.null_count();
     Ok((typed, lost))
+}
+
+/// Whether every text is an integer as MySQL writes one (`0`, `-12`, `7`: no sign on zero, no
+/// leading zeros, no `+`), so the text of its value is the text itself.
+fn canonical_integers(texts: &StringArray) -> bool {
+    texts.iter().all(|text| {
+        let Some(text) = text else { return false };
+        let digits = text.strip_prefix('-').unwrap_or(text);
+        let canonical_digits = !digits.is_empty()
+            && digits.bytes().all(|b| b.is_ascii_digit())
+            && (digits == "0" || !digits.starts_with('0'));
+        canonical_digits && !(text.starts_with('-') && digits == "0")
+    })
 }
 
 fn index_keys(arrays: &[StringArray], parts: &[usize]) -> HashMap<Box<str>, u32> {
@@ -403,6 +499,7 @@ mod tests {
         assert_eq!(view.unrepresentable, [0, 0, 1, 0, 0]);
         assert_eq!(view.row_of_key("7"), Some(1));
         assert_eq!(view.row_of_key("8"), None);
+        assert_eq!(view.exact_key_column(), Some("id"));
     }
 
     #[test]

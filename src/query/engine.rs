@@ -19,7 +19,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use datafusion::arrow::record_batch::RecordBatch;
-use datafusion::catalog::MemTable;
+use datafusion::catalog::TableProvider;
 use datafusion::common::tree_node::{Transformed, TreeNode};
 use datafusion::common::{ParamValues, ScalarValue, TableReference};
 use datafusion::error::DataFusionError;
@@ -34,8 +34,10 @@ use datafusion::sql::parser::Statement as DfStatement;
 use tokio::sync::Semaphore;
 
 use super::encode::{json_answer, stream_answer, Format, Shape};
+use super::provider::VersionTable;
 use super::rows::{self, RowsRequest};
 use super::sql;
+use super::text::RowTexts;
 use crate::cache::schema::stable_hash;
 use crate::cache::{Snapshot, TypedTable};
 use crate::config::QuerySettings;
@@ -131,6 +133,8 @@ struct Session {
     etag: String,
     context: SessionContext,
     view: Arc<TypedTable>,
+    /// The table `/tables` reads: the view's columns and each row's number.
+    rows: Arc<VersionTable>,
 }
 
 type Answers = quick_cache::sync::Cache<(String, String), Arc<Answer>, AnswerWeight>;
@@ -232,7 +236,7 @@ impl QueryEngine {
         );
         let session = self.session_for(snapshot, view)?;
         let settings = self.settings.clone();
-        let version = snapshot.etag.clone();
+        let version = Arc::clone(snapshot);
         let timeout = settings.timeout;
         let work = async {
             let _permit = self
@@ -242,7 +246,7 @@ impl QueryEngine {
                 .map_err(|_| QueryError::Unavailable("the server is shutting down".into()))?;
             let task = self
                 .handle
-                .spawn(async move { run(&session, ask, &version, &settings, etag).await });
+                .spawn(async move { run(&session, &version, ask, &settings, etag).await });
             let abort = task.abort_handle();
             // Dropped on timeout: the query's task is aborted with it.
             let _abort_on_drop = AbortOnDrop(abort);
@@ -286,28 +290,19 @@ impl QueryEngine {
             .set_str("datafusion.sql_parser.dialect", "mysql")
             .set_bool("datafusion.sql_parser.enable_ident_normalization", false);
         let context = SessionContext::new_with_config_rt(config, Arc::clone(&self.env));
-        let batch = &view.batch;
-        // Two partitions, zero-copy slices, so scans use two threads.
-        let half = batch.num_rows().div_ceil(2);
-        let partitions = if half == 0 {
-            vec![vec![batch.clone()]]
-        } else {
-            vec![
-                vec![batch.slice(0, half)],
-                vec![batch.slice(half, batch.num_rows() - half)],
-            ]
-        };
-        let table = MemTable::try_new(batch.schema(), partitions).map_err(engine_error)?;
+        let table = VersionTable::new(Arc::clone(&view), false).map_err(engine_error)?;
         context
             .register_table(
                 TableReference::bare(view.schema.table.as_str()),
                 Arc::new(table),
             )
             .map_err(engine_error)?;
+        let rows = Arc::new(VersionTable::new(Arc::clone(&view), true).map_err(engine_error)?);
         let session = Arc::new(Session {
             etag: snapshot.etag.clone(),
             context,
             view,
+            rows,
         });
         *current = Some(Arc::clone(&session));
         Ok(session)
@@ -331,18 +326,35 @@ impl Drop for AbortOnDrop {
 /// Plans, runs and encodes one question, on the query threads.
 async fn run(
     session: &Session,
+    snapshot: &Snapshot,
     ask: Ask,
-    version: &str,
     settings: &QuerySettings,
     etag: String,
 ) -> Result<Answer, QueryError> {
+    let mut text = false;
     let (frame, page) = match ask.question {
         Question::Sql { sql, params } => (plan_sql(session, &sql, params).await?, None),
         Question::Rows(request) => {
-            if let Some(answer) = rows::by_key(&session.view, &request, version, ask.format)? {
-                return Ok(Answer { etag, ..answer });
+            text = request.text;
+            if let Some(batch) = rows::by_key(session.rows.batch(), &session.view, &request)? {
+                let schema = batch.schema();
+                return finish(
+                    snapshot,
+                    &ask.format,
+                    ask.shape,
+                    text,
+                    schema,
+                    vec![batch],
+                    settings,
+                    None,
+                    etag,
+                );
             }
-            rows::plan(&session.context, &session.view, &request, settings.max_rows).await?
+            let table = session
+                .context
+                .read_table(Arc::clone(&session.rows) as Arc<dyn TableProvider>)
+                .map_err(engine_error)?;
+            rows::plan(table, &session.view, &request, settings.max_rows)?
         }
     };
     let capped = ask.format.is_capped() && page.is_none();
@@ -361,12 +373,43 @@ async fn run(
         .await
         .map_err(engine_error)?;
     let next = page.as_ref().and_then(|p| p.finish(&mut batches));
-    encode(
-        ask.format,
+    finish(
+        snapshot,
+        &ask.format,
         ask.shape,
+        text,
+        schema,
+        batches,
+        settings,
+        next,
+        etag,
+    )
+}
+
+/// Encodes an answer's rows, as their exported text when asked.
+#[allow(clippy::too_many_arguments)]
+fn finish(
+    snapshot: &Snapshot,
+    format: &Format,
+    shape: Shape,
+    text: bool,
+    schema: SchemaRef,
+    batches: Vec<RecordBatch>,
+    settings: &QuerySettings,
+    next: Option<String>,
+    etag: String,
+) -> Result<Answer, QueryError> {
+    let (schema, batches) = if text {
+        RowTexts::new(snapshot).as_text(&schema, &batches)?
+    } else {
+        (schema, batches)
+    };
+    encode(
+        *format,
+        shape,
         &schema,
         &batches,
-        version,
+        &snapshot.etag,
         settings.max_rows,
         next,
         etag,

@@ -8,13 +8,14 @@ use base64::Engine as _;
 use datafusion::arrow::array::{Array, RecordBatch};
 use datafusion::arrow::datatypes::DataType;
 use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
-use datafusion::common::{ScalarValue, TableReference};
+use datafusion::common::ScalarValue;
 use datafusion::logical_expr::expr::Like;
-use datafusion::prelude::{ident, lit, DataFrame, Expr, SessionContext};
+use datafusion::prelude::{ident, lit, DataFrame, Expr};
 use serde::{Deserialize, Serialize};
 
-use super::encode::{Format, DATETIME_FORMAT, DATE_FORMAT};
-use super::engine::{encode, engine_error, Answer, QueryError};
+use super::encode::{DATETIME_FORMAT, DATE_FORMAT};
+use super::engine::{engine_error, QueryError};
+use super::provider::ROW_COLUMN;
 use crate::cache::typed::KEY_SEPARATOR;
 use crate::cache::TypedTable;
 
@@ -89,6 +90,8 @@ pub struct RowsRequest {
     pub next: Option<String>,
     /// The row with this key (`/tables/{table}/{key}`).
     pub key: Option<String>,
+    /// Answer with each cell's exported text (`_values=text`) instead of its typed value.
+    pub text: bool,
 }
 
 /// Where a page continues: after the last row's sort value and key, or (for a table without
@@ -306,13 +309,13 @@ fn asked_key<'a>(view: &TypedTable, request: &'a RowsRequest) -> Option<&'a str>
     }
 }
 
-/// Answers a key lookup from the key index, when the request is one.
+/// The row a key lookup asks for, from the key index (`rows` is the table `/tables` reads:
+/// the view's columns and the row numbers), when the request is one.
 pub fn by_key(
+    rows: &RecordBatch,
     view: &TypedTable,
     request: &RowsRequest,
-    version: &str,
-    format: Format,
-) -> Result<Option<Answer>, QueryError> {
+) -> Result<Option<RecordBatch>, QueryError> {
     let Some(key) = asked_key(view, request) else {
         return Ok(None);
     };
@@ -324,7 +327,7 @@ pub fn by_key(
     }
     let key = key.replace(',', &KEY_SEPARATOR.to_string());
     let batch = match view.row_of_key(&key) {
-        Some(row) => view.batch.slice(row, 1),
+        Some(row) => rows.slice(row, 1),
         None if request.key.is_some() => {
             return Err(QueryError::NotFound(format!(
                 "no row of `{}` has the key {:?}",
@@ -332,21 +335,21 @@ pub fn by_key(
                 key.replace(KEY_SEPARATOR, ",")
             )))
         }
-        None => view.batch.slice(0, 0),
+        None => rows.slice(0, 0),
     };
-    let batch = project(batch, view, request)?;
+    let mut names = kept_columns(view, request)?;
+    if request.text {
+        names.push(ROW_COLUMN.to_owned());
+    }
     let schema = batch.schema();
-    encode(
-        format,
-        super::encode::Shape::Objects,
-        &schema,
-        &[batch],
-        version,
-        1,
-        None,
-        String::new(),
-    )
-    .map(Some)
+    let indexes: Vec<usize> = names
+        .iter()
+        .map(|n| schema.index_of(n).expect("checked above"))
+        .collect();
+    batch
+        .project(&indexes)
+        .map(Some)
+        .map_err(|e| QueryError::Internal(e.to_string()))
 }
 
 /// The columns a request keeps, in order.
@@ -366,35 +369,18 @@ fn kept_columns(view: &TypedTable, request: &RowsRequest) -> Result<Vec<String>,
         .collect())
 }
 
-fn project(
-    batch: RecordBatch,
-    view: &TypedTable,
-    request: &RowsRequest,
-) -> Result<RecordBatch, QueryError> {
-    let names = kept_columns(view, request)?;
-    let schema = batch.schema();
-    let indexes: Vec<usize> = names
-        .iter()
-        .map(|n| schema.index_of(n).expect("checked above"))
-        .collect();
-    batch
-        .project(&indexes)
-        .map_err(|e| QueryError::Internal(e.to_string()))
-}
-
 /// Plans a page of rows: filters, order (the sort column, then the key), the continuation of
 /// `_next`, the columns, one row more than the page to tell whether another follows.
-pub async fn plan(
-    context: &SessionContext,
+///
+/// `table` is the table `/tables` reads (the view's columns and the row numbers).
+pub fn plan(
+    table: DataFrame,
     view: &TypedTable,
     request: &RowsRequest,
     max_rows: usize,
 ) -> Result<(DataFrame, Option<Page>), QueryError> {
     let size = request.size.unwrap_or(DEFAULT_PAGE).clamp(1, max_rows);
-    let mut frame = context
-        .table(TableReference::bare(view.schema.table.as_str()))
-        .await
-        .map_err(engine_error)?;
+    let mut frame = table;
     for filter in &request.filters {
         frame = frame
             .filter(filter_expr(view, filter)?)
@@ -473,6 +459,9 @@ pub async fn plan(
         ensure(column);
     }
     key.iter().for_each(&mut ensure);
+    if request.text {
+        ensure(&ROW_COLUMN.to_owned());
+    }
     let exprs: Vec<Expr> = names.iter().map(|n| ident(n.as_str())).collect();
     frame = frame.select(exprs).map_err(engine_error)?;
     let position = |name: &str| names.iter().position(|n| n == name);
@@ -511,6 +500,17 @@ pub fn parse_request(
     for (name, value) in pairs {
         match name.as_str() {
             "_format" | "_shape" => {}
+            "_values" => {
+                request.text = match value.as_str() {
+                    "typed" => false,
+                    "text" => true,
+                    other => {
+                        return Err(QueryError::Bad(format!(
+                            "_values must be typed or text, not {other:?}"
+                        )))
+                    }
+                }
+            }
             "_col" => request.columns.extend(value.split(',').map(str::to_owned)),
             "_nocol" => request.hidden.extend(value.split(',').map(str::to_owned)),
             "_sort" => request.sort = Some((value.clone(), false)),
@@ -530,7 +530,7 @@ pub fn parse_request(
             other if other.starts_with('_') => {
                 return Err(QueryError::Bad(format!(
                     "unknown parameter `{other}` (known: _col, _nocol, _sort, _sort_desc, _size, \
-                     _next, _format, _shape, and column filters such as price__gte=10)"
+                     _next, _values, _format, _shape, and column filters such as price__gte=10)"
                 )))
             }
             filter => {

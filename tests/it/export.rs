@@ -28,6 +28,7 @@ fn settings(
         password: Secret::new(password),
         database: bed.database.clone(),
         table: bed.table.clone(),
+        key: None,
         browser: BrowserSettings {
             webdriver_url,
             chromedriver_path: PathBuf::from("chromedriver"),

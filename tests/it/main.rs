@@ -5,6 +5,7 @@
 //! - [`api`]: the HTTP API against a real server on port 0.
 //! - [`export`]: the browser flow against the real phpMyAdmin (4.9.11, 5.1.4, 5.2.1).
 //! - [`query`]: `/query` and `/tables`, compared with MariaDB answering the same SQL.
+//! - [`deltas`]: `/fetch-data?since=`, through real syncs of the test bed.
 //! - [`sync`]: the whole service syncing from the test bed.
 //! - [`shared_file`]: several processes on one cache file (its lock, its record).
 //! - [`redis_store`]: replicas and a worker sharing versions through Redis.
@@ -18,6 +19,7 @@
 mod helpers;
 
 mod api;
+mod deltas;
 mod demo;
 mod deploy;
 mod examples;

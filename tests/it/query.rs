@@ -171,6 +171,14 @@ async fn answers_equal_mariadbs_to_the_same_sql() {
          FROM orders ORDER BY id LIMIT 10",
         "SELECT id FROM orders WHERE id < 3 UNION SELECT id FROM orders WHERE id > 497 ORDER BY id",
         "SELECT AVG(total), AVG(subtotal) FROM orders",
+        // Lookups by key, answered from the key index: one key, several, one missing, the
+        // key beside another condition, and the key compared with a text.
+        "SELECT id, name, created_at, subtotal, total, discount_code, cancelled_at FROM orders WHERE id = 7",
+        "SELECT id, total FROM orders WHERE id IN (3, 7, 99999999, 250) ORDER BY id",
+        "SELECT id FROM orders WHERE id = 99999999 UNION ALL SELECT COUNT(*) FROM orders",
+        "SELECT id, total FROM orders WHERE total > 0 AND id = 12",
+        "SELECT id FROM orders WHERE id = '12' OR id = 13 ORDER BY id",
+        "SELECT a.id, b.total FROM orders a JOIN orders b ON b.id = a.id WHERE a.id = 5",
     ];
     for sql in queries {
         let theirs = mariadb_answer(bed, sql);
@@ -557,6 +565,74 @@ async fn rows_are_filtered_sorted_and_looked_up_by_key() {
     }
     let (status, _) = app.get_json("/tables/customers").await;
     assert_eq!(status, 404);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rows_in_text_are_the_rows_fetch_data_sends() {
+    let (app, _dir) = orders_app(vec![]).await;
+    let (status, fetched) = app.get_json("/fetch-data").await;
+    assert_eq!(status, 200);
+    let by_id: std::collections::HashMap<String, Value> = fetched["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|row| (row["id"].as_str().unwrap().to_owned(), row.clone()))
+        .collect();
+
+    // A filtered, sorted page and the page after it: every row the very object /fetch-data
+    // holds, every column text.
+    let first = "/tables/orders?_values=text&total__gte=100&_sort_desc=total&_size=25";
+    let (status, page) = app.get_json(first).await;
+    assert_eq!(status, 200, "{page}");
+    assert!(page["columns"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|c| c["type"] == "text"));
+    let (status, typed) = app
+        .get_json("/tables/orders?total__gte=100&_sort_desc=total&_size=25")
+        .await;
+    assert_eq!(status, 200);
+    let next = page["next"].as_str().expect("a next page").to_owned();
+    let (status, second) = app.get_json(&format!("{first}&_next={next}")).await;
+    assert_eq!(status, 200, "{second}");
+    let rows: Vec<&Value> = page["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .chain(second["rows"].as_array().unwrap())
+        .collect();
+    assert_eq!(rows.len(), 50);
+    for (i, row) in rows.iter().enumerate() {
+        let id = row["id"].as_str().expect("the id as text");
+        assert_eq!(*row, &by_id[id], "row {i}");
+        if i < 25 {
+            assert_eq!(
+                typed["rows"][i]["id"].to_string(),
+                id,
+                "the same rows typed and in text"
+            );
+        }
+    }
+
+    // A key lookup, whole and with some columns.
+    let (status, one) = app.get_json("/tables/orders/7?_values=text").await;
+    assert_eq!(status, 200, "{one}");
+    assert_eq!(one["rows"][0], by_id["7"]);
+    let (_, some) = app
+        .get_json("/tables/orders/7?_values=text&_col=total,email&_shape=arrays")
+        .await;
+    assert_eq!(
+        some["rows"][0],
+        serde_json::json!([by_id["7"]["total"], by_id["7"]["email"]])
+    );
+
+    let (status, bad) = app.get_json("/tables/orders?_values=raw").await;
+    assert_eq!(status, 400);
+    assert!(
+        bad["message"].as_str().unwrap().contains("_values"),
+        "{bad}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -1,0 +1,264 @@
+//! Deltas between versions, through real syncs of a table on the test bed: a client that holds
+//! some version and applies `/fetch-data?since=` holds the current one, cell for cell.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde_json::{Map, Value};
+
+use crate::helpers::app::{read_events, spawn_app_with, Options, TestApp, KEY};
+use crate::helpers::testbed::testbed;
+
+/// A table of its own, so that changing it disturbs no other test.
+const TABLE: &str = "delta_probe";
+
+/// A client's copy of the table: each row by its key.
+type Mirror = BTreeMap<String, Map<String, Value>>;
+
+fn mirror_of(body: &Value) -> Mirror {
+    body["data"]
+        .as_array()
+        .expect("rows")
+        .iter()
+        .map(|row| {
+            let row = row.as_object().expect("a row object").clone();
+            (row["id"].as_str().expect("an id").to_owned(), row)
+        })
+        .collect()
+}
+
+/// Applies a delta to `mirror` as a client would.
+fn apply(mirror: &mut Mirror, delta: &Value) {
+    for key in delta["deleted"].as_array().expect("deleted keys") {
+        let key = key.as_str().expect("a key's text");
+        assert!(
+            mirror.remove(key).is_some(),
+            "deleted {key}, which the client does not hold"
+        );
+    }
+    for row in delta["upserted"].as_array().expect("upserted rows") {
+        let row = row.as_object().expect("a row object").clone();
+        mirror.insert(row["id"].as_str().expect("an id").to_owned(), row);
+    }
+}
+
+/// Runs one sync through the server's event stream and waits for its end.
+async fn sync(app: &TestApp) {
+    let r = app
+        .get_fetch_data("?stream=true&refresh=true&payload=none")
+        .await;
+    assert_eq!(r.status(), 200);
+    let events = read_events(r, Duration::from_secs(240)).await;
+    let types: Vec<&str> = events.iter().filter_map(|e| e["type"].as_str()).collect();
+    assert_eq!(
+        types.last(),
+        Some(&"done"),
+        "the sync ends: {events:?}\n{}",
+        app.logs()
+    );
+    assert!(!types.contains(&"error"), "{events:?}");
+}
+
+/// The served version: its ETag as a zstd client holds it, and its body.
+async fn whole(app: &TestApp) -> (String, Value) {
+    let r = app.get_fetch_data("").await;
+    assert_eq!(r.status(), 200);
+    let etag = r.headers()["etag"].to_str().unwrap().to_owned();
+    (etag, r.json().await.unwrap())
+}
+
+/// An ETag without its encoding's mark: the version's own tag.
+fn identity(etag: &str) -> String {
+    etag.replace("-zstd\"", "\"").replace("-gzip\"", "\"")
+}
+
+async fn delta_since(app: &TestApp, since: &str, accept: &str) -> reqwest::Response {
+    app.client
+        .get(app.url("/fetch-data"))
+        .header("X-API-Key", KEY)
+        .header("Accept-Encoding", accept)
+        .query(&[("since", since)])
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_applying_deltas_holds_each_new_version_cell_for_cell() {
+    let _one = crate::helpers::ONE_BROWSER.lock().await;
+    let bed = testbed();
+    let big = "x".repeat(20 * 1024);
+    let mut setup = format!(
+        "DROP TABLE IF EXISTS shop.{TABLE}; \
+         CREATE TABLE shop.{TABLE} (id INT PRIMARY KEY, status VARCHAR(20) NULL, \
+         note TEXT NULL, total DECIMAL(10,2) NOT NULL); INSERT INTO shop.{TABLE} VALUES "
+    );
+    let rows: Vec<String> = (1..=40)
+        .map(|i| format!("({i}, 'paid', 'note {i}', {i}.50)"))
+        .collect();
+    setup.push_str(&rows.join(", "));
+    bed.sql(&setup);
+    let mut env = bed.pma_env();
+    env.retain(|(k, _)| *k != "PMA_TABLE");
+    env.push(("PMA_TABLE", TABLE.into()));
+    let app = spawn_app_with(Options {
+        env,
+        ..Options::default()
+    })
+    .await;
+
+    // The changes of each new version, in SQL on the source.
+    let steps = [
+        // Inserts; a value to the text NULL, another to SQL NULL; a 20 KB text; a deletion.
+        format!(
+            "INSERT INTO shop.{TABLE} VALUES (41, 'new', NULL, 1.00), (42, 'new', 'later gone', 2.00); \
+             UPDATE shop.{TABLE} SET status = 'NULL' WHERE id = 3; \
+             UPDATE shop.{TABLE} SET status = NULL WHERE id = 4; \
+             UPDATE shop.{TABLE} SET note = '{big}' WHERE id = 5; \
+             DELETE FROM shop.{TABLE} WHERE id = 6;"
+        ),
+        // A row deleted, the row deleted before re-inserted, a new row updated.
+        format!(
+            "DELETE FROM shop.{TABLE} WHERE id = 7; \
+             INSERT INTO shop.{TABLE} VALUES (6, 'back', 'again', 6.60); \
+             UPDATE shop.{TABLE} SET total = 99.99 WHERE id = 41;"
+        ),
+        // A row inserted two versions ago deleted; quotes and commas in a text.
+        format!(
+            "DELETE FROM shop.{TABLE} WHERE id = 42; \
+             UPDATE shop.{TABLE} SET note = 'a \"quoted\", text; with\\nlines' WHERE id = 8;"
+        ),
+    ];
+
+    sync(&app).await;
+    let mut versions = vec![whole(&app).await];
+    assert_eq!(versions[0].1["count"], 40);
+    let (_, tables) = {
+        let r = app.get_with("/tables", &[("X-API-Key", KEY)]).await;
+        (r.status(), r.json::<Value>().await.unwrap())
+    };
+    assert_eq!(tables["tables"][0]["key"], serde_json::json!(["id"]));
+    assert_eq!(tables["tables"][0]["deltas"]["available"], true, "{tables}");
+
+    for step in &steps {
+        bed.sql(step);
+        sync(&app).await;
+        let (etag, body) = whole(&app).await;
+        let expected = mirror_of(&body);
+        assert_ne!(etag, versions.last().unwrap().0, "the data changed");
+        // From every version held before: one delta brings the client to this one.
+        for (since, old) in &versions {
+            let r = delta_since(&app, since, "zstd").await;
+            assert_eq!(r.status(), 200, "since {since}");
+            let bytes = r.bytes().await.unwrap();
+            let delta: Value = serde_json::from_slice(&bytes).unwrap_or_else(|_| {
+                serde_json::from_slice(&zstd::decode_all(&bytes[..]).unwrap()).unwrap()
+            });
+            assert_eq!(delta["status"], "success");
+            assert_eq!(delta["since"], since.as_str());
+            assert_eq!(delta["etag"], identity(&etag).as_str());
+            assert_eq!(delta["count"], body["count"]);
+            assert_eq!(delta["last_updated"], body["last_updated"]);
+            let mut mirror = mirror_of(old);
+            apply(&mut mirror, &delta);
+            assert_eq!(mirror, expected, "since {since}: {delta}");
+        }
+        versions.push((etag, body));
+    }
+
+    // From the first version, three change sets merged: row 42, inserted then deleted, is in
+    // neither list; row 6, deleted then re-inserted, is an upsert only.
+    let r = delta_since(&app, &versions[0].0, "identity").await;
+    let delta: Value = r.json().await.unwrap();
+    let upserted: Vec<&str> = delta["upserted"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_str().unwrap())
+        .collect();
+    let deleted: Vec<&str> = delta["deleted"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k.as_str().unwrap())
+        .collect();
+    assert!(
+        !upserted.contains(&"42") && !deleted.contains(&"42"),
+        "{delta}"
+    );
+    assert!(
+        upserted.contains(&"6") && !deleted.contains(&"6"),
+        "{delta}"
+    );
+    assert_eq!(deleted, ["7"], "{delta}");
+    let row5 = delta["upserted"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["id"] == "5")
+        .unwrap();
+    assert_eq!(row5["note"].as_str().unwrap().len(), 20 * 1024);
+    let row3 = &versions[3].1["data"].as_array().unwrap()[2];
+    let row4 = &versions[3].1["data"].as_array().unwrap()[3];
+    assert_eq!(row3["status"], "NULL", "the text NULL stays text");
+    assert_eq!(row4["status"], Value::Null, "SQL NULL is null");
+
+    // The current version: 304, nothing to send.
+    let current = versions.last().unwrap().0.clone();
+    let r = delta_since(&app, &current, "identity").await;
+    assert_eq!(r.status(), 304);
+
+    // A sync that changes nothing makes no new version: the deltas still answer.
+    sync(&app).await;
+    assert_eq!(whole(&app).await.0, current);
+    let r = delta_since(&app, &versions[2].0, "identity").await;
+    assert_eq!(r.status(), 200);
+    let (_, tables) = {
+        let r = app.get_with("/tables", &[("X-API-Key", KEY)]).await;
+        (r.status(), r.json::<Value>().await.unwrap())
+    };
+    assert_eq!(tables["tables"][0]["deltas"]["change_sets_kept"], 3);
+
+    // Unknown versions: 410 with what to do.
+    for since in ["W/\"0000000000000000-1\"", "whatever"] {
+        let r = delta_since(&app, since, "identity").await;
+        assert_eq!(r.status(), 410);
+        let body: Value = r.json().await.unwrap();
+        let message = body["message"].as_str().unwrap();
+        assert!(message.contains("fetch the whole table"), "{message}");
+    }
+
+    // 'since' with a stream is refused.
+    let r = app.get_fetch_data("?since=x&stream=true").await;
+    assert_eq!(r.status(), 400);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_table_without_a_key_has_no_deltas_and_says_so() {
+    // An import without a schema: every column text, no key.
+    let app = spawn_app_with(Options {
+        seed: Some(crate::helpers::app::SMALL_CSV),
+        ..Options::default()
+    })
+    .await;
+    let (etag, _) = whole(&app).await;
+    let r = delta_since(&app, &etag, "identity").await;
+    assert_eq!(r.status(), 400);
+    let body: Value = r.json().await.unwrap();
+    let message = body["message"].as_str().unwrap();
+    assert!(message.contains("PMA_KEY"), "{message}");
+    let r = app.get_with("/tables", &[("X-API-Key", KEY)]).await;
+    let tables: Value = r.json().await.unwrap();
+    assert_eq!(tables["tables"][0]["deltas"]["available"], false);
+
+    // PMA_KEY names the key: deltas are possible.
+    let keyed = spawn_app_with(Options {
+        seed: Some(crate::helpers::app::SMALL_CSV),
+        env: vec![("PMA_KEY", "id".into())],
+        ..Options::default()
+    })
+    .await;
+    let (etag, _) = whole(&keyed).await;
+    let r = delta_since(&keyed, &etag, "identity").await;
+    assert_eq!(r.status(), 304);
+}
