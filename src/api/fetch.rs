@@ -14,7 +14,7 @@ use bytes::Bytes;
 
 use super::error::ApiError;
 use super::negotiate::{accepted_encoding, quality};
-use super::params::FetchParams;
+use super::params::{FetchParams, Payload};
 use super::query::send;
 use super::{sse, AppState};
 use crate::cache::delta;
@@ -31,7 +31,18 @@ pub async fn fetch_data(
 ) -> Result<Response, ApiError> {
     let params = FetchParams::parse(query.as_deref())?;
     if params.stream {
-        return Ok(sse::stream(state, &headers, params.refresh, params.payload).await);
+        if params.payload == Payload::Delta {
+            if let Some(Err(why)) = state.cache.current().map(|s| delta::deltas_possible(&s)) {
+                return Err(no_deltas(&why));
+            }
+        }
+        let options = sse::StreamOptions {
+            refresh: params.refresh,
+            payload: params.payload,
+            follow: params.follow,
+            since: params.since,
+        };
+        return Ok(sse::stream(state, &headers, options).await);
     }
     if let Some(since) = params.since {
         return delta_response(&state, &since, &headers).await;
@@ -56,6 +67,12 @@ pub async fn fetch_data(
     })
 }
 
+fn no_deltas(why: &delta::NoDelta) -> ApiError {
+    ApiError::BadRequest(format!(
+        "No deltas for this table: {why}; fetch the whole table instead"
+    ))
+}
+
 /// `GET /fetch-data?since=<etag>`: the rows changed since the version the client holds, `304`
 /// when it holds the current one, `410 Gone` when its version is unknown or older than the
 /// change sets kept.
@@ -66,9 +83,7 @@ async fn delta_response(
 ) -> Result<Response, ApiError> {
     let snapshot = current_snapshot(state)?;
     if let Err(why) = delta::deltas_possible(&snapshot) {
-        return Err(ApiError::BadRequest(format!(
-            "no deltas for this table: {why}; fetch the whole table instead"
-        )));
+        return Err(no_deltas(&why));
     }
     let Some((current, catch_up)) = state.cache.catch_up(since) else {
         return Err(ApiError::NoCache);

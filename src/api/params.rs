@@ -14,7 +14,7 @@ use super::error::ApiError;
 /// is accepted there is the key check's answer, which says why.
 fn known_params(route: &str) -> &'static [&'static str] {
     match route {
-        "/fetch-data" => &["refresh", "stream", "payload", "since", "api_key"],
+        "/fetch-data" => &["refresh", "stream", "payload", "since", "follow", "api_key"],
         "/query" => &["sql", "p", "_format", "_shape", "api_key"],
         "/status" | "/refresh" | "/metrics" | "/failures/latest.png" | "/tables" => &["api_key"],
         _ => &[],
@@ -104,6 +104,9 @@ pub enum Payload {
     /// Only `last_updated`, `count` and `etag` (`payload=none`), for clients that fetch with
     /// their ETag when told something changed.
     None,
+    /// The whole table first, then the rows changed since the version the subscriber holds
+    /// (`payload=delta`); event ids are versions.
+    Delta,
 }
 
 /// The query parameters of `/fetch-data`.
@@ -114,6 +117,8 @@ pub struct FetchParams {
     pub payload: Payload,
     /// The ETag of the version the client holds: answer with the changes since.
     pub since: Option<String>,
+    /// Keep the event stream open across versions instead of ending after one update.
+    pub follow: bool,
 }
 
 impl FetchParams {
@@ -126,6 +131,7 @@ impl FetchParams {
             let slot = match key.as_ref() {
                 "refresh" => &mut params.refresh,
                 "stream" => &mut params.stream,
+                "follow" => &mut params.follow,
                 "since" => {
                     if value.trim().is_empty() {
                         return Err(ApiError::BadRequest(
@@ -141,9 +147,10 @@ impl FetchParams {
                     params.payload = match value.to_ascii_lowercase().as_str() {
                         "full" => Payload::Full,
                         "none" => Payload::None,
+                        "delta" => Payload::Delta,
                         _ => {
                             return Err(ApiError::BadRequest(
-                                "Invalid value for 'payload': expected full or none".into(),
+                                "Invalid value for 'payload': expected full, none or delta".into(),
                             ))
                         }
                     };
@@ -158,9 +165,20 @@ impl FetchParams {
                 "'payload' applies only to event streams (stream=true)".into(),
             ));
         }
-        if params.since.is_some() && (params.stream || params.refresh) {
+        if params.follow && !params.stream {
             return Err(ApiError::BadRequest(
-                "'since' asks for the changes since a version; it goes without stream and refresh"
+                "'follow' applies only to event streams (stream=true)".into(),
+            ));
+        }
+        if params.since.is_some() && params.stream && params.payload != Payload::Delta {
+            return Err(ApiError::BadRequest(
+                "'since' on an event stream needs payload=delta".into(),
+            ));
+        }
+        if params.since.is_some() && params.refresh && !params.stream {
+            return Err(ApiError::BadRequest(
+                "'since' asks for the changes since a version; it goes without refresh (or on \
+                 an event stream with payload=delta)"
                     .into(),
             ));
         }
@@ -193,12 +211,17 @@ mod tests {
                 stream: true,
                 payload: Payload::Full,
                 since: None,
+                follow: false,
             }
         );
         let p = FetchParams::parse(Some("since=W%2F%22ab-1%22")).unwrap();
         assert_eq!(p.since.as_deref(), Some("W/\"ab-1\""));
         assert!(FetchParams::parse(Some("since=")).is_err());
         assert!(FetchParams::parse(Some("since=x&stream=true")).is_err());
+        let p = FetchParams::parse(Some("since=x&stream=true&payload=delta&follow=1")).unwrap();
+        assert_eq!((p.payload, p.follow), (Payload::Delta, true));
+        assert!(FetchParams::parse(Some("follow=true")).is_err());
+        assert!(FetchParams::parse(Some("since=x&refresh=true")).is_err());
         let p = FetchParams::parse(Some("stream=true&payload=none")).unwrap();
         assert_eq!(p.payload, Payload::None);
         assert!(FetchParams::parse(Some("stream=true&payload=some")).is_err());
@@ -217,7 +240,7 @@ mod tests {
         let err = check_known("/fetch-data", "limit=5&columns=id,total&limit=6").unwrap_err();
         assert_eq!(
             err.to_string(),
-            "Unknown query parameters 'limit', 'columns': /fetch-data takes refresh, stream, payload, since"
+            "Unknown query parameters 'limit', 'columns': /fetch-data takes refresh, stream, payload, since, follow"
         );
         let err = check_known("/status", "verbose=1").unwrap_err();
         assert_eq!(

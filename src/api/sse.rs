@@ -26,8 +26,9 @@ use super::error::ApiError;
 use super::negotiate::accepted_encoding;
 use super::params::Payload;
 use super::AppState;
+use crate::cache::delta::{self, bare_etag};
 use crate::cache::framing::StreamEncoder;
-use crate::cache::{Encoding, Snapshot, Versions};
+use crate::cache::{CatchUp, Encoding, Snapshot, Versions};
 use crate::sync::{SyncOutcome, Trigger};
 
 const NO_CACHE: &str = "No cached data";
@@ -64,6 +65,12 @@ struct EventStream {
     next_id: u64,
     finished: bool,
     payload: Payload,
+    /// Keep going after an update (`follow=true`).
+    follow: bool,
+    /// With `payload=delta`: the version the subscriber holds (bare ETag), once it holds one.
+    held: Option<String>,
+    /// With `payload=delta`: a snapshot event to send as the changes since `held`.
+    pending_delta: Option<Kind>,
     state: AppState,
 }
 
@@ -73,14 +80,31 @@ impl EventStream {
     }
 
     fn push_event(&mut self, json: &str) {
-        let text = format!("id: {}\ndata: {json}\n\n", self.next_id);
+        let id = self.next_event_id(None);
+        let text = format!("id: {id}\ndata: {json}\n\n");
         self.push_text(&text);
-        self.next_id += 1;
+    }
+
+    /// The next event's id: with `payload=delta`, the version the event brings the subscriber
+    /// to (what a reconnecting `EventSource` sends back as `Last-Event-ID`), else a counter.
+    fn next_event_id(&mut self, version: Option<&Snapshot>) -> String {
+        match (self.payload, version, &self.held) {
+            (Payload::Delta, Some(snapshot), _) => bare_etag(&snapshot.etag).to_owned(),
+            (Payload::Delta, None, Some(held)) => held.clone(),
+            _ => {
+                self.next_id += 1;
+                (self.next_id - 1).to_string()
+            }
+        }
     }
 
     /// Sends a snapshot event now if its body is ready in this stream's encoding, else keeps it
     /// until it is.
     fn push_snapshot(&mut self, kind: Kind, snapshot: Arc<Snapshot>) {
+        if self.payload == Payload::Delta && self.held.is_some() {
+            self.pending_delta = Some(kind);
+            return;
+        }
         if self.payload == Payload::None {
             let json = serde_json::json!({
                 "type": kind.as_str(),
@@ -101,12 +125,14 @@ impl EventStream {
     }
 
     fn push_full(&mut self, kind: Kind, snapshot: &Snapshot, variant: Option<Bytes>) {
+        let id = self.next_event_id(Some(snapshot));
         let before = format!(
-            "id: {}\ndata: {{\"type\":\"{}\",\"payload\":",
-            self.next_id,
+            "id: {id}\ndata: {{\"type\":\"{}\",\"payload\":",
             kind.as_str()
         );
-        self.next_id += 1;
+        if self.payload == Payload::Delta {
+            self.held = Some(bare_etag(&snapshot.etag).to_owned());
+        }
         self.push_text(&before);
         self.encoder.body(&snapshot.body, variant, &mut self.queue);
         self.push_text("}\n\n");
@@ -116,6 +142,7 @@ impl EventStream {
     /// Ends the stream after `updated`; after `cached`, reports a refresh that cannot run.
     fn after_snapshot(&mut self, kind: Kind) {
         match kind {
+            Kind::Updated if self.follow => {}
             Kind::Updated => self.finish(),
             Kind::Cached => {
                 if let Some(message) = self.refusal.take() {
@@ -128,7 +155,7 @@ impl EventStream {
 
     fn push_nothing_cached(&mut self) {
         let json = match self.payload {
-            Payload::Full => {
+            Payload::Full | Payload::Delta => {
                 serde_json::json!({"type": "cached", "payload": null, "message": NO_CACHE})
             }
             Payload::None => serde_json::json!({
@@ -136,6 +163,46 @@ impl EventStream {
             }),
         };
         self.push_event(&json.to_string());
+    }
+
+    /// Sends the changes from the version the subscriber holds to the current one (empty when
+    /// it holds the current one), merged off the runtime; the whole table when they are not
+    /// kept.
+    async fn push_delta(&mut self, kind: Kind) {
+        let Some(since) = self.held.clone() else {
+            return;
+        };
+        let Some((current, catch_up)) = self.state.cache.catch_up(&since) else {
+            return;
+        };
+        let sets = match catch_up {
+            CatchUp::Current => Vec::new(),
+            CatchUp::Apply(sets) => sets,
+            CatchUp::Gone => {
+                // Not kept (or not computable): the subscriber gets the whole table instead.
+                self.held = None;
+                return self.push_snapshot(kind, current);
+            }
+        };
+        let target = Arc::clone(&current);
+        let body = tokio::task::spawn_blocking(move || {
+            delta::delta_body(&since, &target, &delta::merge(&sets))
+        })
+        .await;
+        let Ok(body) = body else {
+            self.held = None;
+            return self.push_snapshot(kind, current);
+        };
+        let id = self.next_event_id(Some(&current));
+        self.held = Some(id.clone());
+        let before = format!(
+            "id: {id}\ndata: {{\"type\":\"{}\",\"delta\":",
+            kind.as_str()
+        );
+        self.push_text(&before);
+        self.encoder.text(&body, &mut self.queue);
+        self.push_text("}\n\n");
+        self.after_snapshot(kind);
     }
 
     fn push_error(&mut self, message: &str) {
@@ -158,6 +225,10 @@ impl EventStream {
             }
             if self.finished {
                 return None;
+            }
+            if let Some(kind) = self.pending_delta.take() {
+                self.push_delta(kind).await;
+                continue;
             }
             let keepalive = tokio::time::sleep(KEEPALIVE);
             if let Some((kind, snapshot)) = self.waiting.take() {
@@ -191,7 +262,9 @@ impl EventStream {
                 outcome = self.outcomes.recv() => match outcome {
                     Ok(SyncOutcome { result: Err(message), .. }) => {
                         self.push_error(&message);
-                        self.finish();
+                        if !self.follow {
+                            self.finish();
+                        }
                     }
                     // A success is told by its version, on `versions`.
                     Ok(_) => {}
@@ -204,14 +277,27 @@ impl EventStream {
     }
 }
 
+/// What a subscriber asked for.
+#[derive(Debug, Default)]
+pub struct StreamOptions {
+    /// Start a sync too.
+    pub refresh: bool,
+    pub payload: Payload,
+    /// Keep the stream open across versions.
+    pub follow: bool,
+    /// The version the subscriber holds (`payload=delta`).
+    pub since: Option<String>,
+}
+
 /// Starts the event stream, in the best encoding `request` accepts; with `refresh`, also
 /// starts a sync.
-pub async fn stream(
-    state: AppState,
-    request: &HeaderMap,
-    refresh: bool,
-    payload: Payload,
-) -> Response {
+pub async fn stream(state: AppState, request: &HeaderMap, options: StreamOptions) -> Response {
+    let StreamOptions {
+        refresh,
+        payload,
+        follow,
+        since,
+    } = options;
     // Subscribe before looking at the current version, so an update between the two is seen.
     let outcomes = state.syncer.subscribe_outcomes();
     let mut versions = state.cache.subscribe();
@@ -236,6 +322,22 @@ pub async fn stream(
         next_id: 1,
         finished: false,
         payload,
+        follow,
+        // A subscriber that says which version it holds (`since`, or `Last-Event-ID` when its
+        // `EventSource` reconnects) is sent the changes since, when they are kept.
+        held: match payload {
+            Payload::Delta => since
+                .or_else(|| {
+                    request
+                        .get("last-event-id")
+                        .and_then(|v| v.to_str().ok())
+                        .map(str::to_owned)
+                })
+                .filter(|v| !v.trim().is_empty())
+                .map(|v| bare_etag(&v).to_owned()),
+            _ => None,
+        },
+        pending_delta: None,
         state,
     };
     match cached {

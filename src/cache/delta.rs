@@ -171,10 +171,101 @@ pub fn compute(old: &Snapshot, new: &Snapshot) -> Result<ChangeSet, NoDelta> {
     })
 }
 
+/// A change set as replicas share it through Redis: JSON (each row the very text the body holds),
+/// zstd-compressed.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Wire<'a> {
+    from: &'a str,
+    to: &'a str,
+    #[serde(borrow)]
+    changes: Vec<WireChange<'a>>,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct WireChange<'a> {
+    key: &'a str,
+    /// `i`nserted, `u`pdated or `d`eleted.
+    kind: char,
+    #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
+    row: Option<&'a serde_json::value::RawValue>,
+}
+
+impl ChangeSet {
+    /// The shared form of this change set. Blocking (compression).
+    pub fn encode(&self) -> anyhow::Result<Vec<u8>> {
+        let rows: Vec<Option<&serde_json::value::RawValue>> = self
+            .changes
+            .iter()
+            .map(|c| {
+                c.row
+                    .as_ref()
+                    .map(|r| serde_json::from_slice(r))
+                    .transpose()
+            })
+            .collect::<Result<_, _>>()?;
+        let wire = Wire {
+            from: &self.from,
+            to: &self.to,
+            changes: self
+                .changes
+                .iter()
+                .zip(rows)
+                .map(|(c, row)| WireChange {
+                    key: &c.key,
+                    kind: match c.kind {
+                        Kind::Inserted => 'i',
+                        Kind::Updated => 'u',
+                        Kind::Deleted => 'd',
+                    },
+                    row,
+                })
+                .collect(),
+        };
+        let json = serde_json::to_vec(&wire)?;
+        Ok(zstd::bulk::compress(&json, 3)?)
+    }
+
+    /// A change set from its shared form, refused when it would take more than `limit` bytes
+    /// decoded or is not a change set. Blocking (decompression).
+    pub fn decode(shared: &[u8], limit: usize) -> anyhow::Result<Self> {
+        use anyhow::Context;
+        let json = zstd::bulk::decompress(shared, limit)
+            .context("a shared change set does not decompress within DELTA_MEMORY")?;
+        let wire: Wire =
+            serde_json::from_slice(&json).context("a shared change set is not valid")?;
+        let mut bytes = 0;
+        let mut changes = Vec::with_capacity(wire.changes.len());
+        for c in wire.changes {
+            let kind = match (c.kind, c.row.is_some()) {
+                ('i', true) => Kind::Inserted,
+                ('u', true) => Kind::Updated,
+                ('d', false) => Kind::Deleted,
+                _ => anyhow::bail!("a shared change set has a change of unknown kind"),
+            };
+            let row = c.row.map(|r| Bytes::copy_from_slice(r.get().as_bytes()));
+            bytes += c.key.len() + row.as_ref().map_or(0, Bytes::len);
+            changes.push(Change {
+                key: c.key.into(),
+                kind,
+                row,
+            });
+        }
+        Ok(Self {
+            from: wire.from.to_owned(),
+            to: wire.to.to_owned(),
+            changes,
+            bytes,
+            took: Duration::ZERO,
+        })
+    }
+}
+
 /// The last change sets, each following the one before.
 #[derive(Debug, Default)]
 pub struct DeltaLog {
     settings: DeltaSettings,
+    /// The version served (bare ETag).
+    current: Option<String>,
     sets: VecDeque<Arc<ChangeSet>>,
     bytes: usize,
 }
@@ -202,6 +293,7 @@ impl DeltaLog {
     /// it could not be computed: then no older version can catch up).
     pub fn served(&mut self, to: &str, set: Option<ChangeSet>) {
         let to = bare_etag(to);
+        self.current = Some(to.to_owned());
         if self.sets.back().is_some_and(|s| s.to == to) {
             return; // The same data again: not a new version for deltas.
         }
@@ -245,10 +337,70 @@ impl DeltaLog {
         }
     }
 
+    /// Takes `chain` (change sets, oldest first, each following the one before, the last
+    /// ending at the version served) instead of the change sets kept here when it reaches
+    /// further back: a replica that missed versions, or started late, then answers as far back
+    /// as the one that computed them. `false`: not taken.
+    pub fn adopt(&mut self, chain: Vec<ChangeSet>) -> bool {
+        let links = chain.windows(2).all(|w| w[0].to == w[1].from);
+        let ends_here = chain.last().map(|s| s.to.as_str()) == self.current.as_deref();
+        if !links || !ends_here || chain.len() <= self.sets.len() {
+            return false;
+        }
+        self.clear();
+        for set in chain {
+            let to = set.to.clone();
+            self.served(&to, Some(set));
+        }
+        true
+    }
+
+    /// The change set that led to the version served, if kept.
+    pub fn last(&self) -> Option<Arc<ChangeSet>> {
+        self.sets
+            .back()
+            .filter(|s| Some(s.to.as_str()) == self.current.as_deref())
+            .cloned()
+    }
+
     /// Change sets kept, and the bytes they hold.
     pub fn kept(&self) -> (usize, usize) {
         (self.sets.len(), self.bytes)
     }
+}
+
+/// Of the change sets shared between replicas (each one's `from` and `to`, oldest first), the
+/// longest chain that ends at `current`, at most `max` long: their indexes, oldest first.
+/// Several sets may end at the same version (a replica that missed one computes its own across
+/// it); the chain goes through whichever reaches furthest back, and never round a loop (data
+/// that comes back to an earlier version).
+pub fn chain_to(shared: &[(String, String)], current: &str, max: usize) -> Vec<usize> {
+    fn longest<'a>(
+        shared: &'a [(String, String)],
+        to: &'a str,
+        left: usize,
+        path: &mut Vec<&'a str>,
+    ) -> Vec<usize> {
+        let mut best = Vec::new();
+        if left == 0 {
+            return best;
+        }
+        for (i, (from, end)) in shared.iter().enumerate().rev() {
+            if end != to || path.contains(&from.as_str()) {
+                continue;
+            }
+            path.push(from);
+            let mut chain = longest(shared, from, left - 1, path);
+            path.pop();
+            chain.push(i);
+            if chain.len() > best.len() {
+                best = chain;
+            }
+        }
+        best
+    }
+    let current = bare_etag(current);
+    longest(shared, current, max, &mut vec![current])
 }
 
 /// Change sets merged into one: each key's last state, a row inserted then deleted left out.
@@ -474,6 +626,70 @@ mod tests {
             ]
         );
         assert_eq!(merged.deleted, ["\"4\""]);
+    }
+
+    #[test]
+    fn a_shared_change_set_decodes_to_the_same_changes_and_a_bomb_is_refused() {
+        let original = set(
+            "a",
+            "b",
+            &[
+                ("1", Kind::Inserted),
+                ("2", Kind::Deleted),
+                ("3", Kind::Updated),
+            ],
+        );
+        let shared = original.encode().unwrap();
+        let back = ChangeSet::decode(&shared, 1 << 20).unwrap();
+        assert_eq!((back.from.as_str(), back.to.as_str()), ("a", "b"));
+        assert_eq!(back.memory_bytes(), original.memory_bytes());
+        let rows = |s: &ChangeSet| {
+            s.changes
+                .iter()
+                .map(|c| (c.key.to_string(), c.kind, c.row.clone()))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(rows(&back), rows(&original));
+        assert!(ChangeSet::decode(&shared, 10).is_err(), "past the limit");
+        assert!(ChangeSet::decode(b"not zstd", 1 << 20).is_err());
+        let bomb = zstd::bulk::compress(&vec![b' '; 1 << 20], 3).unwrap();
+        assert!(ChangeSet::decode(&bomb, 1 << 10).is_err());
+    }
+
+    #[test]
+    fn the_longest_shared_chain_to_a_version_is_found_round_no_loop() {
+        let ids = |pairs: &[(&str, &str)]| {
+            pairs
+                .iter()
+                .map(|(f, t)| (f.to_string(), t.to_string()))
+                .collect::<Vec<_>>()
+        };
+        // b->d was computed by a replica that missed c; the chain through c is longer.
+        let shared = ids(&[("a", "b"), ("b", "c"), ("b", "d"), ("c", "d"), ("d", "e")]);
+        assert_eq!(chain_to(&shared, "W/\"e\"", 48), [0, 1, 3, 4]);
+        assert_eq!(chain_to(&shared, "e", 2), [3, 4]);
+        assert_eq!(chain_to(&shared, "c", 48), [0, 1]);
+        assert!(chain_to(&shared, "z", 48).is_empty());
+        // The data came back to `a`: the chain stops before going round.
+        let looped = ids(&[("a", "b"), ("b", "a"), ("a", "b")]);
+        assert_eq!(chain_to(&looped, "b", 48), [2]);
+    }
+
+    #[test]
+    fn a_longer_shared_chain_ending_here_is_adopted() {
+        let mut log = log(48, usize::MAX);
+        log.served("c", Some(set("b", "c", &[("2", Kind::Inserted)])));
+        assert!(
+            !log.adopt(vec![set("a", "b", &[]), set("b", "x", &[])]),
+            "ends elsewhere"
+        );
+        assert!(
+            !log.adopt(vec![set("a", "b", &[]), set("x", "c", &[])]),
+            "broken"
+        );
+        assert!(log.adopt(vec![set("a", "b", &[]), set("b", "c", &[])]));
+        assert!(matches!(log.catch_up("a", "c"), CatchUp::Apply(s) if s.len() == 2));
+        assert_eq!(log.last().unwrap().from, "b");
     }
 
     #[test]

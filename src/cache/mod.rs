@@ -46,7 +46,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use convert::{csv_to_cache_json, json_capacity_for_csv, ConvertError, Converted};
-pub use delta::{CatchUp, ChangeSet, DeltaLog, DeltaSettings};
+pub use delta::{bare_etag, CatchUp, ChangeSet, DeltaLog, DeltaSettings};
 pub use framing::Encoding;
 pub use record::VersionRecord;
 pub use redis_store::RedisStore;
@@ -78,7 +78,8 @@ pub struct Cache {
     key: Option<Vec<String>>,
     /// The last change sets. Locked while a version is installed, so a client never sees a
     /// version without the change set that led to it.
-    deltas: Mutex<DeltaLog>,
+    deltas: Arc<Mutex<DeltaLog>>,
+    delta_settings: DeltaSettings,
 }
 
 /// How a process serves versions: the table's name when a version does not declare it
@@ -107,7 +108,8 @@ impl Cache {
             versions: watch::Sender::new(None),
             background: OnceLock::new(),
             key: settings.key,
-            deltas: Mutex::new(DeltaLog::new(settings.deltas)),
+            deltas: Arc::new(Mutex::new(DeltaLog::new(settings.deltas))),
+            delta_settings: settings.deltas,
         })
     }
 
@@ -278,12 +280,14 @@ impl Cache {
             snapshot.keep_data_date_of(&previous);
         }
         let snapshot = Arc::new(snapshot);
-        {
+        let made_here = {
             let mut deltas = self.deltas.lock().expect("delta log lock");
             self.record.store(record);
             self.current.store(Some(Arc::clone(&snapshot)));
+            let computed = change.is_some();
             deltas.served(&snapshot.etag, change);
-        }
+            deltas.last().filter(|_| computed)
+        };
         tracing::info!(
             rows = snapshot.count,
             bytes = snapshot.body.len(),
@@ -297,6 +301,17 @@ impl Cache {
             .get()
             .cloned()
             .unwrap_or_else(|| (TaskTracker::new(), CancellationToken::new()));
+        if let Some(redis) = self.store.redis() {
+            if self.delta_settings.versions > 0 {
+                tasks.spawn(share_change_sets(
+                    Arc::clone(redis),
+                    Arc::clone(&self.deltas),
+                    bare_etag(&snapshot.etag).to_owned(),
+                    made_here,
+                    self.delta_settings,
+                ));
+            }
+        }
         // Finishes on its own within seconds, or within moments of shutdown.
         tasks.spawn_blocking(move || build_variants(&building, &stop));
         snapshot
@@ -355,6 +370,83 @@ impl Destination<'_> {
             cache.serve_published(converted, record, frame).await?;
         }
         Ok(())
+    }
+}
+
+/// Shares the change set this process computed for the version `current` (if any) through
+/// Redis, then takes the longest chain of shared change sets that ends at `current` when it
+/// reaches further back than the ones kept here. Errors are logged: deltas then reach back as
+/// far as this process saw.
+async fn share_change_sets(
+    redis: Arc<redis_store::RedisStore>,
+    log: Arc<Mutex<DeltaLog>>,
+    current: String,
+    made_here: Option<Arc<ChangeSet>>,
+    settings: DeltaSettings,
+) {
+    // Several sets may end at one version (replicas that missed different versions), so twice
+    // the kept number are listed.
+    let cap = settings.versions.saturating_mul(2);
+    if let Some(set) = made_here {
+        let shared = tokio::task::spawn_blocking({
+            let set = Arc::clone(&set);
+            move || set.encode()
+        })
+        .await;
+        match shared {
+            Ok(Ok(shared)) => {
+                if let Err(e) = redis
+                    .share_change_set(&set.from, &set.to, &shared, cap)
+                    .await
+                {
+                    tracing::warn!("{e:#}; other replicas compute their own");
+                }
+            }
+            Ok(Err(e)) => tracing::warn!("cannot encode the change set to share it: {e:#}"),
+            Err(e) => tracing::warn!("the change set encoder stopped: {e}"),
+        }
+    }
+    let shared = match redis.shared_change_sets().await {
+        Ok(shared) => shared,
+        Err(e) => {
+            tracing::warn!("{e:#}; deltas reach back as far as this process saw");
+            return;
+        }
+    };
+    let ids: Vec<(String, String)> = shared
+        .iter()
+        .map(|(from, to, _)| (from.clone(), to.clone()))
+        .collect();
+    let chain = delta::chain_to(&ids, &current, settings.versions);
+    if chain.len() <= log.lock().expect("delta log lock").kept().0 {
+        return;
+    }
+    let mut shared: Vec<Option<Vec<u8>>> = shared.into_iter().map(|(_, _, s)| Some(s)).collect();
+    let blobs: Vec<Vec<u8>> = chain.iter().filter_map(|i| shared[*i].take()).collect();
+    let decoded = tokio::task::spawn_blocking(move || {
+        blobs
+            .iter()
+            .map(|blob| ChangeSet::decode(blob, settings.memory_bytes))
+            .collect::<anyhow::Result<Vec<_>>>()
+    })
+    .await;
+    let chain = match decoded {
+        Ok(Ok(chain)) => chain,
+        Ok(Err(e)) => {
+            tracing::warn!("{e:#}; the shared change sets are not used");
+            return;
+        }
+        Err(e) => {
+            tracing::warn!("the change set decoder stopped: {e}");
+            return;
+        }
+    };
+    let count = chain.len();
+    if log.lock().expect("delta log lock").adopt(chain) {
+        tracing::info!(
+            change_sets = count,
+            "took the change sets other replicas shared: deltas reach back {count} versions"
+        );
     }
 }
 

@@ -10,6 +10,11 @@
 //! - `<prefix>:versions` — the channel on which each new version id is published.
 //! - `<prefix>:lock` — the sync lock: `SET NX PX` with a random token, renewed while the sync
 //!   runs, released by a script that deletes it only while it still holds our token.
+//! - `<prefix>:deltas` — the last change sets between versions (see [`super::delta`]), each
+//!   entry `<from>><to>` and a newline before its shared form, appended by the replicas that
+//!   compute them (the first of several computing the same one wins: `<prefix>:deltas:ids`
+//!   holds the ids listed), capped; a replica that missed versions or starts late takes the
+//!   chain that ends at its version from there.
 //! - `<prefix>:refresh` — the channel on which a replica without phpMyAdmin settings forwards a
 //!   refresh request (a random id) to the worker; the worker answers on `<prefix>:refresh:<id>`.
 
@@ -79,6 +84,8 @@ pub struct RedisStore {
     channel: String,
     refresh_channel: String,
     lock_key: String,
+    deltas_key: String,
+    delta_ids_key: String,
     lock_ttl: Duration,
     /// The last error talking to Redis, cleared by the next success; shown in `/status`.
     last_error: Mutex<Option<String>>,
@@ -87,6 +94,18 @@ pub struct RedisStore {
 /// Renews the lock while held; its release deletes the key only if it still holds `token`.
 const RENEW: &str = r#"if redis.call("GET", KEYS[1]) == ARGV[1] then return redis.call("PEXPIRE", KEYS[1], ARGV[2]) else return 0 end"#;
 const RELEASE: &str = r#"if redis.call("GET", KEYS[1]) == ARGV[1] then return redis.call("DEL", KEYS[1]) else return 0 end"#;
+/// Appends a change set unless listed already, then drops the oldest past the cap.
+const APPEND_DELTA: &str = r#"
+if redis.call("SISMEMBER", KEYS[2], ARGV[1]) == 1 then return 0 end
+redis.call("SADD", KEYS[2], ARGV[1])
+redis.call("RPUSH", KEYS[1], ARGV[2])
+while redis.call("LLEN", KEYS[1]) > tonumber(ARGV[3]) do
+  local old = redis.call("LPOP", KEYS[1])
+  local cut = string.find(old, "\n", 1, true)
+  if cut then redis.call("SREM", KEYS[2], string.sub(old, 1, cut - 1)) end
+end
+return 1
+"#;
 
 impl RedisStore {
     /// Connects lazily to `url` (`redis://` or `rediss://`, user and password in the URL): a
@@ -115,6 +134,8 @@ impl RedisStore {
             channel: format!("{prefix}:versions"),
             refresh_channel: format!("{prefix}:refresh"),
             lock_key: format!("{prefix}:lock"),
+            deltas_key: format!("{prefix}:deltas"),
+            delta_ids_key: format!("{prefix}:deltas:ids"),
             lock_ttl,
             last_error: Mutex::new(None),
         })
@@ -240,6 +261,56 @@ impl RedisStore {
         .await
         .context("the decompressor stopped")??;
         Ok(Some((meta, buf, frame)))
+    }
+
+    /// Shares a change set (its `from` and `to` versions and its shared form), keeping the last
+    /// `cap` listed. `Ok(false)`: it was listed already.
+    pub async fn share_change_set(
+        &self,
+        from: &str,
+        to: &str,
+        shared: &[u8],
+        cap: usize,
+    ) -> anyhow::Result<bool> {
+        let id = format!("{from}>{to}");
+        let mut entry = Vec::with_capacity(id.len() + 1 + shared.len());
+        entry.extend_from_slice(id.as_bytes());
+        entry.push(b'\n');
+        entry.extend_from_slice(shared);
+        let mut conn = self.conn.clone();
+        let result: redis::RedisResult<i64> = redis::Script::new(APPEND_DELTA)
+            .key(&self.deltas_key)
+            .key(&self.delta_ids_key)
+            .arg(&id)
+            .arg(entry)
+            .arg(cap.max(1))
+            .invoke_async(&mut conn)
+            .await;
+        self.note(result, "share a change set").map(|n| n == 1)
+    }
+
+    /// The change sets shared, oldest first: each one's `from`, `to` and shared form. Entries
+    /// that are not `<from>><to>\n…` are left out.
+    pub async fn shared_change_sets(&self) -> anyhow::Result<Vec<(String, String, Vec<u8>)>> {
+        let mut conn = self.conn.clone();
+        let result: redis::RedisResult<Vec<Vec<u8>>> = redis::cmd("LRANGE")
+            .arg(&self.deltas_key)
+            .arg(0)
+            .arg(-1)
+            .query_async(&mut conn)
+            .await;
+        let entries = self.note(result, "read the shared change sets")?;
+        Ok(entries
+            .into_iter()
+            .filter_map(|mut entry| {
+                let cut = entry.iter().position(|b| *b == b'\n')?;
+                let id = std::str::from_utf8(&entry[..cut]).ok()?;
+                let (from, to) = id.split_once('>')?;
+                let (from, to) = (from.to_owned(), to.to_owned());
+                entry.drain(..=cut);
+                Some((from, to, entry))
+            })
+            .collect())
     }
 
     /// Calls `on_news` with each version id announced, until `stop`. Reconnects by itself.

@@ -72,6 +72,62 @@ fn identity(etag: &str) -> String {
     etag.replace("-zstd\"", "\"").replace("-gzip\"", "\"")
 }
 
+/// An event stream read one event at a time: each event's id and data.
+struct Events {
+    stream:
+        std::pin::Pin<Box<dyn futures_util::Stream<Item = reqwest::Result<bytes::Bytes>> + Send>>,
+    buf: Vec<u8>,
+}
+
+impl Events {
+    async fn open(app: &TestApp, query: &str, last_event_id: Option<&str>) -> Self {
+        let mut request = app
+            .client
+            .get(app.url(&format!("/fetch-data{query}")))
+            .header("X-API-Key", KEY);
+        if let Some(id) = last_event_id {
+            request = request.header("Last-Event-ID", id);
+        }
+        let r = request.send().await.unwrap();
+        assert_eq!(r.status(), 200, "{query}");
+        Self {
+            stream: Box::pin(r.bytes_stream()),
+            buf: Vec::new(),
+        }
+    }
+
+    async fn next(&mut self, limit: Duration) -> (String, Value) {
+        use futures_util::StreamExt;
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            while let Some(end) = self.buf.windows(2).position(|w| w == b"\n\n") {
+                let block: Vec<u8> = self.buf.drain(..end + 2).collect();
+                let text = String::from_utf8(block).unwrap();
+                let id = text.lines().find_map(|l| l.strip_prefix("id: "));
+                if let Some(data) = text.lines().find_map(|l| l.strip_prefix("data: ")) {
+                    return (
+                        id.unwrap_or_default().to_owned(),
+                        serde_json::from_str(data).unwrap(),
+                    );
+                }
+            }
+            match tokio::time::timeout_at(deadline, self.stream.next()).await {
+                Ok(Some(chunk)) => self.buf.extend_from_slice(&chunk.unwrap()),
+                Ok(None) => panic!("the stream ended"),
+                Err(_) => panic!("no event within {limit:?}"),
+            }
+        }
+    }
+}
+
+/// The bare version an event id or ETag names.
+fn bare(etag: &str) -> String {
+    identity(etag)
+        .trim_start_matches("W/")
+        .trim_matches('"')
+        .to_owned()
+}
+
 async fn delta_since(app: &TestApp, since: &str, accept: &str) -> reqwest::Response {
     app.client
         .get(app.url("/fetch-data"))
@@ -140,11 +196,24 @@ async fn a_client_applying_deltas_holds_each_new_version_cell_for_cell() {
     assert_eq!(tables["tables"][0]["key"], serde_json::json!(["id"]));
     assert_eq!(tables["tables"][0]["deltas"]["available"], true, "{tables}");
 
+    // A subscriber that stays: the whole table first, then each version's changes.
+    let mut follower = Events::open(&app, "?stream=true&payload=delta&follow=true", None).await;
+    let (id, first) = follower.next(Duration::from_secs(30)).await;
+    assert_eq!(first["type"], "cached");
+    assert_eq!(id, bare(&versions[0].0), "event ids are versions");
+    let mut followed = mirror_of(&first["payload"]);
+    assert_eq!(followed, mirror_of(&versions[0].1));
+
     for step in &steps {
         bed.sql(step);
         sync(&app).await;
         let (etag, body) = whole(&app).await;
         let expected = mirror_of(&body);
+        let (id, event) = follower.next(Duration::from_secs(30)).await;
+        assert_eq!(event["type"], "updated", "{event}");
+        assert_eq!(id, bare(&etag));
+        apply(&mut followed, &event["delta"]);
+        assert_eq!(followed, expected, "the follower's copy");
         assert_ne!(etag, versions.last().unwrap().0, "the data changed");
         // From every version held before: one delta brings the client to this one.
         for (since, old) in &versions {
@@ -219,6 +288,34 @@ async fn a_client_applying_deltas_holds_each_new_version_cell_for_cell() {
     };
     assert_eq!(tables["tables"][0]["deltas"]["change_sets_kept"], 3);
 
+    // An EventSource that reconnects with the last id it got is sent one delta, not the table.
+    let mut again = Events::open(
+        &app,
+        "?stream=true&payload=delta",
+        Some(&bare(&versions[1].0)),
+    )
+    .await;
+    let (id, event) = again.next(Duration::from_secs(30)).await;
+    assert_eq!(event["type"], "cached");
+    assert!(event.get("payload").is_none(), "{event}");
+    assert_eq!(id, bare(&current));
+    let mut mirror = mirror_of(&versions[1].1);
+    apply(&mut mirror, &event["delta"]);
+    assert_eq!(mirror, mirror_of(&versions[3].1));
+    // One that holds the current version is sent no rows; one with an unknown id, the table.
+    let mut held = Events::open(
+        &app,
+        &format!("?stream=true&payload=delta&since={}", bare(&current)),
+        None,
+    )
+    .await;
+    let (_, event) = held.next(Duration::from_secs(30)).await;
+    assert_eq!(event["delta"]["upserted"], serde_json::json!([]), "{event}");
+    assert_eq!(event["delta"]["deleted"], serde_json::json!([]), "{event}");
+    let mut unknown = Events::open(&app, "?stream=true&payload=delta", Some("0000-1")).await;
+    let (_, event) = unknown.next(Duration::from_secs(30)).await;
+    assert_eq!(mirror_of(&event["payload"]), mirror_of(&versions[3].1));
+
     // Unknown versions: 410 with what to do.
     for since in ["W/\"0000000000000000-1\"", "whatever"] {
         let r = delta_since(&app, since, "identity").await;
@@ -247,6 +344,8 @@ async fn a_table_without_a_key_has_no_deltas_and_says_so() {
     let body: Value = r.json().await.unwrap();
     let message = body["message"].as_str().unwrap();
     assert!(message.contains("PMA_KEY"), "{message}");
+    let r = app.get_fetch_data("?stream=true&payload=delta").await;
+    assert_eq!(r.status(), 400);
     let r = app.get_with("/tables", &[("X-API-Key", KEY)]).await;
     let tables: Value = r.json().await.unwrap();
     assert_eq!(tables["tables"][0]["deltas"]["available"], false);

@@ -478,3 +478,80 @@ async fn replicas_type_their_view_from_the_schema_the_publisher_sent() {
         );
     }
 }
+
+/// `rows` rows, the names of those in `renamed` changed.
+fn csv_with_renamed(rows: usize, renamed: &[usize]) -> String {
+    let mut csv = String::from("id,name\n");
+    for i in 0..rows {
+        let name = match renamed.contains(&i) {
+            true => format!("renamed {i}"),
+            false => format!("row {i}"),
+        };
+        csv.push_str(&format!("{i},{name}\n"));
+    }
+    csv
+}
+
+async fn delta_body(app: &TestApp, since: &str) -> (reqwest::StatusCode, String) {
+    let r = app
+        .client
+        .get(app.url("/fetch-data"))
+        .header("X-API-Key", KEY)
+        .query(&[("since", since)])
+        .send()
+        .await
+        .unwrap();
+    (r.status(), r.text().await.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replica_that_starts_late_answers_deltas_as_the_others_do() {
+    let redis = Redis::start();
+    let keyed = || vec![("PMA_KEY", "id".to_owned())];
+    let a = replica(&redis, keyed()).await;
+    let mut etags = Vec::new();
+    for (rows, renamed) in [(100, &[][..]), (101, &[5][..]), (102, &[5, 7][..])] {
+        let out = import_shared(&redis, &csv_with_renamed(rows, renamed));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        wait_until_served(&a, rows as u64).await;
+        let r = a.get_fetch_data("").await;
+        etags.push(r.headers()["etag"].to_str().unwrap().to_owned());
+    }
+    // Replica a held every version: it answers from the first.
+    let (status, from_a) = delta_body(&a, &etags[0]).await;
+    assert_eq!(status, 200, "{from_a}");
+    let delta: Value = serde_json::from_str(&from_a).unwrap();
+    let mut upserted: Vec<&str> = delta["upserted"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["name"].as_str().unwrap())
+        .collect();
+    upserted.sort_unstable();
+    assert_eq!(upserted, ["renamed 5", "renamed 7", "row 100", "row 101"]);
+
+    // Replica b starts after all three: it takes the change sets a shared, and answers the
+    // same `since` with the same bytes.
+    let b = replica(&redis, keyed()).await;
+    wait_until_served(&b, 102).await;
+    let from_b = eventually(
+        Duration::from_secs(20),
+        "b answers from the first version",
+        || async {
+            match delta_body(&b, &etags[0]).await {
+                (reqwest::StatusCode::OK, body) => Ok(body),
+                (status, body) => Err(format!("{status}: {body}")),
+            }
+        },
+    )
+    .await;
+    assert_eq!(from_b, from_a);
+    let (status, _) = delta_body(&b, &etags[1]).await;
+    assert_eq!(status, 200);
+    let (status, _) = delta_body(&b, &etags[2]).await;
+    assert_eq!(status, 304);
+}

@@ -377,7 +377,7 @@ async fn unknown_query_parameters_are_a_400_naming_them_on_every_route() {
     assert_eq!(
         r.json::<Value>().await.unwrap(),
         json!({"status": "error", "message":
-            "Unknown query parameters 'limit', 'columns': /fetch-data takes refresh, stream, payload, since"})
+            "Unknown query parameters 'limit', 'columns': /fetch-data takes refresh, stream, payload, since, follow"})
     );
     let r = app.get_fetch_data("?refesh=true").await;
     assert_eq!(r.status(), 400);
