@@ -35,6 +35,14 @@ pub async fn fetch_data(
             if let Some(Err(why)) = state.cache.current().map(|s| delta::deltas_possible(&s)) {
                 return Err(no_deltas(&why));
             }
+            // A version named in the URL that is not known here is a 410, as without a stream
+            // (a reconnecting EventSource's Last-Event-ID gets the whole table instead: it
+            // cannot read a 410).
+            if let Some(since) = &params.since {
+                if let Some((_, CatchUp::Gone)) = state.cache.catch_up(since) {
+                    return Err(gone(&state, since));
+                }
+            }
         }
         let options = sse::StreamOptions {
             refresh: params.refresh,
@@ -67,6 +75,15 @@ pub async fn fetch_data(
     })
 }
 
+fn gone(state: &AppState, since: &str) -> ApiError {
+    let (kept, _) = state.cache.deltas_kept();
+    ApiError::VersionGone(format!(
+        "No changes kept since the version {since}: it is unknown here or older than the last \
+         {kept} change sets kept (DELTA_VERSIONS); fetch the whole table without 'since' and ask \
+         for changes from its ETag"
+    ))
+}
+
 fn no_deltas(why: &delta::NoDelta) -> ApiError {
     ApiError::BadRequest(format!(
         "No deltas for this table: {why}; fetch the whole table instead"
@@ -96,14 +113,7 @@ async fn delta_response(
             }
             return Ok(response);
         }
-        CatchUp::Gone => {
-            let (kept, _) = state.cache.deltas_kept();
-            return Err(ApiError::VersionGone(format!(
-                "No changes kept since the version {since}: it is unknown here or older than the \
-                 last {kept} change sets kept (DELTA_VERSIONS); fetch the whole table without \
-                 'since' and ask for changes from its ETag"
-            )));
-        }
+        CatchUp::Gone => return Err(gone(state, since)),
         CatchUp::Apply(sets) => sets,
     };
     let since = since.to_owned();

@@ -6,6 +6,7 @@
 //! - [`fetch`] — `/fetch-data` from ready-made bytes.
 //! - [`sse`] — `/fetch-data?stream=true`.
 //! - [`query`] — `/query` (read-only SQL) and `/tables` (columns, types, filtered rows).
+//! - [`live`] — `/query?stream=true`: a query answered again when a new version changes it.
 //! - [`status`] — `/health`, `/status`, `/refresh`.
 //! - [`error`] — the one error type clients see.
 
@@ -13,6 +14,7 @@ pub mod auth;
 pub mod dashboard;
 pub mod error;
 pub mod fetch;
+pub mod live;
 pub mod metrics;
 pub mod negotiate;
 pub mod params;

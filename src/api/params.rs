@@ -15,7 +15,7 @@ use super::error::ApiError;
 fn known_params(route: &str) -> &'static [&'static str] {
     match route {
         "/fetch-data" => &["refresh", "stream", "payload", "since", "follow", "api_key"],
-        "/query" => &["sql", "p", "_format", "_shape", "api_key"],
+        "/query" => &["sql", "p", "_format", "_shape", "stream", "api_key"],
         "/status" | "/refresh" | "/metrics" | "/failures/latest.png" | "/tables" => &["api_key"],
         _ => &[],
     }

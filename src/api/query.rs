@@ -212,6 +212,18 @@ pub async fn query_get(
     let sql = sql.ok_or_else(|| {
         ApiError::BadRequest("/query needs the SQL: ?sql=SELECT … (or POST it)".into())
     })?;
+    let mut stream = false;
+    for (name, value) in pairs.iter().filter(|(n, _)| n == "stream") {
+        stream = super::params::parse_bool(name, value)?;
+    }
+    if stream {
+        let ask = Ask {
+            question: Question::Sql { sql, params },
+            format,
+            shape,
+        };
+        return super::live::stream(state, ask).await;
+    }
     ask_sql(&state, sql, params, (format, shape), &headers).await
 }
 

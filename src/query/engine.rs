@@ -225,10 +225,27 @@ impl QueryEngine {
         let key = ask.key();
         let digest = format!("{:016x}", stable_hash(key.as_bytes()));
         let cache_key = (snapshot.etag.clone(), key);
-        if let Some(answer) = self.answers.as_ref().and_then(|a| a.get(&cache_key)) {
-            tracing::debug!(query = %digest, rows = answer.rows, "answered from the answer cache");
-            return Ok(answer);
-        }
+        // One evaluation per version and question: askers of the same question on the same
+        // version while it runs (live queries' subscribers when a version lands) wait for its
+        // answer, within their own QUERY_TIMEOUT.
+        let guard = match &self.answers {
+            Some(answers) => {
+                let waited = tokio::time::timeout(
+                    self.settings.timeout,
+                    answers.get_value_or_guard_async(&cache_key),
+                )
+                .await
+                .map_err(|_| QueryError::Timeout(self.settings.timeout))?;
+                match waited {
+                    Ok(answer) => {
+                        tracing::debug!(query = %digest, rows = answer.rows, "answered from the answer cache");
+                        return Ok(answer);
+                    }
+                    Err(guard) => Some(guard),
+                }
+            }
+            None => None,
+        };
         let etag = format!(
             "\"q{:016x}{}\"",
             stable_hash(snapshot.etag.as_bytes()),
@@ -262,8 +279,8 @@ impl QueryEngine {
             Ok(answer) => {
                 tracing::info!(query = %digest, rows = answer.rows, bytes = answer.body.len(), seconds, "query answered");
                 let answer = Arc::new(answer);
-                if let Some(answers) = &self.answers {
-                    answers.insert(cache_key, Arc::clone(&answer));
+                if let Some(guard) = guard {
+                    let _ = guard.insert(Arc::clone(&answer));
                 }
                 Ok(answer)
             }

@@ -80,11 +80,9 @@ struct Events {
 }
 
 impl Events {
+    /// Opens `query` (a path and its query) as an event stream.
     async fn open(app: &TestApp, query: &str, last_event_id: Option<&str>) -> Self {
-        let mut request = app
-            .client
-            .get(app.url(&format!("/fetch-data{query}")))
-            .header("X-API-Key", KEY);
+        let mut request = app.client.get(app.url(query)).header("X-API-Key", KEY);
         if let Some(id) = last_event_id {
             request = request.header("Last-Event-ID", id);
         }
@@ -197,7 +195,12 @@ async fn a_client_applying_deltas_holds_each_new_version_cell_for_cell() {
     assert_eq!(tables["tables"][0]["deltas"]["available"], true, "{tables}");
 
     // A subscriber that stays: the whole table first, then each version's changes.
-    let mut follower = Events::open(&app, "?stream=true&payload=delta&follow=true", None).await;
+    let mut follower = Events::open(
+        &app,
+        "/fetch-data?stream=true&payload=delta&follow=true",
+        None,
+    )
+    .await;
     let (id, first) = follower.next(Duration::from_secs(30)).await;
     assert_eq!(first["type"], "cached");
     assert_eq!(id, bare(&versions[0].0), "event ids are versions");
@@ -291,7 +294,7 @@ async fn a_client_applying_deltas_holds_each_new_version_cell_for_cell() {
     // An EventSource that reconnects with the last id it got is sent one delta, not the table.
     let mut again = Events::open(
         &app,
-        "?stream=true&payload=delta",
+        "/fetch-data?stream=true&payload=delta",
         Some(&bare(&versions[1].0)),
     )
     .await;
@@ -305,16 +308,29 @@ async fn a_client_applying_deltas_holds_each_new_version_cell_for_cell() {
     // One that holds the current version is sent no rows; one with an unknown id, the table.
     let mut held = Events::open(
         &app,
-        &format!("?stream=true&payload=delta&since={}", bare(&current)),
+        &format!(
+            "/fetch-data?stream=true&payload=delta&since={}",
+            bare(&current)
+        ),
         None,
     )
     .await;
     let (_, event) = held.next(Duration::from_secs(30)).await;
     assert_eq!(event["delta"]["upserted"], serde_json::json!([]), "{event}");
     assert_eq!(event["delta"]["deleted"], serde_json::json!([]), "{event}");
-    let mut unknown = Events::open(&app, "?stream=true&payload=delta", Some("0000-1")).await;
+    let mut unknown = Events::open(
+        &app,
+        "/fetch-data?stream=true&payload=delta",
+        Some("0000-1"),
+    )
+    .await;
     let (_, event) = unknown.next(Duration::from_secs(30)).await;
     assert_eq!(mirror_of(&event["payload"]), mirror_of(&versions[3].1));
+    // An unknown version named in the URL is a 410, as without a stream.
+    let r = app
+        .get_fetch_data("?stream=true&payload=delta&since=0000-1")
+        .await;
+    assert_eq!(r.status(), 410);
 
     // Unknown versions: 410 with what to do.
     for since in ["W/\"0000000000000000-1\"", "whatever"] {
@@ -360,4 +376,74 @@ async fn a_table_without_a_key_has_no_deltas_and_says_so() {
     let (etag, _) = whole(&keyed).await;
     let r = delta_since(&keyed, &etag, "identity").await;
     assert_eq!(r.status(), 304);
+}
+
+/// Serves `csv` as the app's next version, as another process's import does, and waits until
+/// the app serves `rows` rows.
+async fn import_version(app: &TestApp, csv: &str, rows: u64) {
+    crate::helpers::app::import_csv(&app.cache_file, csv).unwrap();
+    crate::helpers::eventually(
+        Duration::from_secs(20),
+        "the new version served",
+        || async {
+            let body: Value = app.get_fetch_data("").await.json().await.unwrap();
+            match body["count"].as_u64() {
+                Some(n) if n == rows => Ok(()),
+                other => Err(format!("{other:?} rows")),
+            }
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_live_query_is_sent_again_only_when_its_answer_changes_and_evaluated_once_per_version() {
+    use crate::helpers::app::orders_csv;
+    let app = spawn_app_with(Options {
+        seed: Some(crate::helpers::app::leak(orders_csv(10, "first"))),
+        process: true,
+        ..Options::default()
+    })
+    .await;
+    let live = "/query?stream=true&sql=SELECT%20COUNT(*)%20AS%20n%20FROM%20orders";
+    let open = || Events::open(&app, live, None);
+    let (mut one, mut two) = (open().await, open().await);
+    for subscriber in [&mut one, &mut two] {
+        let (_, event) = subscriber.next(Duration::from_secs(30)).await;
+        assert_eq!(event["type"], "result", "{event}");
+        assert_eq!(event["answer"]["rows"], serde_json::json!([{"n": 10}]));
+    }
+
+    // The same count in a new version: nothing is sent. Then one more row: it is.
+    import_version(&app, &orders_csv(10, "second"), 10).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    import_version(&app, &orders_csv(11, "third"), 11).await;
+    let mut versions = Vec::new();
+    for subscriber in [&mut one, &mut two] {
+        let (_, event) = subscriber.next(Duration::from_secs(30)).await;
+        assert_eq!(
+            event["answer"]["rows"],
+            serde_json::json!([{"n": 11}]),
+            "{event}"
+        );
+        versions.push(event["version"].clone());
+    }
+    assert_eq!(versions[0], versions[1]);
+
+    // Evaluated once per version (three served) for both subscribers, not once per subscriber.
+    let evaluated = app.logs().matches("query answered").count();
+    assert!(
+        (2..=3).contains(&evaluated),
+        "{evaluated} evaluations:\n{}",
+        app.logs()
+    );
+
+    // A live query the engine refuses is a plain 400, before any event.
+    let r = app
+        .get_with(
+            "/query?stream=true&sql=DELETE%20FROM%20orders",
+            &[("X-API-Key", KEY)],
+        )
+        .await;
+    assert_eq!(r.status(), 400);
 }

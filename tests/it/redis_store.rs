@@ -554,4 +554,24 @@ async fn a_replica_that_starts_late_answers_deltas_as_the_others_do() {
     assert_eq!(status, 200);
     let (status, _) = delta_body(&b, &etags[2]).await;
     assert_eq!(status, 304);
+
+    // A replica that keeps one change set: the version before the last is expired there.
+    let mut one = keyed();
+    one.push(("DELTA_VERSIONS", "1".to_owned()));
+    let c = replica(&redis, one).await;
+    wait_until_served(&c, 102).await;
+    eventually(
+        Duration::from_secs(20),
+        "c answers from the version before",
+        || async {
+            match delta_body(&c, &etags[1]).await {
+                (reqwest::StatusCode::OK, _) => Ok(()),
+                (status, body) => Err(format!("{status}: {body}")),
+            }
+        },
+    )
+    .await;
+    let (status, body) = delta_body(&c, &etags[0]).await;
+    assert_eq!(status, 410, "{body}");
+    assert!(body.contains("DELTA_VERSIONS"), "{body}");
 }
