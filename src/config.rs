@@ -647,6 +647,7 @@ impl ServeArgs {
                 versions: self.delta_versions,
                 memory_bytes: usize::try_from(self.delta_memory.as_u64()).unwrap_or(usize::MAX),
             },
+            keep_only: false,
         };
         let sync = self.pma.validate(&cache_file, false)?;
         let query = self.query.validate()?;

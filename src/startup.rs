@@ -83,7 +83,9 @@ impl Services {
         let syncer = Syncer::new(
             settings.sync,
             Arc::clone(&store),
-            settings.serving.then(|| Arc::clone(&cache)),
+            // A worker sharing Redis keeps what it publishes, for the change sets (see
+            // `CacheSettings::keep_only`).
+            (settings.serving || store.redis().is_some()).then(|| Arc::clone(&cache)),
             tasks.clone(),
             shutdown.clone(),
         );

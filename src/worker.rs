@@ -45,6 +45,9 @@ impl Worker {
                 table: config.sync.table.clone(),
                 key: config.sync.key.clone(),
                 deltas: DeltaSettings::default(),
+                // With Redis, the worker keeps the version it published to share the change
+                // set to the next one with the replicas.
+                keep_only: true,
             },
             shared: config.shared,
             serving: false,

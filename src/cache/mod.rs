@@ -80,6 +80,8 @@ pub struct Cache {
     /// version without the change set that led to it.
     deltas: Arc<Mutex<DeltaLog>>,
     delta_settings: DeltaSettings,
+    /// See [`CacheSettings::keep_only`].
+    keep_only: bool,
 }
 
 /// How a process serves versions: the table's name when a version does not declare it
@@ -89,6 +91,9 @@ pub struct CacheSettings {
     pub table: String,
     pub key: Option<Vec<String>>,
     pub deltas: DeltaSettings,
+    /// The process serves nothing: it keeps the last version it published only to compute the
+    /// change set to the next one and share it through Redis (a `worker`).
+    pub keep_only: bool,
 }
 
 /// A new version made ready to serve, with the change set from the version served before it.
@@ -110,6 +115,7 @@ impl Cache {
             key: settings.key,
             deltas: Arc::new(Mutex::new(DeltaLog::new(settings.deltas))),
             delta_settings: settings.deltas,
+            keep_only: settings.keep_only,
         })
     }
 
@@ -226,11 +232,53 @@ impl Cache {
     ) -> anyhow::Result<()> {
         let snapshot = Snapshot::from_converted(converted);
         let Prepared { snapshot, change } = self.prepare(snapshot, record.schema.clone()).await?;
+        if self.keep_only {
+            self.keep(snapshot, record, change);
+            return Ok(());
+        }
         if let Some(frame) = zstd_frame {
             snapshot.adopt_zstd(frame);
         }
         self.install(snapshot, Some(Arc::new(record)), change);
         Ok(())
+    }
+
+    /// Keeps `snapshot` as the version published, without serving it (no compressed variants,
+    /// no subscribers), and shares the change set that led to it.
+    fn keep(&self, snapshot: Snapshot, record: VersionRecord, change: Option<ChangeSet>) {
+        let snapshot = Arc::new(snapshot);
+        let made_here = {
+            let mut deltas = self.deltas.lock().expect("delta log lock");
+            self.record.store(Some(Arc::new(record)));
+            self.current.store(Some(Arc::clone(&snapshot)));
+            let computed = change.is_some();
+            deltas.served(&snapshot.etag, change);
+            deltas.last().filter(|_| computed)
+        };
+        self.share(&snapshot, made_here);
+    }
+
+    /// Shares the change set this process computed for `snapshot`'s version, and takes the
+    /// chain of shared ones, in the background (Redis only).
+    fn share(&self, snapshot: &Snapshot, made_here: Option<Arc<ChangeSet>>) {
+        let Some(redis) = self.store.redis() else {
+            return;
+        };
+        if self.delta_settings.versions == 0 {
+            return;
+        }
+        let (tasks, _) = self
+            .background
+            .get()
+            .cloned()
+            .unwrap_or_else(|| (TaskTracker::new(), CancellationToken::new()));
+        tasks.spawn(share_change_sets(
+            Arc::clone(redis),
+            Arc::clone(&self.deltas),
+            bare_etag(&snapshot.etag).to_owned(),
+            made_here,
+            self.delta_settings,
+        ));
     }
 
     /// Loads the first version at start. Returns whether one is served.
@@ -301,17 +349,7 @@ impl Cache {
             .get()
             .cloned()
             .unwrap_or_else(|| (TaskTracker::new(), CancellationToken::new()));
-        if let Some(redis) = self.store.redis() {
-            if self.delta_settings.versions > 0 {
-                tasks.spawn(share_change_sets(
-                    Arc::clone(redis),
-                    Arc::clone(&self.deltas),
-                    bare_etag(&snapshot.etag).to_owned(),
-                    made_here,
-                    self.delta_settings,
-                ));
-            }
-        }
+        self.share(&snapshot, made_here);
         // Finishes on its own within seconds, or within moments of shutdown.
         tasks.spawn_blocking(move || build_variants(&building, &stop));
         snapshot

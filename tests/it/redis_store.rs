@@ -406,6 +406,8 @@ async fn a_replica_without_phpmyadmin_settings_forwards_refreshes_to_the_worker(
         2,
         "{log}"
     );
+    // The worker kept what it published and computed the change set to each next version.
+    assert_eq!(log.matches("change set computed").count(), 2, "{log}");
 
     // The worker gone, the replicas say so again (and keep serving what they hold).
     let r = b.post_refresh().await;
