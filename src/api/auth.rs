@@ -1,14 +1,16 @@
 //! API-key authentication: the `X-API-Key` header (or `Authorization: Bearer <key>`, what
 //! Prometheus' scrape configuration sends), or the `api_key` query parameter for browsers'
-//! `EventSource`, which cannot send headers. The query parameter is accepted only on event
-//! streams (`stream=true`): anywhere else a key in the URL would end up in proxy and access logs
-//! for no reason, so it is refused with a pointer to the header. Keys are compared in constant
-//! time.
+//! `EventSource`, which cannot send headers. The query parameter is accepted only where
+//! `EventSource` needs it, `GET /fetch-data?stream=true` and `GET /query?stream=true`: anywhere
+//! else a key in the URL would end up in proxy and access logs for no reason, so it is refused
+//! with a pointer to the header. Keys are compared as SHA-256 digests in constant time, so the
+//! time taken says nothing of a key's length or content.
 
 use axum::extract::{Request, State};
-use axum::http::header;
+use axum::http::{header, Method};
 use axum::middleware::Next;
 use axum::response::Response;
+use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use super::error::ApiError;
@@ -34,7 +36,7 @@ pub async fn require_api_key(
         });
     let query = request.uri().query();
     let in_query = query_key(query);
-    if in_query.is_some() && !is_stream(query) {
+    if in_query.is_some() && !url_key_allowed(request.method(), request.uri().path(), query) {
         return Err(ApiError::KeyInQuery);
     }
     // An empty key is no key: say how to send one rather than that it is wrong.
@@ -59,7 +61,12 @@ fn query_key(query: Option<&str>) -> Option<Vec<u8>> {
         .map(|(_, v)| v.into_owned().into_bytes())
 }
 
-/// Whether the query asks for an event stream, the one place a key in the URL is accepted.
+/// Whether a key in the URL is accepted: on the event streams a browser's `EventSource` opens.
+fn url_key_allowed(method: &Method, path: &str, query: Option<&str>) -> bool {
+    method == Method::GET && matches!(path, "/fetch-data" | "/query") && is_stream(query)
+}
+
+/// Whether the query asks for an event stream.
 fn is_stream(query: Option<&str>) -> bool {
     url::form_urlencoded::parse(query.unwrap_or("").as_bytes())
         .filter(|(k, _)| k == "stream")
@@ -67,10 +74,12 @@ fn is_stream(query: Option<&str>) -> bool {
         .is_some_and(|(k, v)| super::params::parse_bool(&k, &v).unwrap_or(false))
 }
 
-/// Compares `given` with every key, without stopping early, in constant time per key.
+/// Compares `given` with every key, without stopping early: their SHA-256 digests, of one
+/// length whatever the keys', in constant time.
 fn key_matches(keys: &[Secret], given: &[u8]) -> bool {
+    let given = Sha256::digest(given);
     let matched = keys.iter().fold(subtle::Choice::from(0), |acc, key| {
-        acc | key.expose().as_bytes().ct_eq(given)
+        acc | Sha256::digest(key.expose().as_bytes()).ct_eq(&given)
     });
     matched.into()
 }
@@ -113,5 +122,21 @@ mod tests {
         assert!(!is_stream(Some("stream=false&api_key=k")));
         assert!(!is_stream(Some("stream=maybe")));
         assert!(!is_stream(None));
+    }
+
+    #[test]
+    fn the_url_key_is_taken_only_on_the_streams_eventsource_opens() {
+        let stream = Some("stream=true&api_key=k");
+        assert!(url_key_allowed(&Method::GET, "/fetch-data", stream));
+        assert!(url_key_allowed(&Method::GET, "/query", stream));
+        assert!(!url_key_allowed(&Method::GET, "/metrics", stream));
+        assert!(!url_key_allowed(&Method::GET, "/status", stream));
+        assert!(!url_key_allowed(&Method::POST, "/refresh", stream));
+        assert!(!url_key_allowed(&Method::POST, "/query", stream));
+        assert!(!url_key_allowed(
+            &Method::GET,
+            "/fetch-data",
+            Some("api_key=k")
+        ));
     }
 }

@@ -18,7 +18,7 @@ pub enum ApiError {
     #[error("Wrong API key: the key sent is not one of the server's API_KEY values; check it, or ask whoever runs the server for the current one")]
     WrongKey,
     /// 401: an `api_key` query parameter outside an event stream.
-    #[error("The api_key query parameter is accepted only with stream=true (for EventSource); send the key in the X-API-Key header")]
+    #[error("The api_key query parameter is accepted only on GET /fetch-data?stream=true and GET /query?stream=true (for EventSource); send the key in the X-API-Key header")]
     KeyInQuery,
     /// 400: a malformed parameter; the message names it.
     #[error("{0}")]

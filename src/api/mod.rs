@@ -39,6 +39,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_io_timeout::TimeoutWriter;
 use tokio_util::sync::CancellationToken;
 use tower_http::cors::{AllowOrigin, CorsLayer};
+use tower_http::set_header::SetResponseHeaderLayer;
 
 use crate::cache::Cache;
 use crate::config::Secret;
@@ -121,6 +122,11 @@ fn finish(routes: Router<AppState>, state: AppState) -> Router {
             metrics::count_requests,
         ))
         .layer(middleware::from_fn(log_request))
+        // No browser guesses another type than the one declared (an answer is never a page).
+        .layer(SetResponseHeaderLayer::if_not_present(
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        ))
         .with_state(state)
 }
 

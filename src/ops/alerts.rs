@@ -64,6 +64,8 @@ impl Alerts {
         let (queue, incoming) = mpsc::channel(QUEUED_ALERTS);
         let client = reqwest::Client::builder()
             .timeout(ATTEMPT_TIMEOUT)
+            // The alert goes to the address configured, never where an answer points to.
+            .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("pma-cache/", env!("CARGO_PKG_VERSION")))
             .build()
             .expect("the TLS backend is compiled in");
@@ -250,15 +252,24 @@ impl AlertTask {
         let host = self.webhook.host_str().unwrap_or("?");
         let mut backoff = FIRST_BACKOFF;
         for attempt in 1..=ATTEMPTS {
-            let sent = self
+            let sent = match self
                 .client
                 .post(self.webhook.clone())
                 .json(payload)
                 .send()
                 .await
-                .and_then(reqwest::Response::error_for_status);
+            {
+                Ok(r) if r.status().is_success() => Ok(()),
+                Ok(r) if r.status().is_redirection() => Err(format!(
+                    "the webhook answered {} (a redirect, which is not followed: set \
+                     ALERT_WEBHOOK_URL to the final address)",
+                    r.status()
+                )),
+                Ok(r) => Err(format!("the webhook answered {}", r.status())),
+                Err(e) => Err(e.without_url().to_string()),
+            };
             match sent {
-                Ok(_) => {
+                Ok(()) => {
                     tracing::info!(event, webhook_host = host, "alert sent");
                     self.count(event, "sent");
                     return;
@@ -268,8 +279,7 @@ impl AlertTask {
                         event,
                         attempt,
                         retry_in = %humantime::format_duration(backoff),
-                        "alert delivery to {host} failed, will retry: {}",
-                        e.without_url()
+                        "alert delivery to {host} failed, will retry: {e}"
                     );
                     tokio::time::sleep(backoff).await;
                     backoff *= 2;
@@ -277,8 +287,7 @@ impl AlertTask {
                 Err(e) => {
                     tracing::error!(
                         event,
-                        "alert delivery to {host} failed {ATTEMPTS} times, giving up: {}",
-                        e.without_url()
+                        "alert delivery to {host} failed {ATTEMPTS} times, giving up: {e}"
                     );
                     self.count(event, "failed");
                 }

@@ -115,6 +115,42 @@ async fn the_api_key_query_parameter_is_accepted_only_on_event_streams() {
         .await
         .unwrap();
     assert_eq!(r.status(), 401);
+    // `stream=true` beside the key opens no other route (refused, whichever check says so
+    // first).
+    for path in [
+        format!("/metrics?stream=true&api_key={KEY}"),
+        format!("/status?stream=true&api_key={KEY}"),
+    ] {
+        let r = app.client.get(app.url(&path)).send().await.unwrap();
+        assert!(r.status().is_client_error(), "{path}: {}", r.status());
+    }
+    let r = app
+        .client
+        .post(app.url(&format!("/refresh?stream=true&api_key={KEY}")))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_client_error(), "{}", r.status());
+    // A live query is an event stream too.
+    let r = app
+        .client
+        .get(app.url(&format!("/query?stream=true&sql=SELECT%201&api_key={KEY}")))
+        .send()
+        .await
+        .unwrap();
+    assert_ne!(r.status(), 401);
+}
+
+#[tokio::test]
+async fn every_answer_says_nosniff() {
+    let app = spawn_app().await;
+    for path in ["/health", "/fetch-data", "/status", "/nowhere", "/"] {
+        let r = app.get_with(path, &[("X-API-Key", KEY)]).await;
+        assert_eq!(r.headers()["x-content-type-options"], "nosniff", "{path}");
+    }
+    let r = app.client.get(app.url("/fetch-data")).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    assert_eq!(r.headers()["x-content-type-options"], "nosniff");
 }
 
 #[tokio::test]
@@ -562,8 +598,16 @@ async fn keys_never_reach_the_logs() {
         .send()
         .await
         .unwrap();
-    let logs = app.logs();
-    assert!(logs.contains("/fetch-data"), "requests are logged: {logs}");
+    // Log lines reach the log through a queue: wait for the last request's.
+    let logs =
+        crate::helpers::eventually(Duration::from_secs(10), "requests are logged", || async {
+            let logs = app.logs();
+            match logs.contains("/fetch-data") && logs.contains("/status") {
+                true => Ok(logs),
+                false => Err(logs),
+            }
+        })
+        .await;
     for secret in [KEY, OTHER_KEY, "guessed-key-123"] {
         assert!(!logs.contains(secret), "{secret} leaked into:\n{logs}");
     }

@@ -177,3 +177,43 @@ async fn an_unreachable_webhook_is_retried_and_never_stops_the_server() {
     );
     assert_eq!(app.get_fetch_data("").await.status(), 200);
 }
+
+#[tokio::test]
+async fn a_webhook_that_redirects_is_not_followed() {
+    // The configured address answers 307 to the receiver: following it would deliver there.
+    let mut receiver = Receiver::start().await;
+    let target = receiver.url.clone();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    let redirects = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move || {
+            let target = target.clone();
+            async move { axum::response::Redirect::temporary(&target) }
+        }),
+    );
+    let server = tokio::spawn(async move { axum::serve(listener, redirects).await.unwrap() });
+    let app = spawn_app_with(Options {
+        // The process itself is under test (its memory, its signals, its log).
+        process: true,
+        cache_contents: Some(cache_written_in_2020()),
+        env: vec![("ALERT_WEBHOOK_URL", url)],
+        ..Options::default()
+    })
+    .await;
+    crate::helpers::eventually(Duration::from_secs(60), "the stale alert fails", || async {
+        let m = super::scrape(&app).await;
+        match m.get(r#"pma_cache_alerts_total{event="stale",result="failed"}"#) {
+            Some(&1.0) => Ok(()),
+            other => Err(format!("{other:?}\n{}", app.logs())),
+        }
+    })
+    .await;
+    assert!(
+        app.logs().contains("a redirect, which is not followed"),
+        "{}",
+        app.logs()
+    );
+    assert!(receiver.try_next().is_none(), "the redirect was followed");
+    server.abort();
+}

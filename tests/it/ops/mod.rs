@@ -57,6 +57,11 @@ impl Receiver {
             .unwrap();
         (serde_json::from_str(&raw).unwrap(), raw)
     }
+
+    /// An alert that has arrived already, if any.
+    fn try_next(&mut self) -> Option<String> {
+        self.bodies.try_recv().ok()
+    }
 }
 
 /// A TCP relay to phpMyAdmin that can be switched off: while off, nothing listens on its port
