@@ -9,12 +9,11 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
-use axum::http::{header, HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
 
 use super::error::ApiError;
 use super::fetch::current_snapshot;
-use super::sse::KEEPALIVE;
+use super::sse::{event_stream_headers, KEEPALIVE};
 use super::AppState;
 use crate::cache::{Snapshot, Versions};
 use crate::query::{Answer, Ask, Format, QueryEngine, QueryError};
@@ -126,15 +125,5 @@ pub async fn stream(state: AppState, mut ask: Ask) -> Result<Response, ApiError>
             .await
             .map(|chunk| (Ok::<_, std::convert::Infallible>(chunk), live))
     });
-    let mut headers = HeaderMap::new();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/event-stream"),
-    );
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    headers.insert(
-        header::HeaderName::from_static("x-accel-buffering"),
-        HeaderValue::from_static("no"),
-    );
-    Ok((headers, Body::from_stream(body)).into_response())
+    Ok((event_stream_headers(), Body::from_stream(body)).into_response())
 }

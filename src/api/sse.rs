@@ -277,6 +277,22 @@ impl EventStream {
     }
 }
 
+/// The headers of every event stream: its type, no caching, and no buffering by a proxy
+/// (nginx's `X-Accel-Buffering`), so that each event leaves at once.
+pub fn event_stream_headers() -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    headers.insert(
+        header::HeaderName::from_static("x-accel-buffering"),
+        HeaderValue::from_static("no"),
+    );
+    headers
+}
+
 /// What a subscriber asked for.
 #[derive(Debug, Default)]
 pub struct StreamOptions {
@@ -352,16 +368,7 @@ pub async fn stream(state: AppState, request: &HeaderMap, options: StreamOptions
             .await
             .map(|chunk| (Ok::<_, std::convert::Infallible>(chunk), s))
     });
-    let mut headers = HeaderMap::new();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/event-stream"),
-    );
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    headers.insert(
-        header::HeaderName::from_static("x-accel-buffering"),
-        HeaderValue::from_static("no"),
-    );
+    let mut headers = event_stream_headers();
     headers.insert(header::VARY, HeaderValue::from_static("Accept-Encoding"));
     if encoding != Encoding::Identity {
         headers.insert(

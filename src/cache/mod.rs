@@ -247,15 +247,25 @@ impl Cache {
     /// no subscribers), and shares the change set that led to it.
     fn keep(&self, snapshot: Snapshot, record: VersionRecord, change: Option<ChangeSet>) {
         let snapshot = Arc::new(snapshot);
-        let made_here = {
-            let mut deltas = self.deltas.lock().expect("delta log lock");
-            self.record.store(Some(Arc::new(record)));
-            self.current.store(Some(Arc::clone(&snapshot)));
-            let computed = change.is_some();
-            deltas.served(&snapshot.etag, change);
-            deltas.last().filter(|_| computed)
-        };
+        let made_here = self.swap_in(&snapshot, Some(Arc::new(record)), change);
         self.share(&snapshot, made_here);
+    }
+
+    /// Makes `snapshot` the current version with its record and the change set that led to it,
+    /// under the delta log's lock (so a client never sees a version without it). Returns that
+    /// change set when this process computed it, to share.
+    fn swap_in(
+        &self,
+        snapshot: &Arc<Snapshot>,
+        record: Option<Arc<VersionRecord>>,
+        change: Option<ChangeSet>,
+    ) -> Option<Arc<ChangeSet>> {
+        let mut deltas = self.deltas.lock().expect("delta log lock");
+        self.record.store(record);
+        self.current.store(Some(Arc::clone(snapshot)));
+        let computed = change.is_some();
+        deltas.served(&snapshot.etag, change);
+        deltas.last().filter(|_| computed)
     }
 
     /// Shares the change set this process computed for `snapshot`'s version, and takes the
@@ -328,14 +338,7 @@ impl Cache {
             snapshot.keep_data_date_of(&previous);
         }
         let snapshot = Arc::new(snapshot);
-        let made_here = {
-            let mut deltas = self.deltas.lock().expect("delta log lock");
-            self.record.store(record);
-            self.current.store(Some(Arc::clone(&snapshot)));
-            let computed = change.is_some();
-            deltas.served(&snapshot.etag, change);
-            deltas.last().filter(|_| computed)
-        };
+        let made_here = self.swap_in(&snapshot, record, change);
         tracing::info!(
             rows = snapshot.count,
             bytes = snapshot.body.len(),

@@ -149,6 +149,18 @@ async fn a_cache_older_than_stale_after_is_alerted() {
     assert_eq!(status["cache"]["stale_after_seconds"], 3600, "{status}");
 }
 
+/// Waits until the stale alert has failed for good (its retries spent).
+async fn stale_alert_fails(app: &TestApp) {
+    crate::helpers::eventually(Duration::from_secs(60), "the stale alert fails", || async {
+        let m = super::scrape(app).await;
+        match m.get(r#"pma_cache_alerts_total{event="stale",result="failed"}"#) {
+            Some(&1.0) => Ok(()),
+            other => Err(format!("{other:?}\n{}", app.logs())),
+        }
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn an_unreachable_webhook_is_retried_and_never_stops_the_server() {
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -162,14 +174,7 @@ async fn an_unreachable_webhook_is_retried_and_never_stops_the_server() {
         ..Options::default()
     })
     .await;
-    crate::helpers::eventually(Duration::from_secs(60), "the stale alert fails", || async {
-        let m = super::scrape(&app).await;
-        match m.get(r#"pma_cache_alerts_total{event="stale",result="failed"}"#) {
-            Some(&1.0) => Ok(()),
-            other => Err(format!("{other:?}\n{}", app.logs())),
-        }
-    })
-    .await;
+    stale_alert_fails(&app).await;
     let logs = app.logs();
     assert!(
         logs.contains("will retry") && logs.contains("giving up"),
@@ -201,14 +206,7 @@ async fn a_webhook_that_redirects_is_not_followed() {
         ..Options::default()
     })
     .await;
-    crate::helpers::eventually(Duration::from_secs(60), "the stale alert fails", || async {
-        let m = super::scrape(&app).await;
-        match m.get(r#"pma_cache_alerts_total{event="stale",result="failed"}"#) {
-            Some(&1.0) => Ok(()),
-            other => Err(format!("{other:?}\n{}", app.logs())),
-        }
-    })
-    .await;
+    stale_alert_fails(&app).await;
     assert!(
         app.logs().contains("a redirect, which is not followed"),
         "{}",
