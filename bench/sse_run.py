@@ -23,7 +23,7 @@ import sys
 import tempfile
 import time
 
-KEY = "bench-key"
+KEY = "bench-admin-key-0123456789"
 BINARY = sys.argv[1]
 CSVS = sys.argv[2:]
 SUBSCRIBERS = int(os.environ.get("SUBSCRIBERS", "1000"))
@@ -71,7 +71,10 @@ class Server:
             os.environ,
             HOST="127.0.0.1",
             PORT="0",
-            API_KEY=KEY,
+            ADMIN_API_KEY=KEY,
+            MAX_STREAMS="100000",
+            MAX_STREAMS_PER_KEY="100000",
+            MAX_CONNECTIONS="15000",
             CACHE_FILE=self.cache_file,
             RUST_LOG="warn,pma_cache=info",
             **extra_env,

@@ -55,7 +55,7 @@ def main():
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     port = free_port()
     log_path = os.path.join(work, "serve.log")
-    env = dict(os.environ, API_KEY=KEY, PORT=str(port), HOST="127.0.0.1", CACHE_FILE=cache,
+    env = dict(os.environ, ADMIN_API_KEY=KEY, PORT=str(port), HOST="127.0.0.1", CACHE_FILE=cache,
                RUST_LOG="pma_cache=debug", LOG_FORMAT="json")
     server = subprocess.Popen([binary, "serve"], env=env, stdout=subprocess.DEVNULL,
                               stderr=open(log_path, "w"))

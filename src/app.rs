@@ -9,8 +9,8 @@ use anyhow::Context;
 use tokio::net::TcpListener;
 
 use crate::api::{self, AppState};
-use crate::config::ServeConfig;
-use crate::startup::{ServiceSettings, Services};
+use crate::config::{ServeConfig, ServerLimits};
+use crate::startup::{Access, ServiceSettings, Services};
 
 /// A built, not yet running, API server.
 #[derive(Debug)]
@@ -19,13 +19,14 @@ pub struct Application {
     services: Services,
     state: AppState,
     cors_origins: Vec<String>,
-    write_timeout: Duration,
+    limits: ServerLimits,
 }
 
 impl Application {
     /// Binds the listener and loads the cache, if any. A corrupt cache file is reported and
     /// treated as no cache; it is left on disk until a complete new one replaces it.
-    pub async fn build(config: ServeConfig) -> anyhow::Result<Self> {
+    pub async fn build(mut config: ServeConfig) -> anyhow::Result<Self> {
+        config.limits.max_connections = descriptors_for(config.limits.max_connections);
         let listener = TcpListener::bind((config.host.as_str(), config.port))
             .await
             .with_context(|| format!("cannot listen on {}:{}", config.host, config.port))?;
@@ -36,7 +37,7 @@ impl Application {
             serving: true,
             sync: config.sync,
             alerts: &config.alerts,
-            secrets: config.api_keys.clone(),
+            secrets: config.keys.secrets(),
             query: Some(config.query.clone()),
         })?;
         let cache = &services.cache;
@@ -60,13 +61,18 @@ impl Application {
                 }
             }
         }
-        let state = services.app_state(config.api_keys, config.sync_interval);
+        let access = Access {
+            keys: config.keys,
+            refresh_min_interval: config.refresh_min_interval,
+            limits: config.limits.clone(),
+        };
+        let state = services.app_state(access, config.sync_interval);
         Ok(Self {
             listener,
             services,
             state,
             cors_origins: config.cors_allow_origins,
-            write_timeout: config.sse_write_timeout,
+            limits: config.limits,
         })
     }
 
@@ -86,7 +92,7 @@ impl Application {
             mut services,
             state,
             cors_origins,
-            write_timeout,
+            limits,
         } = self;
         let schedule = state.sync_interval.map(|every| {
             let first = match state.cache.current() {
@@ -104,8 +110,46 @@ impl Application {
         tracing::info!("listening on http://{addr}");
         let app = api::router(state, &cors_origins);
         let result = services
-            .serve_until_stopped(listener, write_timeout, app, stop)
+            .serve_until_stopped(listener, &limits, app, stop)
             .await;
         result.context("the HTTP server failed")
     }
+}
+
+/// Descriptors kept for what is not a client connection: the cache and its files, Redis, the
+/// browser's driver, the query threads' files.
+const OTHER_DESCRIPTORS: u64 = 256;
+
+/// The connection cap this process can keep: raises the soft limit on open files towards what
+/// `max_connections` needs (up to the hard limit); where it cannot reach, lowers the cap so that
+/// a full house still leaves descriptors for the rest, and says so.
+fn descriptors_for(max_connections: usize) -> usize {
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    let needed = max_connections as u64 + OTHER_DESCRIPTORS;
+    let limit = getrlimit(Resource::Nofile);
+    let soft = limit.current.unwrap_or(u64::MAX);
+    if soft >= needed {
+        return max_connections;
+    }
+    let raised = limit.maximum.map_or(needed, |hard| hard.min(needed));
+    let soft = match setrlimit(
+        Resource::Nofile,
+        Rlimit {
+            current: Some(raised),
+            maximum: limit.maximum,
+        },
+    ) {
+        Ok(()) => raised,
+        Err(_) => soft,
+    };
+    if soft >= needed {
+        return max_connections;
+    }
+    let cap = usize::try_from(soft.saturating_sub(OTHER_DESCRIPTORS).max(16)).unwrap_or(16);
+    tracing::warn!(
+        max_connections,
+        open_files_limit = soft,
+        "MAX_CONNECTIONS is more than the open-files limit allows: at most {cap} connections (raise `ulimit -n`)"
+    );
+    cap
 }

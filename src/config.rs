@@ -138,6 +138,20 @@ pub struct CacheArgs {
     /// How long the Redis sync lock lives without renewal (a dead holder blocks syncs this long).
     #[arg(long, env = "REDIS_LOCK_TTL", value_parser = parse_duration, default_value = "30s")]
     pub redis_lock_ttl: Duration,
+    /// The secret every process sharing REDIS_URL signs versions and change sets with
+    /// (HMAC-SHA256); one not signed with it is refused, so whoever can write to Redis without
+    /// it cannot make replicas serve their bytes. Required with REDIS_URL; at least 16 characters.
+    #[arg(long, env = "REDIS_SIGNING_KEY", hide_env_values = true)]
+    pub redis_signing_key: Option<Secret>,
+    /// Make the cache file and its `.meta` readable by the group (0640), for a reader running as
+    /// another user of that group; otherwise they are private (0600).
+    #[arg(long, env = "CACHE_GROUP_READABLE", value_parser = EnvBool, num_args = 0..=1,
+          default_value = "false", default_missing_value = "true", value_name = "BOOL")]
+    pub cache_group_readable: bool,
+    /// The largest version read from Redis, compressed or not (e.g. 4GiB); larger ones are
+    /// refused before anything is read (default: 8 times the last version's size, at least 2GiB).
+    #[arg(long, env = "REDIS_MAX_BYTES")]
+    pub redis_max_bytes: Option<bytesize::ByteSize>,
 }
 
 /// Where versions are shared, validated.
@@ -145,12 +159,16 @@ pub struct CacheArgs {
 pub struct SharedSettings {
     pub redis_url: Secret,
     pub lock_ttl: Duration,
+    pub signing_key: Secret,
+    pub max_bytes: Option<u64>,
 }
 
 impl CacheArgs {
     /// The cache file and the Redis settings, checked.
     pub fn validate(self) -> Result<(PathBuf, Option<SharedSettings>), ConfigError> {
         let cache_file = validate_cache_file(self.cache_file)?;
+        // The mode of every file written from now on, like the umask it stands beside.
+        crate::cache::files::set_group_readable(self.cache_group_readable);
         let shared = match self.redis_url.filter(|u| !u.expose().trim().is_empty()) {
             None => None,
             Some(url) => {
@@ -163,9 +181,27 @@ impl CacheArgs {
                 if self.redis_lock_ttl < Duration::from_secs(1) {
                     return Err(ConfigError::new("REDIS_LOCK_TTL must be at least 1s"));
                 }
+                let signing_key = self
+                    .redis_signing_key
+                    .filter(|k| !k.expose().is_empty())
+                    .ok_or_else(|| {
+                        ConfigError::new(
+                            "REDIS_SIGNING_KEY is not set: with REDIS_URL, every process that shares it needs the same secret (e.g. `openssl rand -hex 32`) to sign and check versions",
+                        )
+                    })?;
+                if signing_key.expose().chars().count() < MIN_KEY_LENGTH {
+                    return Err(ConfigError::new(format!(
+                        "REDIS_SIGNING_KEY is too short: use at least {MIN_KEY_LENGTH} characters"
+                    )));
+                }
+                if self.redis_max_bytes.is_some_and(|b| b.as_u64() < 1 << 20) {
+                    return Err(ConfigError::new("REDIS_MAX_BYTES must be at least 1MiB"));
+                }
                 Some(SharedSettings {
                     redis_url: url,
                     lock_ttl: self.redis_lock_ttl,
+                    signing_key,
+                    max_bytes: self.redis_max_bytes.map(|b| b.as_u64()),
                 })
             }
         };
@@ -181,19 +217,16 @@ pub struct ServeArgs {
     /// Address or host name to listen on (`localhost` is resolved when binding).
     #[arg(long, env = "HOST", default_value = "0.0.0.0")]
     pub host: String,
-    /// API key(s) clients must send in X-API-Key; a comma-separated list allows rotation.
-    #[arg(long, env = "API_KEY", hide_env_values = true)]
-    pub api_key: Option<Secret>,
+    #[command(flatten)]
+    pub keys: KeyArgs,
+    #[command(flatten)]
+    pub limits: LimitArgs,
     /// Origins allowed to call the API from a browser (comma-separated); unset sends no CORS headers.
     #[arg(long, env = "CORS_ALLOW_ORIGINS")]
     pub cors_allow_origins: Option<String>,
     /// Refresh the cache on this schedule (e.g. `1h`, `30m`); unset refreshes on request only.
     #[arg(long, env = "SYNC_INTERVAL", value_parser = parse_duration)]
     pub sync_interval: Option<Duration>,
-    /// Drop a client (an event stream's above all) that takes no data for this long, so a
-    /// stalled reader does not pin the version it was being sent.
-    #[arg(long, env = "SSE_WRITE_TIMEOUT", value_parser = parse_duration, default_value = "60s")]
-    pub sse_write_timeout: Duration,
     #[command(flatten)]
     pub cache: CacheArgs,
     #[command(flatten)]
@@ -209,6 +242,185 @@ pub struct ServeArgs {
     /// Memory the kept change sets may use together (e.g. 64MiB); the oldest go first.
     #[arg(long, env = "DELTA_MEMORY", default_value = "64MiB")]
     pub delta_memory: bytesize::ByteSize,
+}
+
+/// The keys clients send, by what each may do.
+#[derive(Debug, Args)]
+pub struct KeyArgs {
+    /// Read key(s): `/fetch-data`, `/query`, `/tables`, event streams and `/status` without its
+    /// details. Comma-separated for rotation; each at least 16 characters.
+    #[arg(long, env = "API_KEY", hide_env_values = true)]
+    pub api_key: Option<Secret>,
+    /// Admin key(s): everything a read key does, and `POST /refresh`, `refresh=true` on event
+    /// streams, `/status` details, `/metrics` and the failure screenshot.
+    #[arg(long, env = "ADMIN_API_KEY", hide_env_values = true)]
+    pub admin_api_key: Option<Secret>,
+    /// Key(s) that read `/metrics` only (what Prometheus holds).
+    #[arg(long, env = "METRICS_KEY", hide_env_values = true)]
+    pub metrics_key: Option<Secret>,
+    /// Least time between two syncs asked for through the API (`POST /refresh`, `refresh=true`);
+    /// one sooner gets 429 with Retry-After. `0` sets no minimum.
+    #[arg(long, env = "REFRESH_MIN_INTERVAL", value_parser = parse_duration_or_zero, default_value = "60s")]
+    pub refresh_min_interval: Duration,
+}
+
+/// What a key may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Data: `/fetch-data`, `/query`, `/tables`, event streams, the `/status` summary.
+    Read,
+    /// Everything.
+    Admin,
+    /// `/metrics` only.
+    Metrics,
+}
+
+impl Role {
+    /// The setting that holds keys of this role.
+    pub fn setting(self) -> &'static str {
+        match self {
+            Role::Read => "API_KEY",
+            Role::Admin => "ADMIN_API_KEY",
+            Role::Metrics => "METRICS_KEY",
+        }
+    }
+}
+
+/// The shortest key accepted: 16 characters (`openssl rand -hex 16` gives 32).
+pub const MIN_KEY_LENGTH: usize = 16;
+
+/// Every configured key with its role, validated.
+#[derive(Debug, Clone, Default)]
+pub struct ApiKeys(Vec<(Secret, Role)>);
+
+impl ApiKeys {
+    /// The keys and their roles.
+    pub fn iter(&self) -> impl Iterator<Item = &(Secret, Role)> {
+        self.0.iter()
+    }
+
+    /// Whether no key is configured.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The keys themselves, to scrub from alert texts.
+    pub fn secrets(&self) -> Vec<Secret> {
+        self.0.iter().map(|(k, _)| k.clone()).collect()
+    }
+
+    /// Reads the comma-separated lists of each role; a key shorter than [`MIN_KEY_LENGTH`] or
+    /// listed twice is refused.
+    fn parse(lists: &[(Role, &Option<Secret>)]) -> Result<Self, ConfigError> {
+        let mut keys: Vec<(Secret, Role)> = Vec::new();
+        for (role, list) in lists {
+            let Some(list) = list else { continue };
+            let setting = role.setting();
+            let parsed = parse_key_list(setting, list)?;
+            for key in parsed {
+                if let Some((_, other)) = keys.iter().find(|(k, _)| *k == key) {
+                    return Err(ConfigError::new(format!(
+                        "{setting}: a key is also listed in {}: give each key one role",
+                        other.setting()
+                    )));
+                }
+                keys.push((key, *role));
+            }
+        }
+        Ok(Self(keys))
+    }
+}
+
+/// The keys of one comma-separated setting, each at least [`MIN_KEY_LENGTH`] characters.
+fn parse_key_list(setting: &str, keys: &Secret) -> Result<Vec<Secret>, ConfigError> {
+    let keys: Vec<Secret> = keys
+        .expose()
+        .split(',')
+        .map(str::trim)
+        .filter(|k| !k.is_empty())
+        .map(Secret::new)
+        .collect();
+    if keys.is_empty() {
+        return Err(ConfigError::new(format!(
+            "{setting} is empty: give at least one key"
+        )));
+    }
+    if let Some(short) = keys
+        .iter()
+        .map(|k| k.expose().chars().count())
+        .find(|n| *n < MIN_KEY_LENGTH)
+    {
+        return Err(ConfigError::new(format!(
+            "{setting}: a key of {short} characters is too short: use at least {MIN_KEY_LENGTH} (e.g. `openssl rand -hex 24`)"
+        )));
+    }
+    Ok(keys)
+}
+
+/// Limits on connections and event streams, checked before any key.
+#[derive(Debug, Args)]
+pub struct LimitArgs {
+    /// Drop a client (an event stream's above all) that takes no data for this long, so a
+    /// stalled reader does not pin the version it was being sent.
+    #[arg(long, env = "SSE_WRITE_TIMEOUT", value_parser = parse_duration, default_value = "60s")]
+    pub sse_write_timeout: Duration,
+    /// Close a connection that has not sent a whole request head this long after it opened or
+    /// after its last answer (a slow or idle keep-alive connection).
+    #[arg(long, env = "HEADER_READ_TIMEOUT", value_parser = parse_duration, default_value = "10s")]
+    pub header_read_timeout: Duration,
+    /// Connections open at once; one more is answered 503 with Retry-After and closed.
+    #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 1024)]
+    pub max_connections: usize,
+    /// Event streams (`stream=true`) open at once in all; one more gets 503 with Retry-After.
+    #[arg(long, env = "MAX_STREAMS", default_value_t = 512)]
+    pub max_streams: usize,
+    /// Event streams open at once with one key; one more gets 429 with Retry-After.
+    #[arg(long, env = "MAX_STREAMS_PER_KEY", default_value_t = 64)]
+    pub max_streams_per_key: usize,
+}
+
+/// Validated connection and stream limits.
+#[derive(Debug, Clone)]
+pub struct ServerLimits {
+    pub write_timeout: Duration,
+    pub header_read_timeout: Duration,
+    pub max_connections: usize,
+    pub max_streams: usize,
+    pub max_streams_per_key: usize,
+}
+
+impl Default for ServerLimits {
+    fn default() -> Self {
+        Self {
+            write_timeout: Duration::from_secs(60),
+            header_read_timeout: Duration::from_secs(10),
+            max_connections: 1024,
+            max_streams: 512,
+            max_streams_per_key: 64,
+        }
+    }
+}
+
+impl LimitArgs {
+    /// Checks the limits.
+    pub fn validate(self) -> Result<ServerLimits, ConfigError> {
+        for (name, value) in [
+            ("MAX_CONNECTIONS", self.max_connections),
+            ("MAX_STREAMS", self.max_streams),
+            ("MAX_STREAMS_PER_KEY", self.max_streams_per_key),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::new(format!("{name} must be at least 1")));
+            }
+        }
+        Ok(ServerLimits {
+            write_timeout: self.sse_write_timeout,
+            header_read_timeout: self.header_read_timeout,
+            max_connections: self.max_connections,
+            max_streams: self.max_streams,
+            max_streams_per_key: self.max_streams_per_key,
+        })
+    }
 }
 
 /// How `/query` and `/tables` run queries.
@@ -309,10 +521,14 @@ pub struct WorkerArgs {
     /// Address or host name the worker's `/health` and `/metrics` listen on.
     #[arg(long, env = "WORKER_HOST", default_value = "0.0.0.0")]
     pub worker_host: String,
-    /// Key(s) the worker's `/metrics` asks for (comma-separated); unset leaves `/metrics` open
-    /// to whoever reaches WORKER_PORT.
-    #[arg(long, env = "API_KEY", hide_env_values = true)]
-    pub api_key: Option<Secret>,
+    /// Admin key(s) the worker's `/metrics` takes (comma-separated, each at least 16
+    /// characters); with neither this nor METRICS_KEY, `/metrics` is open to whoever reaches
+    /// WORKER_PORT.
+    #[arg(long, env = "ADMIN_API_KEY", hide_env_values = true)]
+    pub admin_api_key: Option<Secret>,
+    /// Key(s) that read the worker's `/metrics` only (what Prometheus holds).
+    #[arg(long, env = "METRICS_KEY", hide_env_values = true)]
+    pub metrics_key: Option<Secret>,
     #[command(flatten)]
     pub cache: CacheArgs,
     #[command(flatten)]
@@ -539,13 +755,50 @@ pub struct SyncSettings {
     pub browser_idle_timeout: Duration,
 }
 
+impl SyncSettings {
+    /// What in these settings puts a secret at risk, one sentence each, for the log at start:
+    /// a password sent in clear, a browser driven across the network.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut warnings = Vec::new();
+        if self.pma_url.scheme() == "http" && !is_loopback(self.pma_url.host()) {
+            warnings.push(format!(
+                "PMA_URL is http:// on {}: the phpMyAdmin password and the table cross the network unencrypted; use https://",
+                self.pma_url.host_str().unwrap_or("?")
+            ));
+        }
+        if let Some(webdriver) = &self.browser.webdriver_url {
+            let url = url::Url::parse(webdriver).ok();
+            if !is_loopback(url.as_ref().and_then(url::Url::host)) {
+                warnings.push(format!(
+                    "WEBDRIVER_URL points at {}, not this machine: the phpMyAdmin password is typed through an unencrypted WebDriver connection; keep the WebDriver server on a private network",
+                    url.as_ref().and_then(url::Url::host_str).unwrap_or("?")
+                ));
+            }
+        }
+        warnings
+    }
+}
+
+/// Whether `host` is this machine.
+fn is_loopback(host: Option<url::Host<&str>>) -> bool {
+    match host {
+        Some(url::Host::Domain(name)) => name.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    }
+}
+
 /// Validated settings for `serve`.
 #[derive(Debug, Clone)]
 pub struct ServeConfig {
     /// Address or host name to listen on; a name is resolved when binding.
     pub host: String,
     pub port: u16,
-    pub api_keys: Vec<Secret>,
+    pub keys: ApiKeys,
+    /// Least time between two syncs asked for through the API.
+    pub refresh_min_interval: Duration,
+    pub limits: ServerLimits,
     pub cache_file: PathBuf,
     /// Redis, when versions are shared between replicas.
     pub shared: Option<SharedSettings>,
@@ -553,26 +806,10 @@ pub struct ServeConfig {
     pub sync: Option<SyncSettings>,
     pub sync_interval: Option<Duration>,
     pub alerts: AlertSettings,
-    pub sse_write_timeout: Duration,
     /// The table's name where a version does not declare it, the key that overrides the
     /// declared one, and the change sets kept.
     pub cache: CacheSettings,
     pub query: QuerySettings,
-}
-
-/// The keys of a comma-separated API_KEY.
-fn parse_api_keys(keys: &Secret) -> Result<Vec<Secret>, ConfigError> {
-    let api_keys: Vec<Secret> = keys
-        .expose()
-        .split(',')
-        .map(str::trim)
-        .filter(|k| !k.is_empty())
-        .map(Secret::new)
-        .collect();
-    if api_keys.is_empty() {
-        return Err(ConfigError::new("API_KEY is empty: give at least one key"));
-    }
-    Ok(api_keys)
 }
 
 /// An address or host name to listen on, from the setting `name`.
@@ -592,8 +829,8 @@ pub struct WorkerConfig {
     /// Where the worker's `/health` and `/metrics` listen.
     pub host: String,
     pub port: u16,
-    /// Keys `/metrics` asks for; empty: none.
-    pub api_keys: Vec<Secret>,
+    /// Keys `/metrics` takes (admin and metrics keys); empty: none asked for.
+    pub keys: ApiKeys,
     pub cache_file: PathBuf,
     pub shared: Option<SharedSettings>,
     pub sync: SyncSettings,
@@ -609,14 +846,14 @@ impl WorkerArgs {
             .pma
             .validate(&cache_file, true)?
             .ok_or_else(|| ConfigError::new("PMA_URL is not set"))?;
-        let api_keys = match self.api_key {
-            Some(keys) => parse_api_keys(&keys)?,
-            None => Vec::new(),
-        };
+        let keys = ApiKeys::parse(&[
+            (Role::Admin, &self.admin_api_key),
+            (Role::Metrics, &self.metrics_key),
+        ])?;
         Ok(WorkerConfig {
             host: validate_host("WORKER_HOST", &self.worker_host)?,
             port: self.worker_port,
-            api_keys,
+            keys,
             cache_file,
             shared,
             sync,
@@ -629,12 +866,22 @@ impl WorkerArgs {
 impl ServeArgs {
     /// Checks the settings and builds the server's configuration.
     pub fn validate(self) -> Result<ServeConfig, ConfigError> {
-        let keys = self.api_key.ok_or_else(|| {
-            ConfigError::new(
-                "API_KEY is not set: pass --api-key or set the API_KEY environment variable",
-            )
-        })?;
-        let api_keys = parse_api_keys(&keys)?;
+        let KeyArgs {
+            api_key,
+            admin_api_key,
+            metrics_key,
+            refresh_min_interval,
+        } = self.keys;
+        if api_key.is_none() && admin_api_key.is_none() {
+            return Err(ConfigError::new(
+                "API_KEY is not set: pass --api-key or set the API_KEY environment variable (read keys), and ADMIN_API_KEY for keys that also refresh and see /status details and /metrics",
+            ));
+        }
+        let keys = ApiKeys::parse(&[
+            (Role::Read, &api_key),
+            (Role::Admin, &admin_api_key),
+            (Role::Metrics, &metrics_key),
+        ])?;
         let cors_allow_origins = match self.cors_allow_origins {
             None => Vec::new(),
             Some(list) => parse_origins(&list)?,
@@ -659,14 +906,15 @@ impl ServeArgs {
         Ok(ServeConfig {
             host: validate_host("HOST", &self.host)?,
             port: self.port,
-            api_keys,
+            keys,
+            refresh_min_interval,
+            limits: self.limits.validate()?,
             cache_file,
             shared,
             cors_allow_origins,
             sync,
             sync_interval: self.sync_interval,
             alerts: self.alerts.validate(self.sync_interval)?,
-            sse_write_timeout: self.sse_write_timeout,
             cache,
             query,
         })
@@ -873,11 +1121,76 @@ mod tests {
         assert!(err.to_string().contains("API_KEY"), "{err}");
     }
 
+    /// A key long enough to be accepted.
+    const K: &str = "read-key-0123456789";
+
     #[test]
     fn api_keys_split_on_commas_for_rotation() {
-        let cfg = serve(&["--api-key", "old, new,", "--cache-file", "x.json"]).unwrap();
-        let keys: Vec<&str> = cfg.api_keys.iter().map(Secret::expose).collect();
-        assert_eq!(keys, ["old", "new"]);
+        let cfg = serve(&[
+            "--api-key",
+            "old-key-0123456789, new-key-0123456789,",
+            "--cache-file",
+            "x.json",
+        ])
+        .unwrap();
+        let keys: Vec<(&str, Role)> = cfg.keys.iter().map(|(k, r)| (k.expose(), *r)).collect();
+        assert_eq!(
+            keys,
+            [
+                ("old-key-0123456789", Role::Read),
+                ("new-key-0123456789", Role::Read)
+            ]
+        );
+    }
+
+    #[test]
+    fn each_key_has_the_role_of_its_setting_and_one_only() {
+        let cfg = serve(&[
+            "--api-key",
+            K,
+            "--admin-api-key",
+            "admin-key-0123456789",
+            "--metrics-key",
+            "metrics-key-0123456789",
+            "--cache-file",
+            "x.json",
+        ])
+        .unwrap();
+        let roles: Vec<Role> = cfg.keys.iter().map(|(_, r)| *r).collect();
+        assert_eq!(roles, [Role::Read, Role::Admin, Role::Metrics]);
+        let err = serve(&[
+            "--api-key",
+            K,
+            "--admin-api-key",
+            K,
+            "--cache-file",
+            "x.json",
+        ])
+        .unwrap_err();
+        assert!(err.to_string().contains("also listed in API_KEY"), "{err}");
+        // An admin key alone is enough to start.
+        assert!(serve(&["--admin-api-key", K, "--cache-file", "x.json"]).is_ok());
+    }
+
+    #[test]
+    fn a_key_under_16_characters_is_refused_at_start() {
+        let err = serve(&["--api-key", "change-me", "--cache-file", "x.json"]).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("API_KEY: a key of 9 characters is too short"),
+            "{err}"
+        );
+        let err = serve(&[
+            "--api-key",
+            K,
+            "--metrics-key",
+            "0123456789abcde",
+            "--cache-file",
+            "x.json",
+        ])
+        .unwrap_err();
+        assert!(err.to_string().starts_with("METRICS_KEY"), "{err}");
+        assert!(serve(&["--api-key", "0123456789abcdef", "--cache-file", "x.json"]).is_ok());
     }
 
     #[test]
@@ -890,7 +1203,7 @@ mod tests {
     fn pma_url_without_password_is_refused() {
         let err = serve(&[
             "--api-key",
-            "k",
+            K,
             "--cache-file",
             "x.json",
             "--pma-url",
@@ -914,7 +1227,7 @@ mod tests {
     fn an_https_webdriver_url_is_refused_at_start() {
         let err = serve(&[
             "--api-key",
-            "k",
+            K,
             "--cache-file",
             "x.json",
             "--pma-url",
@@ -933,8 +1246,44 @@ mod tests {
     }
 
     #[test]
+    fn cleartext_phpmyadmin_and_a_remote_webdriver_are_warned_of() {
+        let settings = |pma: &str, webdriver: Option<&str>| {
+            let mut args = vec![
+                "--api-key",
+                K,
+                "--cache-file",
+                "x.json",
+                "--pma-url",
+                pma,
+                "--pma-username",
+                "u",
+                "--pma-password",
+                "p",
+                "--pma-database",
+                "d",
+            ];
+            if let Some(w) = webdriver {
+                args.extend(["--webdriver-url", w]);
+            }
+            serve(&args).unwrap().sync.unwrap().warnings()
+        };
+        assert!(settings("https://db.example/pma/", None).is_empty());
+        assert!(settings("http://127.0.0.1:8080/", Some("http://localhost:4444")).is_empty());
+        let warned = settings("http://db.example/pma/", Some("http://grid.internal:4444"));
+        assert_eq!(warned.len(), 2, "{warned:?}");
+        assert!(
+            warned[0].starts_with("PMA_URL is http:// on db.example"),
+            "{warned:?}"
+        );
+        assert!(
+            warned[1].starts_with("WEBDRIVER_URL points at grid.internal"),
+            "{warned:?}"
+        );
+    }
+
+    #[test]
     fn a_cache_file_in_a_missing_folder_is_refused() {
-        let err = serve(&["--api-key", "k", "--cache-file", "/no/such/dir/c.json"]).unwrap_err();
+        let err = serve(&["--api-key", K, "--cache-file", "/no/such/dir/c.json"]).unwrap_err();
         assert!(err.to_string().contains("CACHE_FILE"), "{err}");
     }
 
@@ -987,7 +1336,7 @@ mod tests {
 
     #[test]
     fn host_takes_names_and_addresses() {
-        let host = |h: &str| serve(&["--api-key", "k", "--cache-file", "x.json", "--host", h]);
+        let host = |h: &str| serve(&["--api-key", K, "--cache-file", "x.json", "--host", h]);
         assert_eq!(host("localhost").unwrap().host, "localhost");
         assert_eq!(host("[::1]").unwrap().host, "::1");
         assert!(host("http://x/").is_err());

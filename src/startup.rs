@@ -14,9 +14,13 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::api::auth::KeyRing;
+use crate::api::limits::{RefreshGate, StreamSlots};
 use crate::api::{self, AppState};
 use crate::cache::{Cache, CacheSettings, VersionStore};
-use crate::config::{AlertSettings, QuerySettings, Secret, SharedSettings, SyncSettings};
+use crate::config::{
+    AlertSettings, ApiKeys, QuerySettings, Secret, ServerLimits, SharedSettings, SyncSettings,
+};
 use crate::ops::{self, alerts::AlertTask, Monitor};
 use crate::query::QueryEngine;
 use crate::sync::{leftovers, Syncer};
@@ -48,6 +52,15 @@ pub struct Services {
     alerts: Option<AlertTask>,
 }
 
+/// Who may call the API and how much: the keys, the least time between refreshes asked for, the
+/// caps on connections and streams.
+#[derive(Debug, Clone, Default)]
+pub struct Access {
+    pub keys: ApiKeys,
+    pub refresh_min_interval: Duration,
+    pub limits: ServerLimits,
+}
+
 /// The settings [`Services::build`] takes.
 #[derive(Debug)]
 pub struct ServiceSettings<'a> {
@@ -69,6 +82,11 @@ pub struct ServiceSettings<'a> {
 impl Services {
     /// Opens the cache and builds the monitor and the syncer around it.
     pub fn build(settings: ServiceSettings<'_>) -> anyhow::Result<Self> {
+        if let Some(sync) = &settings.sync {
+            for warning in sync.warnings() {
+                tracing::warn!("{warning}");
+            }
+        }
         let store = VersionStore::open(settings.cache_file, settings.shared)?;
         let cache = Cache::new(Arc::clone(&store), settings.cache);
         let tasks = TaskTracker::new();
@@ -121,12 +139,14 @@ impl Services {
         }
     }
 
-    /// The handlers' shared context, with the keys clients must send.
-    pub fn app_state(&self, api_keys: Vec<Secret>, sync_interval: Option<Duration>) -> AppState {
+    /// The handlers' shared context, with the keys clients must send and the API's limits.
+    pub fn app_state(&self, access: Access, sync_interval: Option<Duration>) -> AppState {
         AppState {
             cache: Arc::clone(&self.cache),
             syncer: Arc::clone(&self.syncer),
-            api_keys: api_keys.into(),
+            keys: Arc::new(KeyRing::new(&access.keys)),
+            refresh_gate: Arc::new(RefreshGate::new(access.refresh_min_interval)),
+            streams: Arc::new(StreamSlots::new(&access.limits)),
             shutdown: self.shutdown.clone(),
             sync_interval,
             monitor: Arc::clone(&self.monitor),
@@ -138,12 +158,12 @@ impl Services {
     pub async fn serve_until_stopped(
         self,
         listener: TcpListener,
-        write_timeout: Duration,
+        limits: &ServerLimits,
         app: Router,
         stop: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         let token = self.shutdown.clone();
-        let result = api::serve(listener, write_timeout, app, async move {
+        let result = api::serve(listener, limits, app, async move {
             stop.await;
             tracing::info!("shutting down");
             token.cancel();

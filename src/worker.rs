@@ -12,8 +12,8 @@ use tokio::net::TcpListener;
 
 use crate::api::{self, AppState};
 use crate::cache::{CacheSettings, DeltaSettings};
-use crate::config::WorkerConfig;
-use crate::startup::{ServiceSettings, Services};
+use crate::config::{ServerLimits, WorkerConfig};
+use crate::startup::{Access, ServiceSettings, Services};
 
 /// A built, not yet running, worker.
 #[derive(Debug)]
@@ -36,8 +36,10 @@ impl Worker {
                     config.host, config.port
                 )
             })?;
-        if config.api_keys.is_empty() {
-            tracing::info!("no API_KEY: the worker's /metrics answers without a key");
+        if config.keys.is_empty() {
+            tracing::info!(
+                "no ADMIN_API_KEY or METRICS_KEY: the worker's /metrics answers without a key"
+            );
         }
         let services = Services::build(ServiceSettings {
             cache_file: config.cache_file.clone(),
@@ -53,10 +55,14 @@ impl Worker {
             serving: false,
             sync: Some(config.sync),
             alerts: &config.alerts,
-            secrets: config.api_keys.clone(),
+            secrets: config.keys.secrets(),
             query: None,
         })?;
-        let state = services.app_state(config.api_keys, Some(config.sync_interval));
+        let access = Access {
+            keys: config.keys,
+            ..Access::default()
+        };
+        let state = services.app_state(access, Some(config.sync_interval));
         Ok(Self {
             listener,
             services,
@@ -97,7 +103,15 @@ impl Worker {
         );
         let app = api::worker_router(state);
         let result = services
-            .serve_until_stopped(listener, api::SHUTDOWN_GRACE, app, stop)
+            .serve_until_stopped(
+                listener,
+                &ServerLimits {
+                    write_timeout: api::SHUTDOWN_GRACE,
+                    ..ServerLimits::default()
+                },
+                app,
+                stop,
+            )
             .await;
         result.context("the worker's HTTP server failed")
     }

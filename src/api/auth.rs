@@ -5,6 +5,11 @@
 //! else a key in the URL would end up in proxy and access logs for no reason, so it is refused
 //! with a pointer to the header. Keys are compared as SHA-256 digests in constant time, so the
 //! time taken says nothing of a key's length or content.
+//!
+//! Each key has a [`Role`]: read keys see data, admin keys also start syncs and see `/status`
+//! details, `/metrics` and failure evidence, metrics keys see `/metrics` only. [`needed`] says
+//! which a request takes; the handlers find the caller's key and role in the request's
+//! extensions ([`Caller`]).
 
 use axum::extract::{Request, State};
 use axum::http::{header, Method};
@@ -15,15 +20,115 @@ use subtle::ConstantTimeEq;
 
 use super::error::ApiError;
 use super::AppState;
-use crate::config::Secret;
+use crate::config::{ApiKeys, Role};
 
 /// The header clients send their key in.
 pub const API_KEY_HEADER: &str = "x-api-key";
 
-/// Lets the request through only with a configured key.
+/// The configured keys, kept as their SHA-256 digests.
+#[derive(Debug, Default)]
+pub struct KeyRing(Vec<([u8; 32], Role)>);
+
+impl KeyRing {
+    pub fn new(keys: &ApiKeys) -> Self {
+        Self(
+            keys.iter()
+                .map(|(key, role)| (Sha256::digest(key.expose().as_bytes()).into(), *role))
+                .collect(),
+        )
+    }
+
+    /// Whether no key is configured.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The key `given` is, by its place in the ring, and its role: compared with every key,
+    /// without stopping early, as digests of one length in constant time.
+    fn find(&self, given: &[u8]) -> Option<Caller> {
+        let given = Sha256::digest(given);
+        let mut found = None;
+        for (index, (digest, role)) in self.0.iter().enumerate() {
+            let matched: bool = digest.as_slice().ct_eq(given.as_slice()).into();
+            if matched && found.is_none() {
+                found = Some(Caller {
+                    key: index,
+                    role: *role,
+                });
+            }
+        }
+        found
+    }
+}
+
+/// Who is asking: which configured key (by its place) and what it may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Caller {
+    pub key: usize,
+    pub role: Role,
+}
+
+impl Caller {
+    /// Whether the caller may see details kept for admins.
+    pub fn is_admin(&self) -> bool {
+        self.role == Role::Admin
+    }
+}
+
+/// What a request takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Need {
+    /// A read or admin key.
+    Read,
+    /// A metrics or admin key.
+    Metrics,
+    /// An admin key; the text says for what.
+    Admin(&'static str),
+}
+
+/// What `method` on `path` with `query` takes: starting a sync and failure evidence take an
+/// admin key, `/metrics` a metrics or admin key, everything else a read key.
+pub fn needed(method: &Method, path: &str, query: Option<&str>) -> Need {
+    match path {
+        "/refresh" if method == Method::POST => Need::Admin("POST /refresh"),
+        "/metrics" => Need::Metrics,
+        "/failures/latest.png" => Need::Admin("the failure screenshot"),
+        "/fetch-data" if flag(query, "refresh") => Need::Admin("refresh=true (it starts a sync)"),
+        _ => Need::Read,
+    }
+}
+
+impl Need {
+    fn allows(self, role: Role) -> bool {
+        match self {
+            Need::Read => matches!(role, Role::Read | Role::Admin),
+            Need::Metrics => matches!(role, Role::Metrics | Role::Admin),
+            Need::Admin(_) => role == Role::Admin,
+        }
+    }
+
+    /// Why a key of `role` is refused here.
+    fn refusal(self, role: Role) -> String {
+        let what = match role {
+            Role::Read => "This key (API_KEY) reads data only",
+            Role::Metrics => "This key (METRICS_KEY) reads /metrics only",
+            Role::Admin => "This key",
+        };
+        match self {
+            Need::Read => format!("{what}: data takes a key from API_KEY or ADMIN_API_KEY"),
+            Need::Metrics => {
+                format!("{what}: /metrics takes a key from METRICS_KEY or ADMIN_API_KEY")
+            }
+            Need::Admin(thing) => format!("{what}: {thing} takes a key from ADMIN_API_KEY"),
+        }
+    }
+}
+
+/// Lets the request through only with a configured key whose role allows it; the caller goes
+/// into the request's extensions.
 pub async fn require_api_key(
     State(state): State<AppState>,
-    request: Request,
+    mut request: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
     let headers = request.headers();
@@ -40,11 +145,16 @@ pub async fn require_api_key(
         return Err(ApiError::KeyInQuery);
     }
     // An empty key is no key: say how to send one rather than that it is wrong.
-    match from_header.or(in_query).filter(|key| !key.is_empty()) {
-        Some(key) if key_matches(&state.api_keys, &key) => Ok(next.run(request).await),
-        Some(_) => Err(ApiError::WrongKey),
-        None => Err(ApiError::MissingKey),
+    let Some(key) = from_header.or(in_query).filter(|key| !key.is_empty()) else {
+        return Err(ApiError::MissingKey);
+    };
+    let caller = state.keys.find(&key).ok_or(ApiError::WrongKey)?;
+    let need = needed(request.method(), request.uri().path(), query);
+    if !need.allows(caller.role) {
+        return Err(ApiError::Forbidden(need.refusal(caller.role)));
     }
+    request.extensions_mut().insert(caller);
+    Ok(next.run(request).await)
 }
 
 /// The token of an `Authorization: Bearer <key>` header (what Prometheus sends).
@@ -68,33 +178,67 @@ fn url_key_allowed(method: &Method, path: &str, query: Option<&str>) -> bool {
 
 /// Whether the query asks for an event stream.
 fn is_stream(query: Option<&str>) -> bool {
-    url::form_urlencoded::parse(query.unwrap_or("").as_bytes())
-        .filter(|(k, _)| k == "stream")
-        .last()
-        .is_some_and(|(k, v)| super::params::parse_bool(&k, &v).unwrap_or(false))
+    flag(query, "stream")
 }
 
-/// Compares `given` with every key, without stopping early: their SHA-256 digests, of one
-/// length whatever the keys', in constant time.
-fn key_matches(keys: &[Secret], given: &[u8]) -> bool {
-    let given = Sha256::digest(given);
-    let matched = keys.iter().fold(subtle::Choice::from(0), |acc, key| {
-        acc | Sha256::digest(key.expose().as_bytes()).ct_eq(&given)
-    });
-    matched.into()
+/// Whether the boolean parameter `name` is set and true in `query` (a malformed one is left to
+/// the route's own parsing to refuse).
+fn flag(query: Option<&str>, name: &str) -> bool {
+    url::form_urlencoded::parse(query.unwrap_or("").as_bytes())
+        .filter(|(k, _)| k == name)
+        .last()
+        .is_some_and(|(k, v)| super::params::parse_bool(&k, &v).unwrap_or(false))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn ring() -> KeyRing {
+        KeyRing(
+            [
+                ("old-key", Role::Read),
+                ("new-key", Role::Read),
+                ("admin-key", Role::Admin),
+            ]
+            .iter()
+            .map(|(k, r)| (Sha256::digest(k.as_bytes()).into(), *r))
+            .collect(),
+        )
+    }
+
     #[test]
-    fn any_configured_key_matches_and_nothing_else_does() {
-        let keys = [Secret::new("old-key"), Secret::new("new-key")];
-        assert!(key_matches(&keys, b"old-key"));
-        assert!(key_matches(&keys, b"new-key"));
-        assert!(!key_matches(&keys, b"new-ke"));
-        assert!(!key_matches(&keys, b""));
+    fn any_configured_key_matches_with_its_role_and_nothing_else_does() {
+        let ring = ring();
+        assert_eq!(ring.find(b"old-key").map(|c| c.role), Some(Role::Read));
+        assert_eq!(ring.find(b"new-key").map(|c| c.key), Some(1));
+        assert_eq!(ring.find(b"admin-key").map(|c| c.role), Some(Role::Admin));
+        assert_eq!(ring.find(b"new-ke"), None);
+        assert_eq!(ring.find(b""), None);
+    }
+
+    #[test]
+    fn syncs_and_evidence_take_an_admin_key_and_metrics_a_metrics_key() {
+        let get = Method::GET;
+        assert_eq!(needed(&get, "/fetch-data", None), Need::Read);
+        assert_eq!(needed(&get, "/status", None), Need::Read);
+        assert!(matches!(
+            needed(&Method::POST, "/refresh", None),
+            Need::Admin(_)
+        ));
+        assert!(matches!(
+            needed(&get, "/fetch-data", Some("stream=true&refresh=1")),
+            Need::Admin(_)
+        ));
+        assert!(matches!(
+            needed(&get, "/failures/latest.png", None),
+            Need::Admin(_)
+        ));
+        assert_eq!(needed(&get, "/metrics", None), Need::Metrics);
+        assert!(Need::Metrics.allows(Role::Metrics) && Need::Metrics.allows(Role::Admin));
+        assert!(!Need::Metrics.allows(Role::Read));
+        assert!(!Need::Read.allows(Role::Metrics));
+        assert!(!Need::Admin("x").allows(Role::Read));
     }
 
     #[test]

@@ -10,8 +10,10 @@ use axum::body::Body;
 use axum::extract::{RawQuery, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use bytes::Bytes;
 
+use super::auth::Caller;
 use super::error::ApiError;
 use super::negotiate::{accepted_encoding, quality};
 use super::params::{FetchParams, Payload};
@@ -26,11 +28,13 @@ use crate::sync::Trigger;
 /// `GET /fetch-data[?refresh=true][&stream=true]`.
 pub async fn fetch_data(
     State(state): State<AppState>,
+    caller: Option<Extension<Caller>>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let params = FetchParams::parse(query.as_deref())?;
     if params.stream {
+        let slot = state.streams.for_caller(caller.as_deref())?;
         if params.payload == Payload::Delta {
             if let Some(Err(why)) = state.cache.current().map(|s| delta::deltas_possible(&s)) {
                 return Err(no_deltas(&why));
@@ -50,14 +54,20 @@ pub async fn fetch_data(
             follow: params.follow,
             since: params.since,
         };
-        return Ok(sse::stream(state, &headers, options).await);
+        return Ok(sse::stream(state, &headers, options, slot).await);
     }
     if let Some(since) = params.since {
         return delta_response(&state, &since, &headers).await;
     }
     let info = match params.refresh {
         false => None,
+        true if state.refresh_gate.admit().is_err() => Some(
+            "Refresh not started: the last one asked for was less than REFRESH_MIN_INTERVAL ago",
+        ),
         true => Some(match state.syncer.trigger().await {
+            Trigger::LoginBlocked => {
+                "Refresh not started: phpMyAdmin rejected the last login (see POST /refresh?retry_login=true)"
+            }
             Trigger::Started => "Background refresh triggered",
             Trigger::AlreadyRunning => "Background refresh already in progress",
             // This server only serves the file (a standalone worker may be refreshing it).

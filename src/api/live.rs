@@ -13,6 +13,7 @@ use axum::response::{IntoResponse, Response};
 
 use super::error::ApiError;
 use super::fetch::current_snapshot;
+use super::limits::StreamSlot;
 use super::sse::{event_stream_headers, KEEPALIVE};
 use super::AppState;
 use crate::cache::{Snapshot, Versions};
@@ -27,6 +28,8 @@ struct LiveQuery {
     queue: VecDeque<Bytes>,
     next_id: u64,
     state: AppState,
+    /// This stream's place under MAX_STREAMS, freed when it ends.
+    _slot: StreamSlot,
 }
 
 impl LiveQuery {
@@ -92,7 +95,7 @@ fn rows_digest(snapshot: &Snapshot, answer: &Answer) -> u64 {
 
 /// Starts a live query. A question the engine refuses on the current version is a plain error
 /// answer, before any event.
-pub async fn stream(state: AppState, mut ask: Ask) -> Result<Response, ApiError> {
+pub async fn stream(state: AppState, mut ask: Ask, slot: StreamSlot) -> Result<Response, ApiError> {
     if !matches!(ask.format, Format::Json) {
         return Err(ApiError::BadRequest(
             "a live query (stream=true) answers JSON events: leave out _format".into(),
@@ -118,6 +121,7 @@ pub async fn stream(state: AppState, mut ask: Ask) -> Result<Response, ApiError>
         queue: VecDeque::new(),
         next_id: 1,
         state,
+        _slot: slot,
     };
     live.push_answer(&snapshot, &first);
     let body = futures_util::stream::unfold(live, |mut live| async move {

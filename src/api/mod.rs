@@ -1,6 +1,7 @@
 //! The HTTP API.
 //!
-//! - [`auth`] — API keys.
+//! - [`auth`] — API keys and their roles.
+//! - [`limits`] — the refresh interval and the caps on event streams.
 //! - [`params`] — what each route takes: methods and query parameters, parsed.
 //! - [`negotiate`] — which encoding an answer goes in.
 //! - [`fetch`] — `/fetch-data` from ready-made bytes.
@@ -14,6 +15,7 @@ pub mod auth;
 pub mod dashboard;
 pub mod error;
 pub mod fetch;
+pub mod limits;
 pub mod live;
 pub mod metrics;
 pub mod negotiate;
@@ -22,7 +24,7 @@ pub mod query;
 pub mod sse;
 pub mod status;
 
-use std::future::{Future, IntoFuture};
+use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -34,15 +36,22 @@ use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::{get, post};
 use axum::Router;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
 use socket2::SockRef;
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
 use tokio_io_timeout::TimeoutWriter;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::set_header::SetResponseHeaderLayer;
 
 use crate::cache::Cache;
-use crate::config::Secret;
+use crate::config::ServerLimits;
 use crate::ops::Monitor;
 use crate::query::QueryEngine;
 use crate::sync::Syncer;
@@ -52,7 +61,11 @@ use crate::sync::Syncer;
 pub struct AppState {
     pub cache: Arc<Cache>,
     pub syncer: Arc<Syncer>,
-    pub api_keys: Arc<[Secret]>,
+    pub keys: Arc<auth::KeyRing>,
+    /// One sync per REFRESH_MIN_INTERVAL through the API.
+    pub refresh_gate: Arc<limits::RefreshGate>,
+    /// Event streams open, per key and in all.
+    pub streams: Arc<limits::StreamSlots>,
     /// Ends open event streams when the server stops.
     pub shutdown: CancellationToken,
     pub sync_interval: Option<Duration>,
@@ -97,7 +110,7 @@ pub fn router(state: AppState, cors_origins: &[String]) -> Router {
 /// The worker's routes: `/health`, and `/metrics` behind the worker's keys when it has any.
 pub fn worker_router(state: AppState) -> Router {
     let metrics = Router::new().route("/metrics", get(metrics::metrics));
-    let metrics = match state.api_keys.is_empty() {
+    let metrics = match state.keys.is_empty() {
         true => metrics,
         false => metrics.route_layer(middleware::from_fn_with_state(
             state.clone(),
@@ -122,13 +135,22 @@ fn finish(routes: Router<AppState>, state: AppState) -> Router {
             metrics::count_requests,
         ))
         .layer(middleware::from_fn(log_request))
-        // No browser guesses another type than the one declared (an answer is never a page).
+        // No browser guesses another type than the one declared, and an answer loads nothing
+        // and runs nothing if a browser shows it (the dashboard's page sets its own policy).
         .layer(SetResponseHeaderLayer::if_not_present(
             header::X_CONTENT_TYPE_OPTIONS,
             HeaderValue::from_static("nosniff"),
         ))
+        .layer(SetResponseHeaderLayer::if_not_present(
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static(API_CSP),
+        ))
         .with_state(state)
 }
+
+/// The content security policy of every answer but the dashboard's page.
+pub const API_CSP: &str =
+    "default-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'";
 
 fn cors_layer(origins: &[String]) -> CorsLayer {
     let allow_origin = if origins.iter().any(|o| o == "*") {
@@ -179,34 +201,87 @@ async fn log_request(request: Request, next: Next) -> Response {
 /// the process for up to `SSE_WRITE_TIMEOUT` (a container is killed after 10 s by default).
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
+/// How long a connection refused at the cap is given to take its `503`.
+const REFUSAL_WRITE: Duration = Duration::from_secs(1);
+
+/// The answer to a connection beyond MAX_CONNECTIONS: written straight to the socket, since no
+/// HTTP connection is built for it (that is what the cap saves); the client has not been read.
+const BUSY_ANSWER: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\n\
+content-type: application/json\r\n\
+retry-after: 1\r\n\
+connection: close\r\n\
+content-length: 116\r\n\
+\r\n\
+{\"status\":\"error\",\"message\":\"The server has as many connections open as it allows (MAX_CONNECTIONS); retry shortly\"}";
+
 /// Serves the API on `listener` until `shutdown` completes, then finishes open requests for up
-/// to [`SHUTDOWN_GRACE`]. A connection whose write makes no progress for `write_timeout` is
-/// closed.
+/// to [`SHUTDOWN_GRACE`]. Before any request is read, and so before any key is checked:
+/// - at most `max_connections` are open; one more is answered `503` and closed;
+/// - a connection that has not sent a whole request head `header_read_timeout` after it
+///   opened, or after its last answer (idle keep-alive), is closed (hyper's timer);
+/// - a connection whose writes make no progress for `write_timeout` is closed (see
+///   [`accepted`]).
+///
+/// This is hyper's connection builder with a timer, and hyper-util's graceful shutdown;
+/// `axum::serve` has no timer, so its header-read timeout is off.
 pub async fn serve(
     listener: TcpListener,
-    write_timeout: Duration,
+    limits: &ServerLimits,
     app: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let listener = WriteTimeoutListener {
-        inner: listener,
-        write_timeout,
-    };
-    let stopping = CancellationToken::new();
-    let signal = {
-        let stopping = stopping.clone();
-        async move {
-            shutdown.await;
-            stopping.cancel();
-        }
-    };
-    let server = axum::serve(listener, app).with_graceful_shutdown(signal);
+    // HTTP/1.1 only: what browsers, clients and proxies send to a service like this (TLS and
+    // HTTP/2 end at the proxy in front). hyper-util's auto builder would first wait, with no
+    // timeout, for the bytes that tell HTTP/2 from HTTP/1, so a silent socket stayed open.
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout);
+    let service = TowerToHyperService::new(app);
+    let permits = Arc::new(Semaphore::new(limits.max_connections));
+    let graceful = GracefulShutdown::new();
+    let connections = TaskTracker::new();
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, addr) = tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Out of descriptors or a connection reset before it was taken: wait a
+                    // moment (what axum::serve does) rather than spin.
+                    tracing::warn!("accepting a connection failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let io = accepted(stream, addr, limits.write_timeout);
+        let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
+            connections.spawn(async move {
+                let mut io = io;
+                let refused = async {
+                    io.write_all(BUSY_ANSWER).await?;
+                    io.shutdown().await
+                };
+                let _ = tokio::time::timeout(REFUSAL_WRITE, refused).await;
+            });
+            continue;
+        };
+        let connection = builder.serve_connection(TokioIo::new(io), service.clone());
+        let connection = graceful.watch(connection);
+        connections.spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(%addr, "connection ended: {e}");
+            }
+            drop(permit);
+        });
+    }
+    drop(listener);
+    connections.close();
     tokio::select! {
-        result = server.into_future() => result,
-        () = async {
-            stopping.cancelled().await;
-            tokio::time::sleep(SHUTDOWN_GRACE).await;
-        } => {
+        () = graceful.shutdown() => Ok(()),
+        () = tokio::time::sleep(SHUTDOWN_GRACE) => {
             // The connections' tasks end with the runtime, when the process exits.
             tracing::warn!(
                 "connections still open {}s after shutdown began (clients not reading): left to close on exit",
@@ -217,7 +292,7 @@ pub async fn serve(
     }
 }
 
-/// Accepts connections that end when the client takes no data for `write_timeout`, instead of
+/// A connection that ends when the client takes no data for `write_timeout`, instead of
 /// waiting forever, so what it was being sent is freed:
 /// - a write of ours that makes no progress fails after `write_timeout` (the event being sent
 ///   is larger than what the kernel buffers);
@@ -225,26 +300,18 @@ pub async fn serve(
 ///   the client's receive window is shut, for `write_timeout` (`TCP_USER_TIMEOUT`). This catches
 ///   a client whose events all fitted in the kernel's buffers: our writes of keep-alives would
 ///   otherwise keep succeeding into the socket's send buffer forever.
-struct WriteTimeoutListener {
-    inner: TcpListener,
+fn accepted(
+    stream: TcpStream,
+    addr: SocketAddr,
     write_timeout: Duration,
-}
-
-impl axum::serve::Listener for WriteTimeoutListener {
-    type Io = Pin<Box<TimeoutWriter<TcpStream>>>;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        let (stream, addr) = axum::serve::Listener::accept(&mut self.inner).await;
-        if let Err(e) = SockRef::from(&stream).set_tcp_user_timeout(Some(self.write_timeout)) {
-            tracing::warn!(%addr, "cannot set TCP_USER_TIMEOUT: {e}");
-        }
-        let mut stream = TimeoutWriter::new(stream);
-        stream.set_timeout(Some(self.write_timeout));
-        (Box::pin(stream), addr)
+) -> Pin<Box<TimeoutWriter<TcpStream>>> {
+    if let Err(e) = SockRef::from(&stream).set_tcp_user_timeout(Some(write_timeout)) {
+        tracing::warn!(%addr, "cannot set TCP_USER_TIMEOUT: {e}");
     }
-
-    fn local_addr(&self) -> std::io::Result<Self::Addr> {
-        self.inner.local_addr()
+    if let Err(e) = stream.set_nodelay(true) {
+        tracing::debug!(%addr, "cannot set TCP_NODELAY: {e}");
     }
+    let mut stream = TimeoutWriter::new(stream);
+    stream.set_timeout(Some(write_timeout));
+    Box::pin(stream)
 }

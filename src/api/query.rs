@@ -8,10 +8,11 @@ use axum::body::{Body, Bytes};
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
+use axum::{Extension, Json};
 use serde::Deserialize;
 use serde_json::json;
 
+use super::auth::Caller;
 use super::error::ApiError;
 use super::fetch::current_snapshot;
 use super::negotiate::quality;
@@ -195,6 +196,7 @@ async fn ask(state: &AppState, ask: Ask, headers: &HeaderMap) -> Result<Response
 /// `GET /query?sql=…&p=…`: read-only SQL, its parameters bound in order.
 pub async fn query_get(
     State(state): State<AppState>,
+    caller: Option<Extension<Caller>>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
@@ -217,12 +219,13 @@ pub async fn query_get(
         stream = super::params::parse_bool(name, value)?;
     }
     if stream {
+        let slot = state.streams.for_caller(caller.as_deref())?;
         let ask = Ask {
             question: Question::Sql { sql, params },
             format,
             shape,
         };
-        return super::live::stream(state, ask).await;
+        return super::live::stream(state, ask, slot).await;
     }
     ask_sql(&state, sql, params, (format, shape), &headers).await
 }

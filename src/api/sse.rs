@@ -23,6 +23,7 @@ use bytes::Bytes;
 use tokio::sync::broadcast::{self, error::RecvError};
 
 use super::error::ApiError;
+use super::limits::StreamSlot;
 use super::negotiate::accepted_encoding;
 use super::params::Payload;
 use super::AppState;
@@ -61,7 +62,7 @@ struct EventStream {
     /// A snapshot event waiting for the body in the stream's encoding to be built.
     waiting: Option<(Kind, Arc<Snapshot>)>,
     /// Why the refresh asked for cannot run, reported after the `cached` event.
-    refusal: Option<String>,
+    refusal: Option<ApiError>,
     next_id: u64,
     finished: bool,
     payload: Payload,
@@ -72,6 +73,8 @@ struct EventStream {
     /// With `payload=delta`: a snapshot event to send as the changes since `held`.
     pending_delta: Option<Kind>,
     state: AppState,
+    /// This stream's place under MAX_STREAMS, freed when it ends.
+    _slot: StreamSlot,
 }
 
 impl EventStream {
@@ -145,8 +148,8 @@ impl EventStream {
             Kind::Updated if self.follow => {}
             Kind::Updated => self.finish(),
             Kind::Cached => {
-                if let Some(message) = self.refusal.take() {
-                    self.push_error(&message);
+                if let Some(refusal) = self.refusal.take() {
+                    self.push_error(refusal.code(), &refusal.to_string());
                     self.finish();
                 }
             }
@@ -205,8 +208,11 @@ impl EventStream {
         self.after_snapshot(kind);
     }
 
-    fn push_error(&mut self, message: &str) {
-        let json = serde_json::json!({"type": "error", "message": message}).to_string();
+    /// An `error` event: a stable code and a short message, never a sync's details (they stay
+    /// in the log and the admin's `/status`).
+    fn push_error(&mut self, code: &str, message: &str) {
+        let json =
+            serde_json::json!({"type": "error", "code": code, "message": message}).to_string();
         self.push_event(&json);
     }
 
@@ -260,8 +266,10 @@ impl EventStream {
                     }
                 }
                 outcome = self.outcomes.recv() => match outcome {
-                    Ok(SyncOutcome { result: Err(message), .. }) => {
-                        self.push_error(&message);
+                    Ok(outcome) if !outcome.is_success() => {
+                        if let Some((code, message)) = outcome.public_error() {
+                            self.push_error(code, message);
+                        }
                         if !self.follow {
                             self.finish();
                         }
@@ -307,7 +315,12 @@ pub struct StreamOptions {
 
 /// Starts the event stream, in the best encoding `request` accepts; with `refresh`, also
 /// starts a sync.
-pub async fn stream(state: AppState, request: &HeaderMap, options: StreamOptions) -> Response {
+pub async fn stream(
+    state: AppState,
+    request: &HeaderMap,
+    options: StreamOptions,
+    slot: StreamSlot,
+) -> Response {
     let StreamOptions {
         refresh,
         payload,
@@ -321,11 +334,15 @@ pub async fn stream(state: AppState, request: &HeaderMap, options: StreamOptions
     let encoding = accepted_encoding(request.get(header::ACCEPT_ENCODING), cached.as_deref());
     let refusal = match refresh {
         false => None,
-        true => match state.syncer.trigger().await {
-            Trigger::NotConfigured => Some(ApiError::SyncNotConfigured.to_string()),
-            Trigger::NoWorker => Some(ApiError::NoWorker.to_string()),
-            Trigger::ShuttingDown => Some(ApiError::ShuttingDown.to_string()),
-            Trigger::Started | Trigger::AlreadyRunning => None,
+        true => match state.refresh_gate.admit() {
+            Err(too_soon) => Some(too_soon),
+            Ok(()) => match state.syncer.trigger().await {
+                Trigger::NotConfigured => Some(ApiError::SyncNotConfigured),
+                Trigger::NoWorker => Some(ApiError::NoWorker),
+                Trigger::ShuttingDown => Some(ApiError::ShuttingDown),
+                Trigger::LoginBlocked => Some(ApiError::LoginBlocked),
+                Trigger::Started | Trigger::AlreadyRunning => None,
+            },
         },
     };
     let mut stream = EventStream {
@@ -355,6 +372,7 @@ pub async fn stream(state: AppState, request: &HeaderMap, options: StreamOptions
         },
         pending_delta: None,
         state,
+        _slot: slot,
     };
     match cached {
         Some(snapshot) => stream.push_snapshot(Kind::Cached, snapshot),

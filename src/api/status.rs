@@ -1,11 +1,13 @@
 //! `/health`, `/status` and `/refresh`.
 
-use axum::extract::State;
+use axum::extract::{RawQuery, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
+use axum::Extension;
 use axum::Json;
 use serde_json::{json, Value};
 
+use super::auth::Caller;
 use super::error::ApiError;
 use super::AppState;
 use crate::sync::Trigger;
@@ -15,8 +17,13 @@ pub async fn health() -> Json<Value> {
     Json(json!({"status": "ok"}))
 }
 
-/// `GET /status`: facts about the cache and the sync. Never shows settings or secrets.
-pub async fn status(State(state): State<AppState>) -> Json<Value> {
+/// `GET /status`: facts about the cache and the sync. Never shows settings or secrets; the
+/// errors' texts (which may name hosts, users and paths) only to an admin key.
+pub async fn status(
+    State(state): State<AppState>,
+    caller: Option<Extension<Caller>>,
+) -> Json<Value> {
+    let admin = caller.is_some_and(|Extension(c)| c.is_admin());
     let cache = match state.cache.current() {
         Some(s) => json!({
             "exists": true,
@@ -57,15 +64,59 @@ pub async fn status(State(state): State<AppState>) -> Json<Value> {
             serde_json::to_value(state.monitor.recent()).unwrap_or_default(),
         );
     }
-    Json(json!({"status": "ok", "cache": cache, "sync": sync}))
+    let mut status = json!({"status": "ok", "cache": cache, "sync": sync});
+    if !admin {
+        hide_details(&mut status);
+    }
+    Json(status)
+}
+
+/// Replaces the texts of errors with whether there was one: a read key learns that a sync
+/// failed, not where phpMyAdmin lives or who logs in.
+fn hide_details(status: &mut Value) {
+    let hide = |value: &mut Value| {
+        if !value.is_null() {
+            *value = Value::from("hidden: the details take an admin key (ADMIN_API_KEY)");
+        }
+    };
+    if let Some(error) = status.pointer_mut("/cache/error") {
+        hide(error);
+    }
+    if let Some(error) = status.pointer_mut("/sync/last_error") {
+        hide(error);
+    }
+    if let Some(Value::Array(recent)) = status.pointer_mut("/sync/recent") {
+        for sync in recent {
+            if let Some(error) = sync.get_mut("error") {
+                hide(error);
+            }
+        }
+    }
+    status["details"] = Value::from("admin only");
 }
 
 /// `POST /refresh`: starts a sync in the background unless one is running; a replica without
-/// phpMyAdmin settings forwards it to the worker through Redis.
-pub async fn refresh(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
-    let status = match state.syncer.trigger().await {
+/// phpMyAdmin settings forwards it to the worker through Redis. At most one per
+/// REFRESH_MIN_INTERVAL (`429` with Retry-After); after phpMyAdmin rejected the login, only with
+/// `retry_login=true`.
+pub async fn refresh(
+    State(state): State<AppState>,
+    RawQuery(query): RawQuery,
+) -> Result<impl IntoResponse, ApiError> {
+    let mut retry_login = false;
+    for (name, value) in url::form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
+        if name == "retry_login" {
+            retry_login = super::params::parse_bool(&name, &value)?;
+        }
+    }
+    if state.syncer.login_blocked() && !retry_login {
+        return Err(ApiError::LoginBlocked);
+    }
+    state.refresh_gate.admit()?;
+    let status = match state.syncer.trigger_with(retry_login).await {
         Trigger::Started => "triggered",
         Trigger::AlreadyRunning => "already in progress",
+        Trigger::LoginBlocked => return Err(ApiError::LoginBlocked),
         Trigger::NotConfigured => return Err(ApiError::SyncNotConfigured),
         Trigger::NoWorker => return Err(ApiError::NoWorker),
         Trigger::ShuttingDown => return Err(ApiError::ShuttingDown),

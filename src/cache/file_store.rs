@@ -159,7 +159,8 @@ fn open_lock_file(path: &Path) -> anyhow::Result<File> {
         .create(true)
         .truncate(false)
         .write(true)
-        .mode(0o644)
+        // Another user who could open it could `flock` it and stop every sync.
+        .mode(0o600)
         .open(path);
     // A lock file made earlier still locks on a folder that became read-only; the write
     // that follows then reports the real problem.

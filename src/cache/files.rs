@@ -87,6 +87,23 @@ pub fn write_atomic_unsynced(path: &Path, contents: &[u8]) -> anyhow::Result<()>
     replace_file(path, &[contents], false)
 }
 
+/// Whether the files pma-cache writes are readable by the group (CACHE_GROUP_READABLE), set
+/// once at start. Process-wide, like the umask it stands beside.
+static GROUP_READABLE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Makes the files written from now on readable by the group (`true`) or private (`false`).
+pub fn set_group_readable(readable: bool) {
+    GROUP_READABLE.store(readable, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// The mode of a file pma-cache writes: 0600, or 0640 when the group may read it.
+pub fn file_mode() -> u32 {
+    match GROUP_READABLE.load(std::sync::atomic::Ordering::Relaxed) {
+        true => 0o640,
+        false => 0o600,
+    }
+}
+
 fn replace_file(path: &Path, parts: &[&[u8]], durable: bool) -> anyhow::Result<()> {
     let dir = folder_of(path);
     let mut tmp = tempfile::Builder::new()
@@ -104,8 +121,9 @@ fn replace_file(path: &Path, parts: &[&[u8]], durable: bool) -> anyhow::Result<(
         })
         .map_err(|e| with_cause(e, &dir))
         .with_context(|| format!("cannot write the new version of {}", path.display()))?;
-    // Other processes (a separate `serve`) read this file.
-    fs::set_permissions(tmp.path(), fs::Permissions::from_mode(0o644))?;
+    // Private to the user pma-cache runs as (a separate `serve` runs as the same user), or
+    // readable by its group when CACHE_GROUP_READABLE says so.
+    fs::set_permissions(tmp.path(), fs::Permissions::from_mode(file_mode()))?;
     tmp.persist(path)
         .map_err(|e| with_cause(e.error, path))
         .with_context(|| format!("cannot rename the new version over {}", path.display()))?;
@@ -248,7 +266,7 @@ mod tests {
         assert_eq!(fs::read(&path).unwrap(), b"two");
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
         let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
-        assert_eq!(mode, 0o644);
+        assert_eq!(mode, 0o600);
     }
 
     #[test]

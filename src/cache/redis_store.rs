@@ -15,6 +15,12 @@
 //!   compute them (the first of several computing the same one wins: `<prefix>:deltas:ids`
 //!   holds the ids listed), capped; a replica that missed versions or starts late takes the
 //!   chain that ends at its version from there.
+//! - Nothing read from Redis is trusted: whoever can write to it may not hold the secret. Each
+//!   version is signed (`mac`, HMAC-SHA256 with REDIS_SIGNING_KEY over its `meta` and `body`),
+//!   and so is each change set; sizes are checked in Redis before anything is read (a script)
+//!   and against REDIS_MAX_BYTES before anything is allocated; the body is decompressed with a
+//!   hard limit of the size it declares. A version refused for its content is remembered and
+//!   not read again until another is announced; the replica keeps serving what it has.
 //! - `<prefix>:refresh` — the channel on which a replica without phpMyAdmin settings forwards a
 //!   refresh request (a random id) to the worker; the worker answers on `<prefix>:refresh:<id>`.
 
@@ -23,9 +29,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
+use base64::Engine;
 use futures_util::StreamExt;
+use hmac::{Hmac, Mac};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use serde::{Deserialize, Serialize};
+use sha2::Sha256;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 use super::convert::Converted;
@@ -34,6 +43,23 @@ use super::format::{self, BODY_PREFIX, BODY_ROOM};
 use super::framing::zstd_body_of;
 use super::record::VersionRecord;
 use super::snapshot::Snapshot;
+use crate::config::Secret;
+
+/// A version Redis holds that was refused for what it is (its size, signature, checksum or
+/// content), not for a failure to read it: not read again until another one is announced.
+#[derive(Debug, thiserror::Error)]
+#[error("the version in Redis was refused: {0}")]
+pub struct Refused(String);
+
+/// Largest `meta` field read: a version's record and column names.
+const MAX_META_BYTES: u64 = 4 << 20;
+
+/// The least REDIS_MAX_BYTES defaults to, whatever the size of the version served.
+const MIN_DEFAULT_MAX_BYTES: u64 = 2 << 30;
+
+/// How a signature starts, so that a version's and a change set's can never be swapped.
+const VERSION_MAC: &[u8] = b"pma-cache version 1\n";
+const CHANGE_SET_MAC: &[u8] = b"pma-cache change set 1\n";
 
 /// A version as Redis holds it, beside its body.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -49,9 +75,6 @@ pub struct SharedMeta {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data_hash: Option<u64>,
 }
-
-/// One field read from Redis.
-type Bytes = Vec<u8>;
 
 /// A version compressed and described, ready to publish.
 #[derive(Debug)]
@@ -89,7 +112,45 @@ pub struct RedisStore {
     lock_ttl: Duration,
     /// The last error talking to Redis, cleared by the next success; shown in `/status`.
     last_error: Mutex<Option<String>>,
+    /// What every version and change set is signed with.
+    signing_key: Secret,
+    /// REDIS_MAX_BYTES, when set.
+    max_bytes: Option<u64>,
+    /// The document size of the last version published or loaded, for the default bound.
+    last_document_bytes: std::sync::atomic::AtomicU64,
 }
+
+/// The version's fields, only when their sizes are within bounds (`ARGV[1]` for `meta`,
+/// `ARGV[2]` for `body`); their sizes otherwise, so that nothing oversized is ever sent.
+const READ_BOUNDED: &str = r#"
+local m = redis.call("HSTRLEN", KEYS[1], "meta")
+local b = redis.call("HSTRLEN", KEYS[1], "body")
+if m == 0 then return {} end
+if m > tonumber(ARGV[1]) or b > tonumber(ARGV[2]) then return {m, b} end
+return redis.call("HMGET", KEYS[1], "meta", "body", "mac")
+"#;
+/// The `meta` field only, when within `ARGV[1]` bytes; its size otherwise.
+const READ_META: &str = r#"
+local m = redis.call("HSTRLEN", KEYS[1], "meta")
+if m == 0 then return false end
+if m > tonumber(ARGV[1]) then return m end
+return redis.call("HGET", KEYS[1], "meta")
+"#;
+/// The change sets listed, oldest first, each at most `ARGV[1]` bytes (larger ones are left
+/// out), the newest ones that fit in `ARGV[2]` bytes together.
+const READ_CHANGE_SETS: &str = r#"
+local entries = redis.call("LRANGE", KEYS[1], 0, -1)
+local out, total = {}, 0
+for i = #entries, 1, -1 do
+  local n = string.len(entries[i])
+  if n <= tonumber(ARGV[1]) then
+    total = total + n
+    if total > tonumber(ARGV[2]) then break end
+    table.insert(out, 1, entries[i])
+  end
+end
+return out
+"#;
 
 /// Renews the lock while held; its release deletes the key only if it still holds `token`.
 const RENEW: &str = r#"if redis.call("GET", KEYS[1]) == ARGV[1] then return redis.call("PEXPIRE", KEYS[1], ARGV[2]) else return 0 end"#;
@@ -115,6 +176,8 @@ impl RedisStore {
         url: &str,
         prefix: &str,
         lock_ttl: Duration,
+        signing_key: Secret,
+        max_bytes: Option<u64>,
         local: FileStore,
     ) -> anyhow::Result<Self> {
         let client = redis::Client::open(url).context("REDIS_URL is not a valid Redis URL")?;
@@ -138,7 +201,42 @@ impl RedisStore {
             delta_ids_key: format!("{prefix}:deltas:ids"),
             lock_ttl,
             last_error: Mutex::new(None),
+            signing_key,
+            max_bytes,
+            last_document_bytes: std::sync::atomic::AtomicU64::new(0),
         })
+    }
+
+    /// The largest document or body read: REDIS_MAX_BYTES, else 8 times the last version's
+    /// document, at least 2 GiB.
+    fn max_bytes(&self) -> u64 {
+        self.max_bytes.unwrap_or_else(|| {
+            let last = self
+                .last_document_bytes
+                .load(std::sync::atomic::Ordering::Relaxed);
+            last.saturating_mul(8).max(MIN_DEFAULT_MAX_BYTES)
+        })
+    }
+
+    /// The signature of `parts` (after `domain`), each with its length so that none can be
+    /// moved into another.
+    fn sign(&self, domain: &[u8], parts: &[&[u8]]) -> Hmac<Sha256> {
+        let mut mac = Hmac::<Sha256>::new_from_slice(self.signing_key.expose().as_bytes())
+            .expect("HMAC takes a key of any length");
+        mac.update(domain);
+        for part in parts {
+            mac.update(&(part.len() as u64).to_le_bytes());
+            mac.update(part);
+        }
+        mac
+    }
+
+    /// Whether `tag` (base64) signs `parts`, compared in constant time.
+    fn signed(&self, domain: &[u8], parts: &[&[u8]], tag: &[u8]) -> bool {
+        let Some(tag) = decode_tag(tag) else {
+            return false;
+        };
+        self.sign(domain, parts).verify_slice(&tag).is_ok()
     }
 
     /// The local copy of the current version.
@@ -196,12 +294,26 @@ impl RedisStore {
     /// previous version stays if this fails.
     pub async fn publish(&self, version: &Prepared) -> anyhow::Result<()> {
         let meta_json = serde_json::to_vec(&version.meta)?;
+        let mac = encode_tag(
+            &self
+                .sign(VERSION_MAC, &[&meta_json, &version.body])
+                .finalize()
+                .into_bytes(),
+        );
+        self.last_document_bytes.store(
+            version.meta.document_bytes as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
         let mut conn = self.conn.clone();
         let result: redis::RedisResult<()> = redis::pipe()
             .atomic()
             .hset_multiple(
                 &self.current,
-                &[("meta", meta_json.as_slice()), ("body", &version.body[..])],
+                &[
+                    ("meta", meta_json.as_slice()),
+                    ("body", &version.body[..]),
+                    ("mac", mac.as_bytes()),
+                ],
             )
             .ignore()
             .publish(&self.channel, &version.meta.record.version)
@@ -212,54 +324,98 @@ impl RedisStore {
     }
 
     /// The metadata of the current version, `None` when Redis holds none.
+    /// Unsigned: for facts (rows, size, time) only; what is served comes from [`Self::load`].
     pub async fn current_meta(&self) -> anyhow::Result<Option<SharedMeta>> {
         let mut conn = self.conn.clone();
-        let result: redis::RedisResult<Option<Vec<u8>>> = redis::cmd("HGET")
-            .arg(&self.current)
-            .arg("meta")
-            .query_async(&mut conn)
+        let result: redis::RedisResult<redis::Value> = redis::Script::new(READ_META)
+            .key(&self.current)
+            .arg(MAX_META_BYTES)
+            .invoke_async(&mut conn)
             .await;
-        let Some(json) = self.note(result, "read the current version")? else {
-            return Ok(None);
+        let json = match self.note(result, "read the current version")? {
+            redis::Value::BulkString(json) => json,
+            redis::Value::Int(size) => {
+                return Err(Refused(format!("its metadata is {size} bytes")).into())
+            }
+            _ => return Ok(None),
         };
-        serde_json::from_slice(&json)
-            .context("the version metadata in Redis is not valid")
-            .map(Some)
+        let meta = serde_json::from_slice(&json)
+            .map_err(|e| Refused(format!("its metadata is not valid ({e})")))?;
+        Ok(Some(meta))
     }
 
-    /// The current version, checked against its checksum.
+    /// The current version, checked for its size, its signature and its checksum, in that order:
+    /// nothing is allocated or decompressed for a version that is too large or not signed with
+    /// our key. `Err(Refused)` for a version that is not acceptable as it is.
     pub async fn load(&self) -> anyhow::Result<Option<Loaded>> {
+        let max = self.max_bytes();
         let mut conn = self.conn.clone();
-        let result: redis::RedisResult<(Option<Bytes>, Option<Bytes>)> = redis::cmd("HMGET")
-            .arg(&self.current)
-            .arg("meta")
-            .arg("body")
-            .query_async(&mut conn)
+        let result: redis::RedisResult<Vec<redis::Value>> = redis::Script::new(READ_BOUNDED)
+            .key(&self.current)
+            .arg(MAX_META_BYTES)
+            .arg(max)
+            .invoke_async(&mut conn)
             .await;
-        let (Some(meta), Some(body)) = self.note(result, "read the current version")? else {
-            return Ok(None);
+        let fields = self.note(result, "read the current version")?;
+        let (meta, body, mac) = match <[redis::Value; 3]>::try_from(fields) {
+            Ok([redis::Value::BulkString(meta), redis::Value::BulkString(body), mac]) => {
+                (meta, body, mac)
+            }
+            Ok(_) => return Err(Refused("it lacks its metadata or body".into()).into()),
+            Err(fields) if fields.is_empty() => return Ok(None),
+            Err(fields) => {
+                return Err(Refused(format!(
+                    "its metadata and body take {fields:?} bytes, over the bounds ({MAX_META_BYTES} and REDIS_MAX_BYTES {max})"
+                ))
+                .into())
+            }
         };
-        let meta: SharedMeta =
-            serde_json::from_slice(&meta).context("the version metadata in Redis is not valid")?;
+        let signed = match &mac {
+            redis::Value::BulkString(tag) => self.signed(VERSION_MAC, &[&meta, &body], tag),
+            _ => false,
+        };
+        if !signed {
+            return Err(Refused(
+                "it is not signed with REDIS_SIGNING_KEY (a publisher with another key, or a write by someone without it)".into(),
+            )
+            .into());
+        }
+        let meta: SharedMeta = serde_json::from_slice(&meta)
+            .map_err(|e| Refused(format!("its metadata is not valid ({e})")))?;
         let expected = (meta.document_bytes, meta.checksum);
+        if expected.0 as u64 > max {
+            return Err(Refused(format!(
+                "it declares a document of {} bytes, over REDIS_MAX_BYTES ({max})",
+                expected.0
+            ))
+            .into());
+        }
         let body = bytes::Bytes::from(body);
         let frame = body.clone();
         let buf = tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<u8>> {
             // The body is the document with BODY_PREFIX in place of its `{`: decoded in place,
-            // putting the `{` back leaves the document at BODY_ROOM.
-            let mut buf = Vec::with_capacity(BODY_ROOM + expected.0);
-            zstd::stream::read::Decoder::new(&body[..])?.read_to_end(&mut buf)?;
-            let matches = buf.len() == BODY_ROOM + expected.0 && buf.starts_with(BODY_PREFIX) && {
+            // putting the `{` back leaves the document at BODY_ROOM. Never more than declared
+            // is decoded: one byte more is enough to refuse it.
+            let limit = BODY_ROOM + expected.0;
+            let mut buf = Vec::with_capacity(limit);
+            zstd::stream::read::Decoder::new(&body[..])
+                .and_then(|decoder| decoder.take(limit as u64 + 1).read_to_end(&mut buf))
+                .map_err(|e| Refused(format!("its body does not decompress ({e})")))?;
+            let matches = buf.len() == limit && buf.starts_with(BODY_PREFIX) && {
                 buf[BODY_ROOM] = b'{';
                 let mut crc = flate2::Crc::new();
                 crc.update(&buf[BODY_ROOM..]);
                 crc.sum() == expected.1
             };
-            anyhow::ensure!(matches, "the version in Redis does not match its checksum");
+            if !matches {
+                return Err(Refused("it does not match its size and checksum".into()).into());
+            }
             Ok(buf)
         })
         .await
         .context("the decompressor stopped")??;
+        self.last_document_bytes
+            .store(expected.0 as u64, std::sync::atomic::Ordering::Relaxed);
         Ok(Some((meta, buf, frame)))
     }
 
@@ -273,8 +429,16 @@ impl RedisStore {
         cap: usize,
     ) -> anyhow::Result<bool> {
         let id = format!("{from}>{to}");
-        let mut entry = Vec::with_capacity(id.len() + 1 + shared.len());
+        let mac = encode_tag(
+            &self
+                .sign(CHANGE_SET_MAC, &[id.as_bytes(), shared])
+                .finalize()
+                .into_bytes(),
+        );
+        let mut entry = Vec::with_capacity(id.len() + mac.len() + 2 + shared.len());
         entry.extend_from_slice(id.as_bytes());
+        entry.push(b'\n');
+        entry.extend_from_slice(mac.as_bytes());
         entry.push(b'\n');
         entry.extend_from_slice(shared);
         let mut conn = self.conn.clone();
@@ -289,28 +453,46 @@ impl RedisStore {
         self.note(result, "share a change set").map(|n| n == 1)
     }
 
-    /// The change sets shared, oldest first: each one's `from`, `to` and shared form. Entries
-    /// that are not `<from>><to>\n…` are left out.
-    pub async fn shared_change_sets(&self) -> anyhow::Result<Vec<(String, String, Vec<u8>)>> {
+    /// The change sets shared, oldest first: each one's `from`, `to` and shared form, at most
+    /// `memory` bytes in all. Entries that are not `<from>><to>\n<signature>\n…`, or whose
+    /// signature is not ours, are left out (and counted in the log).
+    pub async fn shared_change_sets(
+        &self,
+        memory: usize,
+    ) -> anyhow::Result<Vec<(String, String, Vec<u8>)>> {
         let mut conn = self.conn.clone();
-        let result: redis::RedisResult<Vec<Vec<u8>>> = redis::cmd("LRANGE")
-            .arg(&self.deltas_key)
-            .arg(0)
-            .arg(-1)
-            .query_async(&mut conn)
+        let result: redis::RedisResult<Vec<Vec<u8>>> = redis::Script::new(READ_CHANGE_SETS)
+            .key(&self.deltas_key)
+            .arg(memory)
+            .arg(memory)
+            .invoke_async(&mut conn)
             .await;
         let entries = self.note(result, "read the shared change sets")?;
-        Ok(entries
+        let listed = entries.len();
+        let sets: Vec<_> = entries
             .into_iter()
             .filter_map(|mut entry| {
                 let cut = entry.iter().position(|b| *b == b'\n')?;
-                let id = std::str::from_utf8(&entry[..cut]).ok()?;
+                let id = std::str::from_utf8(&entry[..cut]).ok()?.to_owned();
+                let rest = &entry[cut + 1..];
+                let tag_end = rest.iter().position(|b| *b == b'\n')?;
+                let (tag, shared) = (&rest[..tag_end], &rest[tag_end + 1..]);
+                if !self.signed(CHANGE_SET_MAC, &[id.as_bytes(), shared], tag) {
+                    return None;
+                }
                 let (from, to) = id.split_once('>')?;
                 let (from, to) = (from.to_owned(), to.to_owned());
-                entry.drain(..=cut);
+                entry.drain(..cut + 1 + tag_end + 1);
                 Some((from, to, entry))
             })
-            .collect())
+            .collect();
+        if sets.len() < listed {
+            tracing::warn!(
+                refused = listed - sets.len(),
+                "change sets in Redis not signed with REDIS_SIGNING_KEY (or malformed) were left out"
+            );
+        }
+        Ok(sets)
     }
 
     /// Calls `on_news` with each version id announced, until `stop`. Reconnects by itself.
@@ -562,14 +744,43 @@ impl RedisStore {
 
     /// Loads the version Redis holds if it is not the one known, as a snapshot (its zstd
     /// variant the frame Redis holds, as published) with its record. `Ok(None)`: nothing new.
+    /// A version refused for what it is ([`Refused`]) is reported once, then left alone until
+    /// another is announced.
     pub async fn load_new(&self) -> anyhow::Result<Option<(Snapshot, VersionRecord)>> {
-        let Some(meta) = self.current_meta().await? else {
+        let meta = match self.current_meta().await {
+            Err(e) if e.is::<Refused>() => {
+                // No id to remember it by: one stands for every unreadable record, until a
+                // readable one is announced.
+                const UNREADABLE: &str = "(unreadable)";
+                let mut known = lock(&self.known_version);
+                if known.as_deref() == Some(UNREADABLE) {
+                    return Ok(None);
+                }
+                *known = Some(UNREADABLE.to_owned());
+                return Err(e.context(
+                    "the version in Redis was not loaded, and is not tried again until another is announced; the version in memory is still served",
+                ));
+            }
+            other => other?,
+        };
+        let Some(meta) = meta else {
             return Ok(None);
         };
         if lock(&self.known_version).as_deref() == Some(meta.record.version.as_str()) {
             return Ok(None);
         }
-        let Some((meta, buf, frame)) = self.load().await? else {
+        let loaded = match self.load().await {
+            Err(e) if e.is::<Refused>() => {
+                // Its (unsigned) id stands for it until another version is announced.
+                *lock(&self.known_version) = Some(meta.record.version.clone());
+                return Err(e.context(format!(
+                    "version {:?} not loaded, and not tried again until another is announced; the version in memory is still served",
+                    meta.record.version
+                )));
+            }
+            other => other?,
+        };
+        let Some((meta, buf, frame)) = loaded else {
             return Ok(None);
         };
         *lock(&self.known_version) = Some(meta.record.version.clone());
@@ -589,6 +800,14 @@ impl RedisStore {
         snapshot.adopt_zstd(frame);
         Ok(Some((snapshot, meta.record)))
     }
+}
+
+fn encode_tag(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+fn decode_tag(text: &[u8]) -> Option<Vec<u8>> {
+    base64::engine::general_purpose::STANDARD.decode(text).ok()
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -84,6 +84,8 @@ impl VersionStore {
                 s.redis_url.expose(),
                 REDIS_PREFIX,
                 s.lock_ttl,
+                s.signing_key,
+                s.max_bytes,
                 file,
             )?)),
         };

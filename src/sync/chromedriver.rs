@@ -55,12 +55,13 @@ pub struct ChromeDriver {
 }
 
 impl ChromeDriver {
-    /// Starts `program` on a free loopback port and waits until it is ready.
-    pub async fn start(program: &Path) -> Result<Self, ExportError> {
+    /// Starts `program` on a free loopback port, with `temp_dir` as the temporary folder of it
+    /// and the browsers it starts, and waits until it is ready.
+    pub async fn start(program: &Path, temp_dir: &Path) -> Result<Self, ExportError> {
         // A free port can be taken between probing and ChromeDriver's bind: try a few.
         let mut last_error = None;
         for _ in 0..3 {
-            match Self::start_on_free_port(program).await {
+            match Self::start_on_free_port(program, temp_dir).await {
                 Ok(driver) => return Ok(driver),
                 Err(e @ ExportError::Fatal(_)) => return Err(e),
                 Err(e) => last_error = Some(e),
@@ -69,7 +70,7 @@ impl ChromeDriver {
         Err(last_error.expect("at least one attempt"))
     }
 
-    async fn start_on_free_port(program: &Path) -> Result<Self, ExportError> {
+    async fn start_on_free_port(program: &Path, temp_dir: &Path) -> Result<Self, ExportError> {
         let port = free_loopback_port()
             .context("cannot find a free loopback port for chromedriver")
             .map_err(ExportError::Transient)?;
@@ -78,6 +79,7 @@ impl ChromeDriver {
             .args(["-c", SUPERVISOR, SUPERVISOR_NAME])
             .arg(program)
             .arg(format!("--port={port}"))
+            .env("TMPDIR", temp_dir)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

@@ -5,6 +5,15 @@ use anyhow::anyhow;
 
 use crate::config::Secret;
 
+/// A sync that ended because phpMyAdmin refused the credentials: the syncer tries no login
+/// again until the settings change or an admin asks for one.
+#[derive(Debug, thiserror::Error)]
+#[error("phpMyAdmin rejected the login for user {user:?} (not retried): {message}")]
+pub struct LoginRejected {
+    pub user: String,
+    pub message: String,
+}
+
 /// Why an export failed. The caller retries only [`ExportError::Transient`].
 #[derive(Debug, thiserror::Error)]
 pub enum ExportError {

@@ -1,6 +1,7 @@
 //! Failure evidence: a screenshot and the page source of a failed sync, kept in
 //! `failures_dir` (the newest [`KEEP_FAILURES`] pairs) so an operator can see what the browser saw.
 
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::Path;
 use std::time::Duration;
 
@@ -38,18 +39,32 @@ pub async fn save_failure(client: &Client, dir: &Path) {
     .unwrap_or_default();
     let dir = dir.to_owned();
     let saved = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
-        std::fs::create_dir_all(&dir)
+        // The page may show the user name and the database: private to pma-cache's user.
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
             .with_context(|| format!("cannot create {}", dir.display()))?;
         let png = dir.join(format!("{stem}.png"));
         let page = dir.join(format!("{stem}.html"));
+        let write = |path: &std::path::Path, bytes: &[u8]| -> std::io::Result<()> {
+            use std::io::Write;
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(path)?
+                .write_all(bytes)
+        };
         if let Ok(bytes) = &shot {
-            std::fs::write(&png, bytes)?;
+            write(&png, bytes)?;
         }
         let html = match &source {
             Ok(html) => format!("<!-- {url} -->\n{html}"),
             Err(e) => format!("<!-- {url} -->\n<!-- page source unavailable: {e:#} -->\n"),
         };
-        std::fs::write(&page, html)?;
+        write(&page, html.as_bytes())?;
         prune_failures(&dir, KEEP_FAILURES)?;
         Ok((png, page))
     })

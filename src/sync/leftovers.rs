@@ -12,12 +12,15 @@ use std::path::{Path, PathBuf};
 
 use crate::sync::chromedriver;
 
-/// Creates a folder of `kind` for this process in the temp folder; removed when dropped.
+/// Creates a folder of `kind` for this process in the temp folder, private to its user (0700:
+/// it holds the browser's profile and the exported CSV); removed when dropped.
 pub fn folder(kind: &str) -> io::Result<tempfile::TempDir> {
+    use std::os::unix::fs::PermissionsExt;
     let me = std::process::id();
     let start = start_time(me).unwrap_or(0);
     tempfile::Builder::new()
         .prefix(&format!("pma-cache-{kind}-{me}-{start}-"))
+        .permissions(std::fs::Permissions::from_mode(0o700))
         .tempdir()
 }
 

@@ -13,12 +13,30 @@ pub struct SyncOutcome {
     pub duration: Duration,
     /// Rows written, or why the sync failed.
     pub result: Result<usize, String>,
+    /// The failure was phpMyAdmin refusing the login.
+    pub login_rejected: bool,
 }
 
 impl SyncOutcome {
     /// Whether the sync succeeded.
     pub fn is_success(&self) -> bool {
         self.result.is_ok()
+    }
+
+    /// A failure as clients may see it: a stable code and a short message. The details (which
+    /// may name hosts, users and paths) stay in the log and the admin's `/status`.
+    pub fn public_error(&self) -> Option<(&'static str, &'static str)> {
+        match (&self.result, self.login_rejected) {
+            (Ok(_), _) => None,
+            (Err(_), true) => Some((
+                "login_rejected",
+                "phpMyAdmin rejected the login; the previous version is still served",
+            )),
+            (Err(_), false) => Some((
+                "sync_failed",
+                "The sync failed; the previous version is still served",
+            )),
+        }
     }
 }
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::bail;
 use tokio_util::sync::CancellationToken;
 
-use super::error::ExportError;
+use super::error::{ExportError, LoginRejected};
 use super::follow::FollowedConversion;
 use super::phpmyadmin::export_table_csv;
 use super::session::Browser;
@@ -84,10 +84,13 @@ pub async fn export_with_retries(
                 }
                 backoff *= 2;
             }
-            Err(ExportError::LoginRejected(message)) => bail!(
-                "phpMyAdmin rejected the login for user {:?} (not retried): {message}",
-                settings.username
-            ),
+            Err(ExportError::LoginRejected(message)) => {
+                return Err(LoginRejected {
+                    user: settings.username.clone(),
+                    message,
+                }
+                .into())
+            }
             Err(ExportError::Transient(e)) => {
                 return Err(e.context(format!("{what} failed {EXPORT_ATTEMPTS} times")))
             }

@@ -16,6 +16,7 @@ use tokio::sync::broadcast::{self, error::RecvError};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::error::LoginRejected;
 use super::kept_browser::KeptBrowser;
 use super::once::{sync_once, SyncReport};
 use super::outcome::{SyncOutcome, OUTCOMES_KEPT};
@@ -46,6 +47,9 @@ pub enum Trigger {
     NotConfigured,
     /// Forwarded through Redis, but no worker answered within [`FORWARD_WAIT`].
     NoWorker,
+    /// phpMyAdmin rejected the last login: none is tried until the settings change or an
+    /// admin asks for one.
+    LoginBlocked,
 }
 
 impl Trigger {
@@ -57,6 +61,7 @@ impl Trigger {
             Trigger::ShuttingDown => "shutting down",
             Trigger::NotConfigured => "not configured",
             Trigger::NoWorker => "no worker",
+            Trigger::LoginBlocked => "login blocked",
         }
     }
 
@@ -65,6 +70,7 @@ impl Trigger {
             "triggered" => Trigger::Started,
             "already in progress" => Trigger::AlreadyRunning,
             "shutting down" => Trigger::ShuttingDown,
+            "login blocked" => Trigger::LoginBlocked,
             _ => Trigger::NoWorker,
         }
     }
@@ -87,6 +93,9 @@ pub struct Syncer {
     tasks: TaskTracker,
     shutdown: CancellationToken,
     browser: KeptBrowser,
+    /// phpMyAdmin rejected the last login: no further login until the settings change (a
+    /// restart with new ones) or an admin asks ([`Syncer::trigger_with`]).
+    login_blocked: AtomicBool,
 }
 
 /// Marks this process's single flight as taken; frees it when dropped, whatever way the sync
@@ -120,6 +129,7 @@ impl Syncer {
             tasks,
             shutdown,
             browser: KeptBrowser::default(),
+            login_blocked: AtomicBool::new(false),
         })
     }
 
@@ -138,6 +148,11 @@ impl Syncer {
         status
     }
 
+    /// Whether phpMyAdmin rejected the last login here (no login is tried until asked).
+    pub fn login_blocked(&self) -> bool {
+        self.login_blocked.load(Ordering::Acquire)
+    }
+
     /// Subscribes to the outcome of every sync that finishes from now on.
     pub fn subscribe_outcomes(&self) -> broadcast::Receiver<SyncOutcome> {
         self.outcomes.subscribe()
@@ -147,11 +162,20 @@ impl Syncer {
     /// shares the cache. Without phpMyAdmin settings but with Redis (a replica), the request is
     /// forwarded to the worker, whose answer this returns.
     pub async fn trigger(self: &Arc<Self>) -> Trigger {
+        self.trigger_with(false).await
+    }
+
+    /// [`Syncer::trigger`]; after phpMyAdmin rejected the login, only with `retry_login` (an
+    /// admin who fixed the account says so). A forwarded request never retries a login.
+    pub async fn trigger_with(self: &Arc<Self>, retry_login: bool) -> Trigger {
         let Some(settings) = self.settings.clone() else {
             return self.forward().await;
         };
         if self.shutdown.is_cancelled() {
             return Trigger::ShuttingDown;
+        }
+        if self.login_blocked.load(Ordering::Acquire) && !retry_login {
+            return Trigger::LoginBlocked;
         }
         if self
             .running
@@ -286,6 +310,15 @@ impl Syncer {
         result: anyhow::Result<SyncReport>,
     ) {
         let now = OffsetDateTime::now_utc();
+        let login_rejected = result
+            .as_ref()
+            .is_err_and(|e| e.chain().any(|cause| cause.is::<LoginRejected>()));
+        self.login_blocked.store(login_rejected, Ordering::Release);
+        if login_rejected {
+            tracing::error!(
+                "no sync logs in again until the settings change (restart with a corrected PMA_USERNAME or PMA_PASSWORD) or an admin asks with POST /refresh?retry_login=true"
+            );
+        }
         let outcome = SyncOutcome {
             started_at,
             duration,
@@ -293,6 +326,7 @@ impl Syncer {
                 .as_ref()
                 .map(|r| r.rows)
                 .map_err(|e| format!("{e:#}")),
+            login_rejected,
         };
         match result {
             Ok(report) => {
@@ -345,6 +379,13 @@ impl Syncer {
                 }
                 Trigger::AlreadyRunning => {
                     tracing::info!("scheduled sync skipped: one is already running");
+                    wait = every;
+                    continue;
+                }
+                Trigger::LoginBlocked => {
+                    tracing::warn!(
+                        "scheduled sync skipped: phpMyAdmin rejected the last login (POST /refresh?retry_login=true with an admin key tries again)"
+                    );
                     wait = every;
                     continue;
                 }

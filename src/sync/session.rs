@@ -66,6 +66,9 @@ pub struct Browser {
     pub export_url: Option<url::Url>,
 }
 
+/// The folder, inside the browser's own, that ChromeDriver and Chromium get as `TMPDIR`.
+const BROWSER_TEMP: &str = ".tmp";
+
 impl Browser {
     /// Starts a session that downloads into a new folder of its own (see
     /// [`leftovers::folder`]): through `settings.webdriver_url` when set, otherwise through a
@@ -75,6 +78,12 @@ impl Browser {
             .context("cannot create the browser's download folder")
             .map_err(ExportError::Fatal)?;
         let download_dir = folder.path().to_owned();
+        // Chromium's own temporary folders (`org.chromium.Chromium.*`) go inside ours, so that
+        // they are private and swept with it when a killed run leaves them.
+        let temp_dir = download_dir.join(BROWSER_TEMP);
+        std::fs::create_dir(&temp_dir)
+            .context("cannot create the browser's temporary folder")
+            .map_err(ExportError::Fatal)?;
         let mut browser = Browser {
             client: None,
             driver: None,
@@ -111,7 +120,8 @@ impl Browser {
         let webdriver_url = match &settings.webdriver_url {
             Some(url) => url.clone(),
             None => {
-                let driver = ChromeDriver::start(&settings.chromedriver_path).await?;
+                let temp_dir = self.download_dir.join(BROWSER_TEMP);
+                let driver = ChromeDriver::start(&settings.chromedriver_path, &temp_dir).await?;
                 let url = driver.url();
                 self.driver = Some(driver);
                 url

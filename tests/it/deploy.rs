@@ -336,14 +336,15 @@ fn the_cron_takes_its_key_and_address_from_the_web_service() {
     let web = render_service(&render, "web");
     let cron = render_service(&render, "cron");
     let web_name = str_at(web, "name").unwrap();
-    let key = &env_var(cron, "API_KEY")["fromService"];
+    // A refresh takes an admin key.
+    let key = &env_var(cron, "ADMIN_API_KEY")["fromService"];
     assert_eq!(str_at(key, "name"), Some(web_name));
-    assert_eq!(str_at(key, "envVarKey"), Some("API_KEY"));
+    assert_eq!(str_at(key, "envVarKey"), Some("ADMIN_API_KEY"));
     let address = &env_var(cron, "SERVICE_HOSTPORT")["fromService"];
     assert_eq!(str_at(address, "name"), Some(web_name));
     assert_eq!(str_at(address, "property"), Some("hostport"));
     assert!(
-        env_keys(web).any(|k| k == "API_KEY"),
+        env_keys(web).any(|k| k == "ADMIN_API_KEY"),
         "the web service has the key the cron sends"
     );
 }
@@ -389,11 +390,10 @@ fn redis_url_reaches_every_replica_and_the_worker_from_the_key_value_instance() 
             .iter()
             .find(|(k, _)| k == "REDIS_URL")
             .unwrap_or_else(|| panic!("{name} has REDIS_URL"));
-        let host = url
-            .1
-            .trim_start_matches("redis://")
-            .split([':', '/'])
-            .next();
+        let address = url.1.trim_start_matches("redis://");
+        // After the user and password, when the URL carries them.
+        let address = address.rsplit_once('@').map_or(address, |(_, a)| a);
+        let host = address.split([':', '/']).next();
         assert_eq!(host, Some(redis_names[0]), "{name}");
         replicas += usize::from(command == "serve");
     }

@@ -11,7 +11,10 @@ use crate::helpers::{eventually, eventually_blocking};
 use serde_json::Value;
 
 async fn replica(redis: &Redis, extra: Vec<(&'static str, String)>) -> TestApp {
-    let mut env = vec![("REDIS_URL", redis.url())];
+    let mut env = vec![
+        ("REDIS_URL", redis.url()),
+        ("REDIS_SIGNING_KEY", Redis::SIGNING_KEY.into()),
+    ];
     env.extend(extra);
     spawn_app_with(Options {
         env,
@@ -30,6 +33,7 @@ fn import_shared(redis: &Redis, csv: &str) -> std::process::Output {
         .arg(&csv_path)
         .env("CACHE_FILE", dir.path().join("data_cache.json"))
         .env("REDIS_URL", redis.url())
+        .env("REDIS_SIGNING_KEY", Redis::SIGNING_KEY)
         .output()
         .unwrap()
 }
@@ -85,6 +89,7 @@ fn start_hanging_redis_sync(redis: &Redis, ttl: &str) -> (Child, tempfile::TempD
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env("CACHE_FILE", dir.path().join("data_cache.json"))
         .env("REDIS_URL", redis.url())
+        .env("REDIS_SIGNING_KEY", Redis::SIGNING_KEY)
         .env("REDIS_LOCK_TTL", ttl)
         .envs(faulty_pma_env("hang"))
         .stdout(Stdio::null())
@@ -312,6 +317,7 @@ impl Worker {
             .env("PMA_TABLE", table)
             .env("CACHE_FILE", dir.path().join("data_cache.json"))
             .env("REDIS_URL", redis.url())
+            .env("REDIS_SIGNING_KEY", Redis::SIGNING_KEY)
             .env("SYNC_INTERVAL", "1h")
             .env("WORKER_PORT", "0")
             .env("TMPDIR", dir.path())
@@ -442,6 +448,7 @@ async fn replicas_type_their_view_from_the_schema_the_publisher_sent() {
         .arg(&schema)
         .env("CACHE_FILE", dir.path().join("data_cache.json"))
         .env("REDIS_URL", redis.url())
+        .env("REDIS_SIGNING_KEY", Redis::SIGNING_KEY)
         .output()
         .unwrap();
     assert!(
@@ -576,4 +583,166 @@ async fn a_replica_that_starts_late_answers_deltas_as_the_others_do() {
     let (status, body) = delta_body(&c, &etags[0]).await;
     assert_eq!(status, 410, "{body}");
     assert!(body.contains("DELTA_VERSIONS"), "{body}");
+}
+
+/// Writes a version into Redis as a publisher would, signed with `key`, and announces it.
+fn write_version(redis: &Redis, meta: &Value, body: &[u8], key: &str) {
+    use hmac::{Hmac, Mac};
+    let meta = serde_json::to_vec(meta).unwrap();
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(key.as_bytes()).unwrap();
+    mac.update(b"pma-cache version 1\n");
+    for part in [&meta[..], body] {
+        mac.update(&(part.len() as u64).to_le_bytes());
+        mac.update(part);
+    }
+    let tag = {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
+    };
+    let mut conn = redis::Client::open(redis.url())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let version: String = serde_json::from_slice::<Value>(&meta).unwrap()["record"]["version"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    redis::cmd("HSET")
+        .arg("pma-cache:current")
+        .arg("meta")
+        .arg(meta)
+        .arg("body")
+        .arg(body)
+        .arg("mac")
+        .arg(tag)
+        .exec(&mut conn)
+        .unwrap();
+    redis::cmd("PUBLISH")
+        .arg("pma-cache:versions")
+        .arg(version)
+        .exec(&mut conn)
+        .unwrap();
+}
+
+/// The current version's `meta` and `body` as Redis holds them.
+fn read_version(redis: &Redis) -> (Value, Vec<u8>) {
+    let mut conn = redis::Client::open(redis.url())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let (meta, body): (Vec<u8>, Vec<u8>) = redis::cmd("HMGET")
+        .arg("pma-cache:current")
+        .arg("meta")
+        .arg("body")
+        .query(&mut conn)
+        .unwrap();
+    (serde_json::from_slice(&meta).unwrap(), body)
+}
+
+fn rss_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    kb * 1024
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replica_refuses_versions_it_cannot_trust_once_each_and_keeps_serving_its_own() {
+    let redis = Redis::start();
+    let app = spawn_app_with(Options {
+        env: vec![
+            ("REDIS_URL", redis.url()),
+            ("REDIS_SIGNING_KEY", Redis::SIGNING_KEY.into()),
+        ],
+        process: true,
+        ..Options::default()
+    })
+    .await;
+    assert!(import_shared(&redis, &csv_with_rows(5)).status.success());
+    wait_until_served(&app, 5).await;
+    let served = app.get_fetch_data("").await.bytes().await.unwrap();
+    let (meta, body) = read_version(&redis);
+    let forged = |version: &str, change: &dyn Fn(&mut Value)| {
+        let mut meta = meta.clone();
+        meta["record"]["version"] = version.into();
+        change(&mut meta);
+        meta
+    };
+    // The right bytes under a key the replica does not hold; a petabyte declared, signed; a
+    // zstd bomb (1 GiB of zeros in a few KB) declared as a small document, signed.
+    let mut bomb = zstd::stream::Encoder::new(Vec::new(), 1).unwrap();
+    let zeros = vec![0u8; 1 << 20];
+    for _ in 0..1024 {
+        std::io::Write::write_all(&mut bomb, &zeros).unwrap();
+    }
+    let bomb = bomb.finish().unwrap();
+    let hostile: [(&str, Value, &[u8], &str, &str); 3] = [
+        (
+            "wrong key",
+            forged("forged-1", &|_| {}),
+            &body,
+            "another-signing-key-000",
+            "not signed with REDIS_SIGNING_KEY",
+        ),
+        (
+            "huge size",
+            forged("forged-2", &|m| m["document_bytes"] = (1u64 << 50).into()),
+            &body,
+            Redis::SIGNING_KEY,
+            "declares a document of 1125899906842624 bytes",
+        ),
+        (
+            "zstd bomb",
+            forged("forged-3", &|m| m["document_bytes"] = 1000.into()),
+            &bomb,
+            Redis::SIGNING_KEY,
+            "does not match its size and checksum",
+        ),
+    ];
+    for (what, meta, body, key, reason) in &hostile {
+        write_version(&redis, meta, body, key);
+        eventually(
+            Duration::from_secs(20),
+            &format!("{what} is refused"),
+            || async {
+                match app.logs().contains(reason) {
+                    true => Ok(()),
+                    false => Err(app.logs()),
+                }
+            },
+        )
+        .await;
+        // Announced again, and polled for a while: not read again.
+        write_version(&redis, meta, body, key);
+        tokio::time::sleep(Duration::from_secs(6)).await;
+        let tries = app.logs().matches(reason).count();
+        assert_eq!(tries, 1, "{what}: tried {tries} times\n{}", app.logs());
+        assert_eq!(
+            app.get_fetch_data("").await.bytes().await.unwrap(),
+            served,
+            "{what}: the replica still serves its version"
+        );
+        let rss = rss_bytes(app.pid());
+        assert!(rss < 512 << 20, "{what}: the replica holds {rss} bytes");
+    }
+    // A version signed by a real publisher is taken at once.
+    assert!(import_shared(&redis, &csv_with_rows(7)).status.success());
+    wait_until_served(&app, 7).await;
+}
+
+#[tokio::test]
+async fn redis_without_a_signing_key_is_refused_at_start() {
+    let out = Command::new(binary())
+        .arg("serve")
+        .env_clear()
+        .env("API_KEY", READ_KEY)
+        .env("REDIS_URL", "redis://127.0.0.1:9/")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("REDIS_SIGNING_KEY is not set"), "{stderr}");
 }

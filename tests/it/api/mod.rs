@@ -1,5 +1,6 @@
 //! The HTTP API, against the real binary on port 0 with a cache written by `pma-cache import`.
 
+mod guards;
 mod load;
 mod stalled;
 mod streams;
@@ -142,15 +143,26 @@ async fn the_api_key_query_parameter_is_accepted_only_on_event_streams() {
 }
 
 #[tokio::test]
-async fn every_answer_says_nosniff() {
+async fn every_answer_says_nosniff_and_carries_a_restrictive_csp() {
     let app = spawn_app().await;
     for path in ["/health", "/fetch-data", "/status", "/nowhere", "/"] {
         let r = app.get_with(path, &[("X-API-Key", KEY)]).await;
         assert_eq!(r.headers()["x-content-type-options"], "nosniff", "{path}");
+        let csp = r.headers()["content-security-policy"].to_str().unwrap();
+        assert!(csp.contains("frame-ancestors 'none'"), "{path}: {csp}");
+        match path {
+            // The dashboard runs its own script and style, and nothing else.
+            "/" => assert!(csp.contains("script-src 'self'"), "{csp}"),
+            _ => assert!(csp.starts_with("default-src 'none'"), "{path}: {csp}"),
+        }
     }
     let r = app.client.get(app.url("/fetch-data")).send().await.unwrap();
     assert_eq!(r.status(), 401);
     assert_eq!(r.headers()["x-content-type-options"], "nosniff");
+    assert!(r.headers()["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .starts_with("default-src 'none'"));
 }
 
 #[tokio::test]

@@ -9,8 +9,13 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+/// Admin keys (ADMIN_API_KEY): what most tests send, since they may do everything.
 pub const KEY: &str = "test-key-3f9a6c1e";
 pub const OTHER_KEY: &str = "rotated-key-77b2d0";
+/// A read key (API_KEY).
+pub const READ_KEY: &str = "read-key-5c8e21d4a7";
+/// A metrics key (METRICS_KEY).
+pub const METRICS_KEY: &str = "metrics-key-9a3f7e10";
 
 pub const SMALL_CSV: &str = "id,name,note\n1,\"Ada \"\"the\"\" first\",NULL\n2,,\"multi\nline\"\n";
 
@@ -162,7 +167,11 @@ fn serve_config(
     let mut settings: Vec<(&str, String)> = vec![
         ("PORT", "0".into()),
         ("HOST", "127.0.0.1".into()),
-        ("API_KEY", format!("{KEY},{OTHER_KEY}")),
+        ("API_KEY", READ_KEY.into()),
+        ("ADMIN_API_KEY", format!("{KEY},{OTHER_KEY}")),
+        ("METRICS_KEY", METRICS_KEY.into()),
+        // Tests refresh back to back; the one that checks the interval sets its own.
+        ("REFRESH_MIN_INTERVAL", "0".into()),
         ("CACHE_FILE", cache_file.display().to_string()),
     ];
     for (name, value) in env {
@@ -229,7 +238,10 @@ async fn start_process(cache_file: &Path, env: &[(&'static str, String)]) -> (St
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env("PORT", "0")
         .env("HOST", "127.0.0.1")
-        .env("API_KEY", format!("{KEY},{OTHER_KEY}"))
+        .env("API_KEY", READ_KEY)
+        .env("ADMIN_API_KEY", format!("{KEY},{OTHER_KEY}"))
+        .env("METRICS_KEY", METRICS_KEY)
+        .env("REFRESH_MIN_INTERVAL", "0")
         .env("CACHE_FILE", cache_file)
         .env("RUST_LOG", "debug")
         .stdout(Stdio::null())

@@ -24,6 +24,9 @@ impl Redis {
         redis
     }
 
+    /// The REDIS_SIGNING_KEY every process of a test shares.
+    pub const SIGNING_KEY: &'static str = "test-signing-key-4e1d9b27";
+
     /// `redis://` address of this server.
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}/", self.port)

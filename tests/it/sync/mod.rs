@@ -231,6 +231,8 @@ async fn a_wrong_password_fails_clearly_without_retrying_and_keeps_the_cache() {
         "screenshot and page source kept in {}",
         failures.display()
     );
+    // The evidence (the page may show user and database) is private, as the cache is.
+    assert_eq!(open_to_others(dir.path()), Vec::<String>::new());
     assert_eq!(processes_under(dir.path(), None), Vec::<String>::new());
 }
 
@@ -384,13 +386,58 @@ async fn a_failed_refresh_is_reported_to_subscribers_and_in_status() {
     let events = read_events(r, Duration::from_secs(180)).await;
     let types: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
     assert_eq!(types, ["cached", "error", "done"], "{}", app.logs());
-    assert!(events[1]["message"]
-        .as_str()
-        .unwrap()
-        .contains("rejected the login"));
+    // Subscribers get a code and a short message; the details are for admins and the log.
+    assert_eq!(events[1]["code"], "login_rejected", "{}", events[1]);
+    let message = events[1]["message"].as_str().unwrap();
+    assert!(message.contains("rejected the login"), "{message}");
+    assert!(
+        !message.contains(&bed.pma_url) && !message.contains(&bed.username),
+        "{message}"
+    );
     let status = wait_for_sync_end(&app).await;
     let error = status["sync"]["last_error"].as_str().unwrap();
     assert!(error.contains("rejected the login"), "{status}");
+    // No login is tried again until an admin asks: not on request, not by a stream.
+    let r = app.post_refresh().await;
+    assert_eq!(r.status(), 409);
+    let body: Value = r.json().await.unwrap();
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("retry_login=true"),
+        "{body}"
+    );
+    let r = app.get_fetch_data("?stream=true&refresh=true").await;
+    let events = read_events(r, Duration::from_secs(30)).await;
+    assert_eq!(events[1]["code"], "login_blocked", "{events:?}");
+    assert_eq!(
+        app.get_status().await["sync"]["recent"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    let r = app
+        .client
+        .post(app.url("/refresh?retry_login=true"))
+        .header("X-API-Key", KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202, "an admin may ask for another login");
+    let status = eventually(
+        Duration::from_secs(180),
+        "the second login ends",
+        || async {
+            let status = app.get_status().await;
+            match status["sync"]["recent"].as_array().unwrap().len() == 2 {
+                true => Ok(status),
+                false => Err(status.to_string()),
+            }
+        },
+    )
+    .await;
     assert!(!status.to_string().contains("wrong-password-9931"));
     assert!(!app.logs().contains("wrong-password-9931"));
     assert_eq!(
@@ -436,7 +483,7 @@ async fn the_standalone_worker_syncs_at_start_and_a_separate_server_serves_its_f
         .env("SYNC_INTERVAL", "1h")
         .env("WORKER_HOST", "127.0.0.1")
         .env("WORKER_PORT", worker_port.to_string())
-        .env("API_KEY", KEY)
+        .env("ADMIN_API_KEY", KEY)
         .envs(pma_env_in(bed, tmp.path()))
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -478,7 +525,7 @@ async fn the_standalone_worker_syncs_at_start_and_a_separate_server_serves_its_f
     assert_eq!(
         r.status(),
         401,
-        "the worker's /metrics asks for its API_KEY"
+        "the worker's /metrics asks for a key (ADMIN_API_KEY or METRICS_KEY)"
     );
     // The sync's outcome reaches the metrics a moment after the cache file.
     let metrics = eventually(
@@ -655,8 +702,25 @@ fn sync_folders(tmp: &Path) -> Vec<String> {
         .unwrap()
         .flatten()
         .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.starts_with("pma-cache-"))
+        .filter(|n| n.starts_with("pma-cache-") || n.to_lowercase().contains("chromium"))
         .collect()
+}
+
+/// Everything pma-cache wrote in `dir`, with its mode, that others than its user may open.
+fn open_to_others(dir: &Path) -> Vec<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        let meta = entry.metadata().unwrap();
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            found.push(format!("{} {mode:o}", entry.path().display()));
+        }
+        if meta.is_dir() {
+            found.extend(open_to_others(&entry.path()));
+        }
+    }
+    found
 }
 
 /// Waits (bounded) until no process started under `tmp` runs.
@@ -730,8 +794,15 @@ async fn a_sync_killed_at_any_moment_leaves_the_cache_whole_and_nothing_running(
         );
         assert_cache_equals_table(&read_json(&cache_file), bed);
         assert_no_process_under(tmp.path(), moment).await;
+        // Nothing left in the temp folder, Chromium's own folders included.
         assert_eq!(
             sync_folders(tmp.path()),
+            Vec::<String>::new(),
+            "after {moment}"
+        );
+        // The cache, its record and its lock are private to pma-cache's user.
+        assert_eq!(
+            open_to_others(cache_file.parent().unwrap()),
             Vec::<String>::new(),
             "after {moment}"
         );
