@@ -1,12 +1,16 @@
 # pma-cache: the API (`serve`), the standalone worker (`worker`) and one-off syncs (`sync`) in one image.
 # Build:  docker build -t pma-cache .
-# Run:    docker run -p 8080:8080 -e API_KEY=... -v pma-cache:/app/cache pma-cache
+# Run:    docker run -p 8080:8080 -e API_KEY=... -e ADMIN_API_KEY=... -v pma-cache:/app/cache pma-cache
 # See README.md, section Deploy, for the deployments (replicas + worker with Redis, serve + cron, serve alone).
+# Without a registry: bin/image makes the two base images from Debian's packages and builds this
+# file on them (RUST_IMAGE and RUNTIME_IMAGE name them; the defaults are the public images).
+ARG RUST_IMAGE=rust:1.95-bookworm
+ARG RUNTIME_IMAGE=debian:bookworm-slim
 
 # ---------------------------------------------------------------------------------------------
 # Build stage: compile the release binary. The Rust version is pinned so builds are repeatable;
 # bookworm matches the runtime stage's glibc.
-FROM rust:1.95-bookworm AS build
+FROM ${RUST_IMAGE} AS build
 WORKDIR /src
 
 # Dependencies first, in their own layer: a change under src/ does not rebuild them. A placeholder
@@ -19,18 +23,19 @@ RUN mkdir src \
     && rm -rf src
 
 # The real sources. Touching the crate roots makes cargo rebuild the crate itself even when the
-# copied files are older than the placeholders it just compiled.
+# copied files are older than the placeholders it just compiled. The line tables that name file
+# and line in a panic's backtrace are kept, compressed: about 700 MB as built.
 COPY src ./src
 RUN touch src/lib.rs src/main.rs \
     && cargo build --release --locked \
-    && cp target/release/pma-cache /usr/local/bin/pma-cache
+    && objcopy --compress-debug-sections=zlib target/release/pma-cache /usr/local/bin/pma-cache
 
 # ---------------------------------------------------------------------------------------------
 # Runtime stage: Debian's Chromium and ChromeDriver, installed in one apt-get line from the same
 # release so their versions always match (a drift between them fails every session with "This
 # version of ChromeDriver only supports Chrome version N"). tini runs as PID 1 and reaps the
 # processes Chromium leaves behind. bin/setup installs the same packages for the tests.
-FROM debian:bookworm-slim AS runtime
+FROM ${RUNTIME_IMAGE} AS runtime
 
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 

@@ -369,13 +369,14 @@ pub struct LimitArgs {
     #[arg(long, env = "HEADER_READ_TIMEOUT", value_parser = parse_duration, default_value = "10s")]
     pub header_read_timeout: Duration,
     /// Connections open at once; one more is answered 503 with Retry-After and closed.
-    #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 1024)]
+    #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 4096)]
     pub max_connections: usize,
     /// Event streams (`stream=true`) open at once in all; one more gets 503 with Retry-After.
-    #[arg(long, env = "MAX_STREAMS", default_value_t = 512)]
+    #[arg(long, env = "MAX_STREAMS", default_value_t = 2048)]
     pub max_streams: usize,
-    /// Event streams open at once with one key; one more gets 429 with Retry-After.
-    #[arg(long, env = "MAX_STREAMS_PER_KEY", default_value_t = 64)]
+    /// Event streams open at once with one key (every browser of a page shares its read key);
+    /// one more gets 429 with Retry-After.
+    #[arg(long, env = "MAX_STREAMS_PER_KEY", default_value_t = 1024)]
     pub max_streams_per_key: usize,
 }
 
@@ -394,9 +395,9 @@ impl Default for ServerLimits {
         Self {
             write_timeout: Duration::from_secs(60),
             header_read_timeout: Duration::from_secs(10),
-            max_connections: 1024,
-            max_streams: 512,
-            max_streams_per_key: 64,
+            max_connections: 4096,
+            max_streams: 2048,
+            max_streams_per_key: 1024,
         }
     }
 }
@@ -529,6 +530,10 @@ pub struct WorkerArgs {
     /// Key(s) that read the worker's `/metrics` only (what Prometheus holds).
     #[arg(long, env = "METRICS_KEY", hide_env_values = true)]
     pub metrics_key: Option<Secret>,
+    /// Read keys: the worker serves no data, so it takes none; read only to refuse a setting
+    /// that once protected its `/metrics` and no longer does.
+    #[arg(long, env = "API_KEY", hide = true, hide_env_values = true)]
+    pub api_key: Option<Secret>,
     #[command(flatten)]
     pub cache: CacheArgs,
     #[command(flatten)]
@@ -846,6 +851,11 @@ impl WorkerArgs {
             .pma
             .validate(&cache_file, true)?
             .ok_or_else(|| ConfigError::new("PMA_URL is not set"))?;
+        if self.api_key.is_some() && self.admin_api_key.is_none() && self.metrics_key.is_none() {
+            return Err(ConfigError::new(
+                "API_KEY is set, but the worker's /metrics takes METRICS_KEY or ADMIN_API_KEY keys (API_KEY holds read keys, for data): set METRICS_KEY to what Prometheus sends, or unset API_KEY to leave /metrics open",
+            ));
+        }
         let keys = ApiKeys::parse(&[
             (Role::Admin, &self.admin_api_key),
             (Role::Metrics, &self.metrics_key),
@@ -1170,6 +1180,33 @@ mod tests {
         assert!(err.to_string().contains("also listed in API_KEY"), "{err}");
         // An admin key alone is enough to start.
         assert!(serve(&["--admin-api-key", K, "--cache-file", "x.json"]).is_ok());
+    }
+
+    #[test]
+    fn a_worker_with_only_a_read_key_is_refused_rather_than_left_open() {
+        let worker = |args: &[&str]| {
+            let mut argv = vec!["pma-cache", "worker", "--cache-file", "x.json"];
+            argv.extend_from_slice(&[
+                "--pma-url",
+                "http://127.0.0.1/",
+                "--pma-username",
+                "u",
+                "--pma-password",
+                "p",
+                "--pma-database",
+                "d",
+            ]);
+            argv.extend_from_slice(args);
+            match Cli::try_parse_from(argv).expect("arguments parse").command {
+                Command::Worker(w) => w.validate(),
+                _ => unreachable!(),
+            }
+        };
+        let err = worker(&["--api-key", K]).unwrap_err();
+        assert!(err.to_string().contains("METRICS_KEY"), "{err}");
+        let cfg = worker(&["--api-key", K, "--metrics-key", "metrics-key-0123456789"]).unwrap();
+        assert_eq!(cfg.keys.iter().count(), 1);
+        assert!(worker(&[]).unwrap().keys.is_empty());
     }
 
     #[test]

@@ -141,14 +141,23 @@ pub async fn require_api_key(
         });
     let query = request.uri().query();
     let in_query = query_key(query);
+    let from_header = from_header.filter(|key| !key.is_empty());
     if in_query.is_some() && !url_key_allowed(request.method(), request.uri().path(), query) {
         return Err(ApiError::KeyInQuery);
     }
     // An empty key is no key: say how to send one rather than that it is wrong.
-    let Some(key) = from_header.or(in_query).filter(|key| !key.is_empty()) else {
+    let Some(key) = from_header
+        .clone()
+        .or(in_query.clone())
+        .filter(|key| !key.is_empty())
+    else {
         return Err(ApiError::MissingKey);
     };
     let caller = state.keys.find(&key).ok_or(ApiError::WrongKey)?;
+    // A key in a URL ends up in logs and a page's source: only a read key may be there.
+    if from_header.is_none() && in_query.is_some() && caller.role != Role::Read {
+        return Err(ApiError::PrivilegedKeyInQuery);
+    }
     let need = needed(request.method(), request.uri().path(), query);
     if !need.allows(caller.role) {
         return Err(ApiError::Forbidden(need.refusal(caller.role)));

@@ -39,6 +39,9 @@ pub enum ApiError {
     /// 401: an `api_key` query parameter outside an event stream.
     #[error("The api_key query parameter is accepted only on GET /fetch-data?stream=true and GET /query?stream=true (for EventSource); send the key in the X-API-Key header")]
     KeyInQuery,
+    /// 401: an admin or metrics key as the `api_key` query parameter.
+    #[error("Only a read key (API_KEY) may be sent as the api_key query parameter: a URL ends up in logs and in a page's source; send an admin key in the X-API-Key header")]
+    PrivilegedKeyInQuery,
     /// 400: a malformed parameter; the message names it.
     #[error("{0}")]
     BadRequest(String),
@@ -109,9 +112,10 @@ impl ApiError {
 
     fn status(&self) -> StatusCode {
         match self {
-            ApiError::MissingKey | ApiError::WrongKey | ApiError::KeyInQuery => {
-                StatusCode::UNAUTHORIZED
-            }
+            ApiError::MissingKey
+            | ApiError::WrongKey
+            | ApiError::KeyInQuery
+            | ApiError::PrivilegedKeyInQuery => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::RefreshTooSoon { .. } | ApiError::TooManyStreams(_) => {
                 StatusCode::TOO_MANY_REQUESTS
@@ -144,7 +148,10 @@ impl IntoResponse for ApiError {
             .into_response();
         let headers = response.headers_mut();
         match self {
-            ApiError::MissingKey | ApiError::WrongKey | ApiError::KeyInQuery => {
+            ApiError::MissingKey
+            | ApiError::WrongKey
+            | ApiError::KeyInQuery
+            | ApiError::PrivilegedKeyInQuery => {
                 headers.insert(
                     header::WWW_AUTHENTICATE,
                     HeaderValue::from_static("ApiKey header=\"X-API-Key\""),

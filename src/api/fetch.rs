@@ -61,21 +61,28 @@ pub async fn fetch_data(
     }
     let info = match params.refresh {
         false => None,
-        true if state.refresh_gate.admit().is_err() => Some(
-            "Refresh not started: the last one asked for was less than REFRESH_MIN_INTERVAL ago",
-        ),
-        true => Some(match state.syncer.trigger().await {
-            Trigger::LoginBlocked => {
-                "Refresh not started: phpMyAdmin rejected the last login (see POST /refresh?retry_login=true)"
+        true => Some(match state.refresh_gate.admit() {
+            Err(_) => {
+                "Refresh not started: the last one asked for was less than REFRESH_MIN_INTERVAL ago"
             }
-            Trigger::Started => "Background refresh triggered",
-            Trigger::AlreadyRunning => "Background refresh already in progress",
-            // This server only serves the file (a standalone worker may be refreshing it).
-            Trigger::NotConfigured => {
-                "Refresh not available: this server has no sync source configured"
-            }
-            Trigger::NoWorker => "Refresh not started: no worker answered through Redis within 3 s",
-            Trigger::ShuttingDown => "Refresh not started: the service is shutting down",
+            Ok(turn) => match state.syncer.trigger().await {
+                Trigger::Started => {
+                    turn.used();
+                    "Background refresh triggered"
+                }
+                Trigger::AlreadyRunning => "Background refresh already in progress",
+                Trigger::LoginBlocked => {
+                    "Refresh not started: phpMyAdmin rejected the last login (see POST /refresh?retry_login=true)"
+                }
+                // This server only serves the file (a standalone worker may be refreshing it).
+                Trigger::NotConfigured => {
+                    "Refresh not available: this server has no sync source configured"
+                }
+                Trigger::NoWorker => {
+                    "Refresh not started: no worker answered through Redis within 3 s"
+                }
+                Trigger::ShuttingDown => "Refresh not started: the service is shutting down",
+            },
         }),
     };
     let snapshot = current_snapshot(&state)?;

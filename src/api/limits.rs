@@ -26,8 +26,9 @@ impl RefreshGate {
         }
     }
 
-    /// Takes this interval's turn, or says how long until the next one.
-    pub fn admit(&self) -> Result<(), ApiError> {
+    /// Takes this interval's turn, or says how long until the next one. The turn is given back
+    /// when the returned [`Turn`] is dropped without [`Turn::used`] (nothing started).
+    pub fn admit(&self) -> Result<Turn<'_>, ApiError> {
         let now = Instant::now();
         let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(at) = *last {
@@ -39,8 +40,34 @@ impl RefreshGate {
                 });
             }
         }
-        *last = Some(now);
-        Ok(())
+        let before = last.replace(now);
+        Ok(Turn {
+            gate: self,
+            before: Some(before),
+        })
+    }
+}
+
+/// A turn taken at the [`RefreshGate`]; given back unless a sync started.
+#[derive(Debug)]
+pub struct Turn<'a> {
+    gate: &'a RefreshGate,
+    /// What the gate held before, to put back; `None` once used.
+    before: Option<Option<Instant>>,
+}
+
+impl Turn<'_> {
+    /// A sync started: the turn is spent.
+    pub fn used(mut self) {
+        self.before = None;
+    }
+}
+
+impl Drop for Turn<'_> {
+    fn drop(&mut self) {
+        if let Some(before) = self.before.take() {
+            *self.gate.last.lock().unwrap_or_else(|e| e.into_inner()) = before;
+        }
     }
 }
 
@@ -129,7 +156,9 @@ mod tests {
     #[test]
     fn a_refresh_within_the_interval_is_told_when_to_come_back() {
         let gate = RefreshGate::new(Duration::from_secs(60));
-        assert!(gate.admit().is_ok());
+        // A turn that started nothing is given back.
+        drop(gate.admit().unwrap());
+        gate.admit().unwrap().used();
         match gate.admit() {
             Err(ApiError::RefreshTooSoon { retry_after, .. }) => {
                 assert!(retry_after > Duration::from_secs(58), "{retry_after:?}")

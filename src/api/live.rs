@@ -57,7 +57,12 @@ impl LiveQuery {
 
     fn push_error(&mut self, e: QueryError) {
         self.sent = None;
-        let json = serde_json::json!({"type": "error", "message": ApiError::from(e).to_string()});
+        // The engine's message is about the question asked (a column, a type), not the server.
+        let json = serde_json::json!({
+            "type": "error",
+            "code": "query_failed",
+            "message": ApiError::from(e).to_string(),
+        });
         self.push(&json.to_string());
     }
 

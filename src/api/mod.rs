@@ -201,8 +201,12 @@ async fn log_request(request: Request, next: Next) -> Response {
 /// the process for up to `SSE_WRITE_TIMEOUT` (a container is killed after 10 s by default).
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
-/// How long a connection refused at the cap is given to take its `503`.
-const REFUSAL_WRITE: Duration = Duration::from_secs(1);
+/// How long a connection refused at the cap is given to take its `503` and close.
+const REFUSAL_TIME: Duration = Duration::from_secs(1);
+
+/// Refusals under way at once; connections beyond the cap past these are closed at once, so
+/// that a flood cannot use the descriptors kept for the rest.
+const REFUSALS_AT_ONCE: usize = 64;
 
 /// The answer to a connection beyond MAX_CONNECTIONS: written straight to the socket, since no
 /// HTTP connection is built for it (that is what the cap saves); the client has not been read.
@@ -239,6 +243,7 @@ pub async fn serve(
         .header_read_timeout(limits.header_read_timeout);
     let service = TowerToHyperService::new(app);
     let permits = Arc::new(Semaphore::new(limits.max_connections));
+    let refusals = Arc::new(Semaphore::new(REFUSALS_AT_ONCE));
     let graceful = GracefulShutdown::new();
     let connections = TaskTracker::new();
     tokio::pin!(shutdown);
@@ -256,18 +261,18 @@ pub async fn serve(
                 }
             },
         };
-        let io = accepted(stream, addr, limits.write_timeout);
         let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
+            let Ok(refusing) = Arc::clone(&refusals).try_acquire_owned() else {
+                drop(stream);
+                continue;
+            };
             connections.spawn(async move {
-                let mut io = io;
-                let refused = async {
-                    io.write_all(BUSY_ANSWER).await?;
-                    io.shutdown().await
-                };
-                let _ = tokio::time::timeout(REFUSAL_WRITE, refused).await;
+                let _ = tokio::time::timeout(REFUSAL_TIME, refuse(stream)).await;
+                drop(refusing);
             });
             continue;
         };
+        let io = accepted(stream, addr, limits.write_timeout);
         let connection = builder.serve_connection(TokioIo::new(io), service.clone());
         let connection = graceful.watch(connection);
         connections.spawn(async move {
@@ -290,6 +295,18 @@ pub async fn serve(
             Ok(())
         }
     }
+}
+
+/// Answers `503` to a connection beyond the cap, then reads what the client sent until it
+/// closes: closing with its request unread would make the kernel reset the connection, and the
+/// client would see a reset instead of the answer.
+async fn refuse(mut stream: TcpStream) -> std::io::Result<()> {
+    use tokio::io::AsyncReadExt;
+    stream.write_all(BUSY_ANSWER).await?;
+    stream.shutdown().await?;
+    let mut sink = [0u8; 4096];
+    while stream.read(&mut sink).await? > 0 {}
+    Ok(())
 }
 
 /// A connection that ends when the client takes no data for `write_timeout`, instead of

@@ -336,12 +336,16 @@ pub async fn stream(
         false => None,
         true => match state.refresh_gate.admit() {
             Err(too_soon) => Some(too_soon),
-            Ok(()) => match state.syncer.trigger().await {
+            Ok(turn) => match state.syncer.trigger().await {
                 Trigger::NotConfigured => Some(ApiError::SyncNotConfigured),
                 Trigger::NoWorker => Some(ApiError::NoWorker),
                 Trigger::ShuttingDown => Some(ApiError::ShuttingDown),
                 Trigger::LoginBlocked => Some(ApiError::LoginBlocked),
-                Trigger::Started | Trigger::AlreadyRunning => None,
+                Trigger::AlreadyRunning => None,
+                Trigger::Started => {
+                    turn.used();
+                    None
+                }
             },
         },
     };

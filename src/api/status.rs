@@ -85,6 +85,10 @@ fn hide_details(status: &mut Value) {
     if let Some(error) = status.pointer_mut("/sync/last_error") {
         hide(error);
     }
+    // Which host and process wrote the version.
+    if let Some(writer) = status.pointer_mut("/sync/last_written_by") {
+        hide(writer);
+    }
     if let Some(Value::Array(recent)) = status.pointer_mut("/sync/recent") {
         for sync in recent {
             if let Some(error) = sync.get_mut("error") {
@@ -112,9 +116,12 @@ pub async fn refresh(
     if state.syncer.login_blocked() && !retry_login {
         return Err(ApiError::LoginBlocked);
     }
-    state.refresh_gate.admit()?;
+    let turn = state.refresh_gate.admit()?;
     let status = match state.syncer.trigger_with(retry_login).await {
-        Trigger::Started => "triggered",
+        Trigger::Started => {
+            turn.used();
+            "triggered"
+        }
         Trigger::AlreadyRunning => "already in progress",
         Trigger::LoginBlocked => return Err(ApiError::LoginBlocked),
         Trigger::NotConfigured => return Err(ApiError::SyncNotConfigured),

@@ -5,7 +5,7 @@
 //! crashed sync never blocks the next one.
 
 use std::fs::{File, OpenOptions, TryLockError};
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -164,10 +164,13 @@ fn open_lock_file(path: &Path) -> anyhow::Result<File> {
         .open(path);
     // A lock file made earlier still locks on a folder that became read-only; the write
     // that follows then reports the real problem.
-    created
+    let file = created
         .or_else(|e| File::open(path).map_err(|_| e))
         .map_err(|e| with_cause(e, path))
-        .with_context(|| format!("cannot open the sync lock {}", path.display()))
+        .with_context(|| format!("cannot open the sync lock {}", path.display()))?;
+    // One made by an older version (0644) is made private too; not ours to change: left as is.
+    let _ = file.set_permissions(std::fs::Permissions::from_mode(0o600));
+    Ok(file)
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

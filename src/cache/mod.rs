@@ -447,7 +447,7 @@ async fn share_change_sets(
             Err(e) => tracing::warn!("the change set encoder stopped: {e}"),
         }
     }
-    let shared = match redis.shared_change_sets(settings.memory_bytes).await {
+    let shared = match redis.shared_change_sets(settings.memory_bytes, cap).await {
         Ok(shared) => shared,
         Err(e) => {
             tracing::warn!("{e:#}; deltas reach back as far as this process saw");

@@ -16,10 +16,11 @@
 //!   holds the ids listed), capped; a replica that missed versions or starts late takes the
 //!   chain that ends at its version from there.
 //! - Nothing read from Redis is trusted: whoever can write to it may not hold the secret. Each
-//!   version is signed (`mac`, HMAC-SHA256 with REDIS_SIGNING_KEY over its `meta` and `body`),
-//!   and so is each change set; sizes are checked in Redis before anything is read (a script)
-//!   and against REDIS_MAX_BYTES before anything is allocated; the body is decompressed with a
-//!   hard limit of the size it declares. A version refused for its content is remembered and
+//!   version's `meta` is signed (`mac`, HMAC-SHA256 with REDIS_SIGNING_KEY) and names its
+//!   body's length and SHA-256, and each change set is signed; sizes are checked in Redis before
+//!   anything is read (scripts), `meta` is checked before the body is read, the body's length
+//!   against `meta` and REDIS_MAX_BYTES before it is read, and it is decompressed with a hard
+//!   limit of the size `meta` declares. A version refused for its content is remembered and
 //!   not read again until another is announced; the replica keeps serving what it has.
 //! - `<prefix>:refresh` — the channel on which a replica without phpMyAdmin settings forwards a
 //!   refresh request (a random id) to the worker; the worker answers on `<prefix>:refresh:<id>`.
@@ -34,7 +35,7 @@ use futures_util::StreamExt;
 use hmac::{Hmac, Mac};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use serde::{Deserialize, Serialize};
-use sha2::Sha256;
+use sha2::{Digest, Sha256};
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 use super::convert::Converted;
@@ -48,8 +49,22 @@ use crate::config::Secret;
 /// A version Redis holds that was refused for what it is (its size, signature, checksum or
 /// content), not for a failure to read it: not read again until another one is announced.
 #[derive(Debug, thiserror::Error)]
-#[error("the version in Redis was refused: {0}")]
-pub struct Refused(String);
+#[error("the version in Redis was refused: {reason}")]
+pub struct Refused {
+    reason: String,
+    /// What stands for the refused record until another is announced: its version id when its
+    /// metadata could be trusted that far, else a hash of what was read.
+    id: String,
+}
+
+impl Refused {
+    fn new(id: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self {
+            reason: reason.into(),
+            id: id.into(),
+        }
+    }
+}
 
 /// Largest `meta` field read: a version's record and column names.
 const MAX_META_BYTES: u64 = 4 << 20;
@@ -60,6 +75,7 @@ const MIN_DEFAULT_MAX_BYTES: u64 = 2 << 30;
 /// How a signature starts, so that a version's and a change set's can never be swapped.
 const VERSION_MAC: &[u8] = b"pma-cache version 1\n";
 const CHANGE_SET_MAC: &[u8] = b"pma-cache change set 1\n";
+const RETRY_LOGIN_MAC: &[u8] = b"pma-cache retry login 1\n";
 
 /// A version as Redis holds it, beside its body.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -74,6 +90,13 @@ pub struct SharedMeta {
     /// publisher knew it: replicas then serve the checked document without parsing it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data_hash: Option<u64>,
+    /// Length of the body (the zstd frame) as published.
+    #[serde(default)]
+    pub body_bytes: u64,
+    /// SHA-256 of the body, base64: the signature covers `meta` only, and `meta` vouches for
+    /// the body through this, so the body is read only once `meta` is known to be ours.
+    #[serde(default)]
+    pub body_sha256: String,
 }
 
 /// A version compressed and described, ready to publish.
@@ -120,26 +143,27 @@ pub struct RedisStore {
     last_document_bytes: std::sync::atomic::AtomicU64,
 }
 
-/// The version's fields, only when their sizes are within bounds (`ARGV[1]` for `meta`,
-/// `ARGV[2]` for `body`); their sizes otherwise, so that nothing oversized is ever sent.
-const READ_BOUNDED: &str = r#"
-local m = redis.call("HSTRLEN", KEYS[1], "meta")
-local b = redis.call("HSTRLEN", KEYS[1], "body")
-if m == 0 then return {} end
-if m > tonumber(ARGV[1]) or b > tonumber(ARGV[2]) then return {m, b} end
-return redis.call("HMGET", KEYS[1], "meta", "body", "mac")
-"#;
-/// The `meta` field only, when within `ARGV[1]` bytes; its size otherwise.
+/// The `meta` and `mac` fields, only when within `ARGV[1]` and `ARGV[2]` bytes; their sizes
+/// otherwise, so that nothing oversized is ever sent; nothing when there is no version.
 const READ_META: &str = r#"
 local m = redis.call("HSTRLEN", KEYS[1], "meta")
-if m == 0 then return false end
-if m > tonumber(ARGV[1]) then return m end
-return redis.call("HGET", KEYS[1], "meta")
+local t = redis.call("HSTRLEN", KEYS[1], "mac")
+if m == 0 then return {} end
+if m > tonumber(ARGV[1]) or t > tonumber(ARGV[2]) then return {m, t} end
+return redis.call("HMGET", KEYS[1], "meta", "mac")
 "#;
-/// The change sets listed, oldest first, each at most `ARGV[1]` bytes (larger ones are left
-/// out), the newest ones that fit in `ARGV[2]` bytes together.
+/// The `body` field, only when it is exactly `ARGV[1]` bytes long; its length otherwise.
+const READ_BODY: &str = r#"
+local b = redis.call("HSTRLEN", KEYS[1], "body")
+if b ~= tonumber(ARGV[1]) then return b end
+return redis.call("HGET", KEYS[1], "body")
+"#;
+/// Largest `mac` field read (a base64 HMAC-SHA256 is 44 bytes).
+const MAX_TAG_BYTES: u64 = 64;
+/// The last `ARGV[3]` change sets listed, oldest first, each at most `ARGV[1]` bytes (larger
+/// ones are left out), the newest ones that fit in `ARGV[2]` bytes together.
 const READ_CHANGE_SETS: &str = r#"
-local entries = redis.call("LRANGE", KEYS[1], 0, -1)
+local entries = redis.call("LRANGE", KEYS[1], -tonumber(ARGV[3]), -1)
 local out, total = {}, 0
 for i = #entries, 1, -1 do
   local n = string.len(entries[i])
@@ -180,7 +204,23 @@ impl RedisStore {
         max_bytes: Option<u64>,
         local: FileStore,
     ) -> anyhow::Result<Self> {
-        let client = redis::Client::open(url).context("REDIS_URL is not a valid Redis URL")?;
+        // A connection whose peer is gone (a network cut, Redis restarted elsewhere) is noticed
+        // within seconds, by keep-alive probes while idle (the subscription) and by the user
+        // timeout while a request waits, instead of the kernel's minutes: the replica then
+        // reconnects and catches up as soon as the network is back.
+        let tcp = redis::io::tcp::TcpSettings::default()
+            .set_nodelay(true)
+            .set_keepalive(
+                socket2::TcpKeepalive::new()
+                    .with_time(Duration::from_secs(1))
+                    .with_interval(Duration::from_secs(1))
+                    .with_retries(2),
+            )
+            .set_user_timeout(Duration::from_secs(3));
+        let info = redis::IntoConnectionInfo::into_connection_info(url)
+            .context("REDIS_URL is not a valid Redis URL")?
+            .set_tcp_settings(tcp);
+        let client = redis::Client::open(info).context("REDIS_URL is not a valid Redis URL")?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(2)))
             .set_response_timeout(Some(Duration::from_secs(20)))
@@ -285,6 +325,8 @@ impl RedisStore {
                 document_bytes: document.len(),
                 checksum: crc.sum(),
                 data_hash,
+                body_bytes: body.len() as u64,
+                body_sha256: encode_tag(&Sha256::digest(&body)),
             },
             body: body.into(),
         })
@@ -296,7 +338,7 @@ impl RedisStore {
         let meta_json = serde_json::to_vec(&version.meta)?;
         let mac = encode_tag(
             &self
-                .sign(VERSION_MAC, &[&meta_json, &version.body])
+                .sign(VERSION_MAC, &[&meta_json])
                 .finalize()
                 .into_bytes(),
         );
@@ -304,9 +346,8 @@ impl RedisStore {
             version.meta.document_bytes as u64,
             std::sync::atomic::Ordering::Relaxed,
         );
-        let mut conn = self.conn.clone();
-        let result: redis::RedisResult<()> = redis::pipe()
-            .atomic()
+        let mut pipe = redis::pipe();
+        pipe.atomic()
             .hset_multiple(
                 &self.current,
                 &[
@@ -317,82 +358,108 @@ impl RedisStore {
             )
             .ignore()
             .publish(&self.channel, &version.meta.record.version)
-            .ignore()
-            .query_async(&mut conn)
+            .ignore();
+        let result: redis::RedisResult<()> = self
+            .again_if_dropped(|mut conn| {
+                let pipe = &pipe;
+                async move { pipe.query_async(&mut conn).await }
+            })
             .await;
         self.note(result, "publish the new version")
     }
 
     /// The metadata of the current version, `None` when Redis holds none.
-    /// Unsigned: for facts (rows, size, time) only; what is served comes from [`Self::load`].
+    /// The current version's `meta`, checked: within its bounds and signed with our key, its
+    /// document and body within REDIS_MAX_BYTES. `Err(Refused)` otherwise.
     pub async fn current_meta(&self) -> anyhow::Result<Option<SharedMeta>> {
         let mut conn = self.conn.clone();
-        let result: redis::RedisResult<redis::Value> = redis::Script::new(READ_META)
+        let result: redis::RedisResult<Vec<redis::Value>> = redis::Script::new(READ_META)
             .key(&self.current)
             .arg(MAX_META_BYTES)
-            .invoke_async(&mut conn)
-            .await;
-        let json = match self.note(result, "read the current version")? {
-            redis::Value::BulkString(json) => json,
-            redis::Value::Int(size) => {
-                return Err(Refused(format!("its metadata is {size} bytes")).into())
-            }
-            _ => return Ok(None),
-        };
-        let meta = serde_json::from_slice(&json)
-            .map_err(|e| Refused(format!("its metadata is not valid ({e})")))?;
-        Ok(Some(meta))
-    }
-
-    /// The current version, checked for its size, its signature and its checksum, in that order:
-    /// nothing is allocated or decompressed for a version that is too large or not signed with
-    /// our key. `Err(Refused)` for a version that is not acceptable as it is.
-    pub async fn load(&self) -> anyhow::Result<Option<Loaded>> {
-        let max = self.max_bytes();
-        let mut conn = self.conn.clone();
-        let result: redis::RedisResult<Vec<redis::Value>> = redis::Script::new(READ_BOUNDED)
-            .key(&self.current)
-            .arg(MAX_META_BYTES)
-            .arg(max)
+            .arg(MAX_TAG_BYTES)
             .invoke_async(&mut conn)
             .await;
         let fields = self.note(result, "read the current version")?;
-        let (meta, body, mac) = match <[redis::Value; 3]>::try_from(fields) {
-            Ok([redis::Value::BulkString(meta), redis::Value::BulkString(body), mac]) => {
-                (meta, body, mac)
-            }
-            Ok(_) => return Err(Refused("it lacks its metadata or body".into()).into()),
-            Err(fields) if fields.is_empty() => return Ok(None),
-            Err(fields) => {
-                return Err(Refused(format!(
-                    "its metadata and body take {fields:?} bytes, over the bounds ({MAX_META_BYTES} and REDIS_MAX_BYTES {max})"
-                ))
+        let (meta, tag) = match <[redis::Value; 2]>::try_from(fields) {
+            Ok([redis::Value::BulkString(meta), redis::Value::BulkString(tag)]) => (meta, tag),
+            Ok([redis::Value::Int(meta), redis::Value::Int(tag)]) => {
+                return Err(Refused::new(
+                    format!("oversized {meta} {tag}"),
+                    format!("its metadata and signature take {meta} and {tag} bytes, over the bounds ({MAX_META_BYTES} and {MAX_TAG_BYTES})"),
+                )
                 .into())
             }
+            Ok([redis::Value::BulkString(meta), _]) => {
+                return Err(Refused::new(fingerprint(&meta), "it is not signed (no mac)").into())
+            }
+            Err(fields) if fields.is_empty() => return Ok(None),
+            _ => {
+                return Err(
+                    Refused::new("malformed", "its fields are not what a version holds").into(),
+                )
+            }
         };
-        let signed = match &mac {
-            redis::Value::BulkString(tag) => self.signed(VERSION_MAC, &[&meta, &body], tag),
-            _ => false,
-        };
-        if !signed {
-            return Err(Refused(
-                "it is not signed with REDIS_SIGNING_KEY (a publisher with another key, or a write by someone without it)".into(),
+        if !self.signed(VERSION_MAC, &[&meta], &tag) {
+            return Err(Refused::new(
+                fingerprint(&meta),
+                "it is not signed with REDIS_SIGNING_KEY (a publisher with another key, or a write by someone without it)",
             )
             .into());
         }
-        let meta: SharedMeta = serde_json::from_slice(&meta)
-            .map_err(|e| Refused(format!("its metadata is not valid ({e})")))?;
-        let expected = (meta.document_bytes, meta.checksum);
-        if expected.0 as u64 > max {
-            return Err(Refused(format!(
-                "it declares a document of {} bytes, over REDIS_MAX_BYTES ({max})",
-                expected.0
-            ))
+        let parsed: SharedMeta = serde_json::from_slice(&meta).map_err(|e| {
+            Refused::new(
+                fingerprint(&meta),
+                format!("its metadata is not valid ({e})"),
+            )
+        })?;
+        let max = self.max_bytes();
+        if parsed.document_bytes as u64 > max || parsed.body_bytes > max {
+            return Err(Refused::new(
+                parsed.record.version.clone(),
+                format!(
+                    "it declares a document of {} bytes and a body of {}, over REDIS_MAX_BYTES ({max})",
+                    parsed.document_bytes, parsed.body_bytes
+                ),
+            )
             .into());
         }
+        Ok(Some(parsed))
+    }
+
+    /// The current version: its `meta` checked ([`Self::current_meta`]), then its body read only
+    /// if it has the length `meta` gives, checked against the SHA-256 `meta` gives, and
+    /// decompressed no further than the document `meta` declares, then checked against its
+    /// checksum. `Err(Refused)` for a version that is not acceptable as it is.
+    async fn load(&self, meta: SharedMeta) -> anyhow::Result<Option<Loaded>> {
+        let id = meta.record.version.clone();
+        let mut conn = self.conn.clone();
+        let result: redis::RedisResult<redis::Value> = redis::Script::new(READ_BODY)
+            .key(&self.current)
+            .arg(meta.body_bytes)
+            .invoke_async(&mut conn)
+            .await;
+        let body = match self.note(result, "read the current version")? {
+            redis::Value::BulkString(body) => body,
+            redis::Value::Int(length) => {
+                // Published again since `meta` was read, or tampered with: either way, not this.
+                return Err(Refused::new(
+                    id,
+                    format!(
+                        "its body is {length} bytes, not the {} its metadata gives",
+                        meta.body_bytes
+                    ),
+                )
+                .into());
+            }
+            _ => return Ok(None),
+        };
+        let expected = (meta.document_bytes, meta.checksum, meta.body_sha256.clone());
         let body = bytes::Bytes::from(body);
         let frame = body.clone();
         let buf = tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<u8>> {
+            if encode_tag(&Sha256::digest(&body)) != expected.2 {
+                return Err(Refused::new(id, "its body is not the one its metadata names").into());
+            }
             // The body is the document with BODY_PREFIX in place of its `{`: decoded in place,
             // putting the `{` back leaves the document at BODY_ROOM. Never more than declared
             // is decoded: one byte more is enough to refuse it.
@@ -400,7 +467,7 @@ impl RedisStore {
             let mut buf = Vec::with_capacity(limit);
             zstd::stream::read::Decoder::new(&body[..])
                 .and_then(|decoder| decoder.take(limit as u64 + 1).read_to_end(&mut buf))
-                .map_err(|e| Refused(format!("its body does not decompress ({e})")))?;
+                .map_err(|e| Refused::new(&id, format!("its body does not decompress ({e})")))?;
             let matches = buf.len() == limit && buf.starts_with(BODY_PREFIX) && {
                 buf[BODY_ROOM] = b'{';
                 let mut crc = flate2::Crc::new();
@@ -408,7 +475,7 @@ impl RedisStore {
                 crc.sum() == expected.1
             };
             if !matches {
-                return Err(Refused("it does not match its size and checksum".into()).into());
+                return Err(Refused::new(id, "it does not match its size and checksum").into());
             }
             Ok(buf)
         })
@@ -453,18 +520,20 @@ impl RedisStore {
         self.note(result, "share a change set").map(|n| n == 1)
     }
 
-    /// The change sets shared, oldest first: each one's `from`, `to` and shared form, at most
-    /// `memory` bytes in all. Entries that are not `<from>><to>\n<signature>\n…`, or whose
+    /// The last `cap` change sets shared, oldest first: each one's `from`, `to` and shared form,
+    /// at most `memory` bytes in all. Entries that are not `<from>><to>\n<signature>\n…`, or whose
     /// signature is not ours, are left out (and counted in the log).
     pub async fn shared_change_sets(
         &self,
         memory: usize,
+        cap: usize,
     ) -> anyhow::Result<Vec<(String, String, Vec<u8>)>> {
         let mut conn = self.conn.clone();
         let result: redis::RedisResult<Vec<Vec<u8>>> = redis::Script::new(READ_CHANGE_SETS)
             .key(&self.deltas_key)
             .arg(memory)
             .arg(memory)
+            .arg(cap.max(1))
             .invoke_async(&mut conn)
             .await;
         let entries = self.note(result, "read the shared change sets")?;
@@ -569,9 +638,28 @@ impl RedisStore {
 
     /// Forwards a refresh request to whichever worker listens, and returns its answer; `None`
     /// when no worker listens or none answers within `wait`.
-    pub async fn forward_refresh(&self, wait: Duration) -> anyhow::Result<Option<String>> {
+    ///
+    /// With `retry_login`, the request asks the worker to log in again after phpMyAdmin
+    /// rejected it; that part is signed, so that only a holder of REDIS_SIGNING_KEY can ask.
+    pub async fn forward_refresh(
+        &self,
+        wait: Duration,
+        retry_login: bool,
+    ) -> anyhow::Result<Option<String>> {
         use rand::distributions::{Alphanumeric, DistString};
         let id = Alphanumeric.sample_string(&mut rand::thread_rng(), 16);
+        let request = match retry_login {
+            false => id.clone(),
+            true => format!(
+                "{id} retry_login {}",
+                encode_tag(
+                    &self
+                        .sign(RETRY_LOGIN_MAC, &[id.as_bytes()])
+                        .finalize()
+                        .into_bytes()
+                )
+            ),
+        };
         let reply_channel = format!("{}:{id}", self.refresh_channel);
         // Subscribed before asking, so that the answer cannot come before we listen.
         let subscribed = async {
@@ -586,7 +674,7 @@ impl RedisStore {
         let mut conn = self.conn.clone();
         let result: redis::RedisResult<i64> = redis::cmd("PUBLISH")
             .arg(&self.refresh_channel)
-            .arg(&id)
+            .arg(&request)
             .query_async(&mut conn)
             .await;
         if self.note(result, "forward the refresh request")? == 0 {
@@ -597,6 +685,17 @@ impl RedisStore {
             Ok(Some(msg)) => Ok(Some(msg.get_payload().unwrap_or_default())),
             Ok(None) | Err(_) => Ok(None),
         }
+    }
+
+    /// A forwarded refresh request's id, and whether it asks, signed, to log in again.
+    pub fn read_refresh_request(&self, request: &str) -> (String, bool) {
+        let mut parts = request.splitn(3, ' ');
+        let id = parts.next().unwrap_or_default().to_owned();
+        let retry_login = parts.next() == Some("retry_login")
+            && parts
+                .next()
+                .is_some_and(|tag| self.signed(RETRY_LOGIN_MAC, &[id.as_bytes()], tag.as_bytes()));
+        (id, retry_login)
     }
 
     /// Sends `answer` to the replica that forwarded refresh request `id`.
@@ -613,16 +712,37 @@ impl RedisStore {
 
     /// Takes the lock with `token` if it is free. `Ok(false)`: another process holds it.
     pub async fn try_lock(&self, token: &str) -> anyhow::Result<bool> {
-        let mut conn = self.conn.clone();
-        let result: redis::RedisResult<Option<String>> = redis::cmd("SET")
-            .arg(&self.lock_key)
+        let mut set = redis::cmd("SET");
+        set.arg(&self.lock_key)
             .arg(token)
             .arg("NX")
             .arg("PX")
-            .arg(self.lock_ttl.as_millis() as u64)
-            .query_async(&mut conn)
+            .arg(self.lock_ttl.as_millis() as u64);
+        let result: redis::RedisResult<Option<String>> = self
+            .again_if_dropped(|mut conn| {
+                let set = &set;
+                async move { set.query_async(&mut conn).await }
+            })
             .await;
         Ok(self.note(result, "take the sync lock")?.is_some())
+    }
+
+    /// Runs `request` on the shared connection, and once more when the connection had dropped
+    /// (Redis restarted, a network cut healed): the manager reconnects after such a failure,
+    /// and a request that could not be sent is safe to send again. Without this, the first
+    /// sync after a Redis restart would fail on the dead connection.
+    async fn again_if_dropped<T, F, Fut>(&self, request: F) -> redis::RedisResult<T>
+    where
+        F: Fn(ConnectionManager) -> Fut,
+        Fut: std::future::Future<Output = redis::RedisResult<T>>,
+    {
+        match request(self.conn.clone()).await {
+            Err(e) if e.is_connection_dropped() || e.is_io_error() => {
+                tracing::info!("the Redis connection had dropped ({e}); asking again");
+                request(self.conn.clone()).await
+            }
+            other => other,
+        }
     }
 
     /// Extends the lock while `token` still holds it. `Ok(false)`: it was lost.
@@ -748,40 +868,17 @@ impl RedisStore {
     /// another is announced.
     pub async fn load_new(&self) -> anyhow::Result<Option<(Snapshot, VersionRecord)>> {
         let meta = match self.current_meta().await {
-            Err(e) if e.is::<Refused>() => {
-                // No id to remember it by: one stands for every unreadable record, until a
-                // readable one is announced.
-                const UNREADABLE: &str = "(unreadable)";
-                let mut known = lock(&self.known_version);
-                if known.as_deref() == Some(UNREADABLE) {
-                    return Ok(None);
-                }
-                *known = Some(UNREADABLE.to_owned());
-                return Err(e.context(
-                    "the version in Redis was not loaded, and is not tried again until another is announced; the version in memory is still served",
-                ));
-            }
-            other => other?,
-        };
-        let Some(meta) = meta else {
-            return Ok(None);
+            Ok(Some(meta)) => meta,
+            Ok(None) => return Ok(None),
+            Err(e) => return self.refused(e),
         };
         if lock(&self.known_version).as_deref() == Some(meta.record.version.as_str()) {
             return Ok(None);
         }
-        let loaded = match self.load().await {
-            Err(e) if e.is::<Refused>() => {
-                // Its (unsigned) id stands for it until another version is announced.
-                *lock(&self.known_version) = Some(meta.record.version.clone());
-                return Err(e.context(format!(
-                    "version {:?} not loaded, and not tried again until another is announced; the version in memory is still served",
-                    meta.record.version
-                )));
-            }
-            other => other?,
-        };
-        let Some((meta, buf, frame)) = loaded else {
-            return Ok(None);
+        let (meta, buf, frame) = match self.load(meta).await {
+            Ok(Some(loaded)) => loaded,
+            Ok(None) => return Ok(None),
+            Err(e) => return self.refused(e),
         };
         *lock(&self.known_version) = Some(meta.record.version.clone());
         // Checked against its checksum: with its facts published, the document is not parsed.
@@ -800,6 +897,29 @@ impl RedisStore {
         snapshot.adopt_zstd(frame);
         Ok(Some((snapshot, meta.record)))
     }
+}
+
+impl RedisStore {
+    /// Reports a refused record once: remembered by its id, it is not read again until
+    /// another is announced. Other errors (Redis unreachable) pass as they are, to be retried.
+    fn refused<T>(&self, e: anyhow::Error) -> anyhow::Result<Option<T>> {
+        let Some(refused) = e.downcast_ref::<Refused>() else {
+            return Err(e);
+        };
+        let mut known = lock(&self.known_version);
+        if known.as_deref() == Some(refused.id.as_str()) {
+            return Ok(None);
+        }
+        *known = Some(refused.id.clone());
+        Err(e.context(
+            "the version in Redis was not loaded, and is not read again until another is announced; the version in memory is still served",
+        ))
+    }
+}
+
+/// What stands for a record that cannot be trusted as far as its version id.
+fn fingerprint(bytes: &[u8]) -> String {
+    format!("unsigned {:016x}", xxhash_rust::xxh3::xxh3_64(bytes))
 }
 
 fn encode_tag(bytes: &[u8]) -> String {

@@ -1,7 +1,7 @@
 //! Failure evidence: a screenshot and the page source of a failed sync, kept in
 //! `failures_dir` (the newest [`KEEP_FAILURES`] pairs) so an operator can see what the browser saw.
 
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 use std::time::Duration;
 
@@ -45,6 +45,8 @@ pub async fn save_failure(client: &Client, dir: &Path) {
             .mode(0o700)
             .create(&dir)
             .with_context(|| format!("cannot create {}", dir.display()))?;
+        // A folder made by an older version (0755) is made private too.
+        let _ = std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700));
         let png = dir.join(format!("{stem}.png"));
         let page = dir.join(format!("{stem}.html"));
         let write = |path: &std::path::Path, bytes: &[u8]| -> std::io::Result<()> {

@@ -159,6 +159,14 @@ mod tests {
     }
 
     #[test]
+    fn folders_are_private_to_their_user() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = folder("test").unwrap();
+        let mode = std::fs::metadata(dir.path()).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700, "{mode:o}");
+    }
+
+    #[test]
     fn folders_of_live_processes_are_kept_and_of_dead_ones_removed() {
         let _turn = one_sweep_at_a_time();
         let mine = folder("test").unwrap();

@@ -166,10 +166,10 @@ impl Syncer {
     }
 
     /// [`Syncer::trigger`]; after phpMyAdmin rejected the login, only with `retry_login` (an
-    /// admin who fixed the account says so). A forwarded request never retries a login.
+    /// admin who fixed the account says so), which a replica forwards to the worker signed.
     pub async fn trigger_with(self: &Arc<Self>, retry_login: bool) -> Trigger {
         let Some(settings) = self.settings.clone() else {
-            return self.forward().await;
+            return self.forward(retry_login).await;
         };
         if self.shutdown.is_cancelled() {
             return Trigger::ShuttingDown;
@@ -241,11 +241,11 @@ impl Syncer {
     }
 
     /// Forwards a refresh request through Redis to the worker, if versions are shared there.
-    async fn forward(&self) -> Trigger {
+    async fn forward(&self, retry_login: bool) -> Trigger {
         let Some(store) = self.store.redis() else {
             return Trigger::NotConfigured;
         };
-        match store.forward_refresh(FORWARD_WAIT).await {
+        match store.forward_refresh(FORWARD_WAIT, retry_login).await {
             Ok(Some(answer)) => {
                 tracing::info!(answer, "refresh forwarded to the worker through Redis");
                 Trigger::from_answer(&answer)
@@ -289,9 +289,11 @@ impl Syncer {
                         None => break,
                     },
                 };
-                let trigger = self.trigger().await;
+                let (id, retry_login) = store.read_refresh_request(&id);
+                let trigger = self.trigger_with(retry_login).await;
                 tracing::info!(
                     answer = trigger.as_answer(),
+                    retry_login,
                     "refresh request from a replica"
                 );
                 if let Err(e) = store.answer_refresh(&id, trigger.as_answer()).await {

@@ -11,7 +11,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use crate::helpers::app::binary;
-use crate::helpers::eventually_blocking;
+use crate::helpers::{eventually_blocking, free_port};
 
 const DEMO_KEY: &str = "demo-test-key-0a1b2c3d";
 
@@ -40,14 +40,6 @@ fn copy_of_the_repository() -> (tempfile::TempDir, PathBuf) {
         "the copy must have no ../shared beside it"
     );
     (tmp, clone)
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// A running `bin/demo`, in a process group of its own (as a terminal would start it), with its

@@ -13,6 +13,7 @@
 //! - [`examples`]: the README's client examples, run as written.
 //! - [`demo`]: `bin/demo` from a bare copy of the repository.
 //! - [`deploy`]: the contracts between the deployment files and the program.
+//! - [`image`]: the Docker image, built on local base images and run.
 //!
 //! Tests that drive a browser take [`helpers::ONE_BROWSER`] first.
 
@@ -24,6 +25,7 @@ mod demo;
 mod deploy;
 mod examples;
 mod export;
+mod image;
 mod ops;
 mod query;
 mod redis_store;

@@ -585,28 +585,27 @@ async fn a_replica_that_starts_late_answers_deltas_as_the_others_do() {
     assert!(body.contains("DELTA_VERSIONS"), "{body}");
 }
 
-/// Writes a version into Redis as a publisher would, signed with `key`, and announces it.
+/// Writes a version into Redis as a publisher would: `meta` naming the body's length and
+/// SHA-256, signed with `key`; then announces it.
 fn write_version(redis: &Redis, meta: &Value, body: &[u8], key: &str) {
+    use base64::Engine;
     use hmac::{Hmac, Mac};
-    let meta = serde_json::to_vec(meta).unwrap();
+    use sha2::Digest;
+    let b64 = |bytes: &[u8]| base64::engine::general_purpose::STANDARD.encode(bytes);
+    let mut meta = meta.clone();
+    meta["body_bytes"] = body.len().into();
+    meta["body_sha256"] = b64(&sha2::Sha256::digest(body)).into();
+    let version = meta["record"]["version"].as_str().unwrap().to_owned();
+    let meta = serde_json::to_vec(&meta).unwrap();
     let mut mac = Hmac::<sha2::Sha256>::new_from_slice(key.as_bytes()).unwrap();
     mac.update(b"pma-cache version 1\n");
-    for part in [&meta[..], body] {
-        mac.update(&(part.len() as u64).to_le_bytes());
-        mac.update(part);
-    }
-    let tag = {
-        use base64::Engine;
-        base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
-    };
+    mac.update(&(meta.len() as u64).to_le_bytes());
+    mac.update(&meta);
+    let tag = b64(&mac.finalize().into_bytes());
     let mut conn = redis::Client::open(redis.url())
         .unwrap()
         .get_connection()
         .unwrap();
-    let version: String = serde_json::from_slice::<Value>(&meta).unwrap()["record"]["version"]
-        .as_str()
-        .unwrap()
-        .to_owned();
     redis::cmd("HSET")
         .arg("pma-cache:current")
         .arg("meta")

@@ -73,6 +73,22 @@ async fn each_key_does_what_its_role_allows_and_is_told_which_key_does_more() {
             "{message}"
         );
     }
+    // Only a read key may travel in a URL.
+    let r = app
+        .client
+        .get(app.url(&format!("/fetch-data?stream=true&api_key={KEY}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let body: Value = r.json().await.unwrap();
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("Only a read key"),
+        "{body}"
+    );
     let (status, _, body) = call(&app, Method::GET, "/metrics", READ_KEY).await;
     assert_eq!(status, 403);
     assert!(
@@ -260,15 +276,16 @@ async fn closed_by_server(socket: &mut TcpStream, wait: Duration) -> bool {
 }
 
 #[tokio::test]
-async fn idle_and_trickling_sockets_neither_stop_answers_nor_stay_open() {
+async fn idle_and_trickling_sockets_are_capped_then_closed_and_answers_come_back() {
     const IDLE: usize = 2000;
     const TRICKLING: usize = 200;
+    const CAP: usize = 1500;
     let app = spawn_app_with(Options {
         seed: Some(SMALL_CSV),
         process: true,
         env: vec![
             ("HEADER_READ_TIMEOUT", "3s".into()),
-            ("MAX_CONNECTIONS", "3000".into()),
+            ("MAX_CONNECTIONS", CAP.to_string()),
         ],
         ..Options::default()
     })
@@ -299,23 +316,31 @@ async fn idle_and_trickling_sockets_neither_stop_answers_nor_stay_open() {
             unreachable!("the head never ends")
         }));
     }
-    // Answers still come, to a client that sends its request.
-    let patient = reqwest::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .build()
-        .unwrap();
-    for path in ["/health", "/fetch-data"] {
-        let r = patient
-            .get(app.url(path))
-            .header("X-API-Key", READ_KEY)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 200, "{path}");
-    }
+    // With 2,200 sockets open at it, the server holds no more than its cap.
     let held = descriptors(app.pid());
-    assert!(held < 3000 + 256, "{held} descriptors");
-    // The header-read timeout closes every one of them.
+    assert!(held <= CAP + 256, "{held} descriptors for a cap of {CAP}");
+    // Answers come back once the header-read timeout has closed the silent ones.
+    for path in ["/health", "/fetch-data"] {
+        eventually(
+            Duration::from_secs(30),
+            &format!("{path} answers"),
+            || async {
+                let r = app
+                    .client
+                    .get(app.url(path))
+                    .header("X-API-Key", READ_KEY)
+                    .send()
+                    .await
+                    .map_err(|e| e.to_string())?;
+                match r.status().as_u16() {
+                    200 => Ok(()),
+                    other => Err(other.to_string()),
+                }
+            },
+        )
+        .await;
+    }
+    // Every one of them is closed by the server.
     for (i, socket) in idle.iter_mut().enumerate() {
         assert!(
             closed_by_server(socket, Duration::from_secs(30)).await,
@@ -350,7 +375,7 @@ async fn idle_and_trickling_sockets_neither_stop_answers_nor_stay_open() {
 async fn a_connection_beyond_the_cap_is_answered_503_and_closed() {
     let app = spawn_app_with_env(vec![
         ("MAX_CONNECTIONS", "20".into()),
-        ("HEADER_READ_TIMEOUT", "2s".into()),
+        ("HEADER_READ_TIMEOUT", "10s".into()),
     ])
     .await;
     let addr = app.base.trim_start_matches("http://").to_owned();
@@ -358,13 +383,17 @@ async fn a_connection_beyond_the_cap_is_answered_503_and_closed() {
     for _ in 0..20 {
         held.push(TcpStream::connect(&addr).await.unwrap());
     }
-    // The 21st is told to come back, before it has sent anything.
+    // The 21st sends its request and is told to come back (not reset).
     let mut extra = TcpStream::connect(&addr).await.unwrap();
+    extra
+        .write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
     let mut answer = String::new();
     tokio::time::timeout(Duration::from_secs(10), extra.read_to_string(&mut answer))
         .await
         .expect("the refusal comes and the connection closes")
-        .unwrap();
+        .expect("the connection is closed, not reset");
     assert!(answer.starts_with("HTTP/1.1 503 "), "{answer}");
     assert!(answer.contains("retry-after: 1"), "{answer}");
     let body: Value = serde_json::from_str(answer.split("\r\n\r\n").nth(1).unwrap()).unwrap();
@@ -373,7 +402,7 @@ async fn a_connection_beyond_the_cap_is_answered_503_and_closed() {
         .unwrap()
         .contains("MAX_CONNECTIONS"));
     // Once the idle ones are closed by the header-read timeout, there is room again.
-    eventually(Duration::from_secs(30), "room again", || async {
+    eventually(Duration::from_secs(40), "room again", || async {
         match app.client.get(app.url("/health")).send().await {
             Ok(r) if r.status() == 200 => Ok(()),
             Ok(r) => Err(r.status().to_string()),
@@ -382,4 +411,29 @@ async fn a_connection_beyond_the_cap_is_answered_503_and_closed() {
     })
     .await;
     drop(held);
+}
+
+#[tokio::test]
+async fn a_keep_alive_connection_left_idle_after_an_answer_is_closed() {
+    let app = spawn_app_with_env(vec![("HEADER_READ_TIMEOUT", "2s".into())]).await;
+    let addr = app.base.trim_start_matches("http://").to_owned();
+    let mut socket = TcpStream::connect(&addr).await.unwrap();
+    socket
+        .write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(10), socket.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        buf[..n].starts_with(b"HTTP/1.1 200 "),
+        "{:?}",
+        String::from_utf8_lossy(&buf[..n])
+    );
+    assert!(
+        closed_by_server(&mut socket, Duration::from_secs(20)).await,
+        "the idle keep-alive connection stays open"
+    );
 }

@@ -83,7 +83,7 @@ async fn every_rotated_key_is_accepted() {
 #[tokio::test]
 async fn the_api_key_query_parameter_is_accepted_only_on_event_streams() {
     let app = spawn_app().await;
-    let r = app.get_stream_with_key_in_url(OTHER_KEY).await;
+    let r = app.get_stream_with_key_in_url(READ_KEY).await;
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["content-type"], "text/event-stream");
     drop(r);
@@ -135,7 +135,9 @@ async fn the_api_key_query_parameter_is_accepted_only_on_event_streams() {
     // A live query is an event stream too.
     let r = app
         .client
-        .get(app.url(&format!("/query?stream=true&sql=SELECT%201&api_key={KEY}")))
+        .get(app.url(&format!(
+            "/query?stream=true&sql=SELECT%201&api_key={READ_KEY}"
+        )))
         .send()
         .await
         .unwrap();
@@ -525,7 +527,7 @@ async fn events_while_importing(
 #[tokio::test]
 async fn sse_sends_cached_then_updated_then_done_when_another_process_imports() {
     let app = spawn_app().await;
-    let r = app.get_stream_with_key_in_url(KEY).await;
+    let r = app.get_stream_with_key_in_url(READ_KEY).await;
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["content-type"], "text/event-stream");
     assert_eq!(r.headers()["x-accel-buffering"], "no");
@@ -601,7 +603,7 @@ async fn keys_never_reach_the_logs() {
     .await;
     app.get_fetch_data("").await;
     app.client
-        .get(app.url(&format!("/fetch-data?stream=true&api_key={OTHER_KEY}")))
+        .get(app.url(&format!("/fetch-data?stream=true&api_key={READ_KEY}")))
         .send()
         .await
         .unwrap();
@@ -620,7 +622,7 @@ async fn keys_never_reach_the_logs() {
             }
         })
         .await;
-    for secret in [KEY, OTHER_KEY, "guessed-key-123"] {
+    for secret in [KEY, OTHER_KEY, READ_KEY, "guessed-key-123"] {
         assert!(!logs.contains(secret), "{secret} leaked into:\n{logs}");
     }
     let status = app.get_status().await.to_string();

@@ -12,6 +12,15 @@ pub mod testbed;
 /// time on a 2-core machine, so that none times out waiting for the CPU.
 pub static ONE_BROWSER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
+/// A loopback port free now (for a process that binds it itself).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// How often [`eventually`] asks again.
 const POLL: Duration = Duration::from_millis(50);
 
