@@ -74,7 +74,7 @@ def main():
         for csv in nexts:
             # The previous version's variants at their chosen levels first, as hourly syncs would.
             time.sleep(2)
-            while len(ready_lines(log_path)) < 4 * (len(rows) + 1):
+            while len(final_lines(log_path)) < 2 * (len(rows) + 1):
                 time.sleep(0.2)
             old = base_tag(get(base, "gzip")[0])
             results = {}
@@ -89,7 +89,7 @@ def main():
             for c in clients:
                 c.join()
             rows.append(results)
-        while len(ready_lines(log_path)) < 4 * (len(rows) + 1):
+        while len(final_lines(log_path)) < 2 * (len(rows) + 1):
             time.sleep(0.2)
         timings = ready_lines(log_path)
     finally:
@@ -104,15 +104,17 @@ def main():
         g, z = r["gzip"], r["zstd"]
         print(f"| {i} | {g[0]*1000:.0f} ms | {g[1]} ({g[2]/1e6:.1f} MB) | {z[0]*1000:.0f} ms | {z[1]} ({z[2]/1e6:.1f} MB) |")
     print()
-    print("Server's build of each variant (median over the versions, from its log):\n")
-    print("| encoding | level | seconds | MB |")
-    print("| --- | --- | --- | --- |")
-    by = {}
+    print("Server's build of each variant, from its log (seconds from the start of the version's "
+          "build; pieces compressed, and taken from the version before):\n")
+    print("| version | encoding | level | ready after | MB | pieces compressed | pieces reused |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    version, seen = 0, set()
     for t in timings:
-        by.setdefault((t["encoding"], t["level"]), []).append((t["seconds"], t["bytes"]))
-    for (encoding, level), values in sorted(by.items()):
-        print(f"| {encoding} | {level} | {statistics.median(v[0] for v in values):.2f} | "
-              f"{statistics.median(v[1] for v in values)/1e6:.1f} |")
+        if (t["encoding"], t["level"]) in seen:
+            version, seen = version + 1, set()
+        seen.add((t["encoding"], t["level"]))
+        print(f"| {version} | {t['encoding']} | {t['level']} | {t['seconds']:.2f} s | "
+              f"{t['bytes']/1e6:.1f} | {t['compressed']} | {t['reused']} |")
     encodings = {e for r in rows for e in (r["gzip"][1], r["zstd"][1])}
     print()
     print("identity answers to compressed clients:", "none" if "identity" not in encodings else "SOME")
@@ -129,8 +131,14 @@ def ready_lines(path):
             fields = event.get("fields", event)
             if fields.get("message") == "compressed variant ready":
                 found.append({"encoding": fields.get("encoding"), "level": fields.get("compression_level"),
-                              "seconds": fields.get("seconds"), "bytes": fields.get("bytes")})
+                              "seconds": fields.get("seconds"), "bytes": fields.get("bytes"),
+                              "compressed": fields.get("pieces_compressed"),
+                              "reused": fields.get("pieces_reused")})
     return found
+
+
+def final_lines(path):
+    return [t for t in ready_lines(path) if t["level"] == 9]
 
 
 if __name__ == "__main__":

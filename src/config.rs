@@ -658,6 +658,21 @@ pub struct PmaArgs {
     #[arg(long, env = "SYNC_FORCE", value_parser = EnvBool, num_args = 0..=1,
           default_value = "false", default_missing_value = "true", value_name = "BOOL")]
     pub force: bool,
+    /// Between full exports, syncs export only what changed: by row digests computed by
+    /// MySQL (tables with a primary key), or by SYNC_CURSOR. A full export runs at least this
+    /// often, on a process's first sync and on `POST /refresh?full=true` (`0`: every sync).
+    #[arg(long, env = "SYNC_FULL_EVERY", value_parser = parse_duration_or_zero, default_value = "24h")]
+    pub sync_full_every: Duration,
+    /// A column that every insert and update sets to the current time (e.g. updated_at): syncs
+    /// between full exports then export the rows at or after the last one seen (less
+    /// SYNC_CURSOR_OVERLAP) and the key column alone to find deletions, instead of hashing
+    /// every row.
+    #[arg(long, env = "SYNC_CURSOR")]
+    pub sync_cursor: Option<String>,
+    /// How far before the last cursor value seen a cursor sync looks again, for rows written
+    /// late or by a clock behind.
+    #[arg(long, env = "SYNC_CURSOR_OVERLAP", value_parser = parse_duration_or_zero, default_value = "5m")]
+    pub sync_cursor_overlap: Duration,
 }
 
 /// A boolean as people write it: `1/0`, `true/false`, `yes/no` (any case). A bad value's error
@@ -758,6 +773,11 @@ pub struct SyncSettings {
     pub failures_dir: PathBuf,
     /// How long a long-running process keeps an unused browser (zero: close after each sync).
     pub browser_idle_timeout: Duration,
+    /// A full export at least this often; zero: every sync is one (SYNC_FULL_EVERY).
+    pub full_every: Duration,
+    /// The cursor column of incremental syncs, if any (SYNC_CURSOR).
+    pub cursor: Option<String>,
+    pub cursor_overlap: Duration,
 }
 
 impl SyncSettings {
@@ -1070,6 +1090,12 @@ impl PmaArgs {
             force: self.force,
             failures_dir: cache_dir(cache_file).join("failures"),
             browser_idle_timeout: self.browser_idle_timeout,
+            full_every: self.sync_full_every,
+            cursor: self
+                .sync_cursor
+                .map(|c| c.trim().to_owned())
+                .filter(|c| !c.is_empty()),
+            cursor_overlap: self.sync_cursor_overlap,
         }))
     }
 }

@@ -17,6 +17,8 @@ use crate::cache::{
 use crate::config::{CacheArgs, ImportArgs, PmaArgs, SyncArgs, SyncSettings};
 use crate::shutdown;
 use crate::startup::sweep_leftovers;
+use crate::sync::incremental::SyncMemory;
+use crate::sync::once::Between;
 use crate::sync::status::Progress;
 use crate::sync::sync_once;
 
@@ -170,6 +172,8 @@ pub async fn sync(args: SyncArgs) -> anyhow::Result<()> {
     let stop = CancellationToken::new();
     // One-shot: the browser is closed before this returns, on every path.
     let mut browser = None;
+    // A one-shot sync holds no version to merge into: it always exports the whole table.
+    let mut memory = SyncMemory::default();
     let result = {
         let sync = sync_once(
             &settings,
@@ -179,8 +183,11 @@ pub async fn sync(args: SyncArgs) -> anyhow::Result<()> {
             },
             &progress,
             &held,
-            &mut browser,
-            false,
+            Between {
+                browser: &mut browser,
+                keep: false,
+                memory: &mut memory,
+            },
             &stop,
         );
         tokio::pin!(sync);

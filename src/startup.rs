@@ -88,6 +88,7 @@ impl Services {
             }
         }
         let store = VersionStore::open(settings.cache_file, settings.shared)?;
+        let keeps = settings.serving || settings.cache.keep_only;
         let cache = Cache::new(Arc::clone(&store), settings.cache);
         let tasks = TaskTracker::new();
         let shutdown = CancellationToken::new();
@@ -101,9 +102,9 @@ impl Services {
         let syncer = Syncer::new(
             settings.sync,
             Arc::clone(&store),
-            // A worker sharing Redis keeps what it publishes, for the change sets (see
-            // `CacheSettings::keep_only`).
-            (settings.serving || store.redis().is_some()).then(|| Arc::clone(&cache)),
+            // A worker keeps what it publishes: the next sync merges into it, and with Redis
+            // the change set to it is shared (see `CacheSettings::keep_only`).
+            keeps.then(|| Arc::clone(&cache)),
             tasks.clone(),
             shutdown.clone(),
         );

@@ -47,8 +47,9 @@ impl Worker {
                 table: config.sync.table.clone(),
                 key: config.sync.key.clone(),
                 deltas: DeltaSettings::default(),
-                // With Redis, the worker keeps the version it published to share the change
-                // set to the next one with the replicas.
+                // The worker keeps the version it published: its next sync exports what
+                // changed and merges it in, and with Redis the change set to the next version
+                // is shared with the replicas.
                 keep_only: true,
             },
             shared: config.shared,

@@ -16,7 +16,7 @@ fn known_params(route: &str) -> &'static [&'static str] {
     match route {
         "/fetch-data" => &["refresh", "stream", "payload", "since", "follow", "api_key"],
         "/query" => &["sql", "p", "_format", "_shape", "stream", "api_key"],
-        "/refresh" => &["retry_login", "api_key"],
+        "/refresh" => &["retry_login", "full", "api_key"],
         "/status" | "/metrics" | "/failures/latest.png" | "/tables" => &["api_key"],
         _ => &[],
     }

@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 use super::auth::Caller;
 use super::error::ApiError;
 use super::AppState;
-use crate::sync::Trigger;
+use crate::sync::{Ask, Trigger};
 
 /// `GET /health`: the process answers. Touches neither the disk nor the cache.
 pub async fn health() -> Json<Value> {
@@ -102,22 +102,24 @@ fn hide_details(status: &mut Value) {
 /// `POST /refresh`: starts a sync in the background unless one is running; a replica without
 /// phpMyAdmin settings forwards it to the worker through Redis. At most one per
 /// REFRESH_MIN_INTERVAL (`429` with Retry-After); after phpMyAdmin rejected the login, only with
-/// `retry_login=true`.
+/// `retry_login=true`. `full=true` makes this sync (or the next, if one is running) a full export.
 pub async fn refresh(
     State(state): State<AppState>,
     RawQuery(query): RawQuery,
 ) -> Result<impl IntoResponse, ApiError> {
-    let mut retry_login = false;
+    let mut ask = Ask::default();
     for (name, value) in url::form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
-        if name == "retry_login" {
-            retry_login = super::params::parse_bool(&name, &value)?;
+        match name.as_ref() {
+            "retry_login" => ask.retry_login = super::params::parse_bool(&name, &value)?,
+            "full" => ask.full = super::params::parse_bool(&name, &value)?,
+            _ => {}
         }
     }
-    if state.syncer.login_blocked() && !retry_login {
+    if state.syncer.login_blocked() && !ask.retry_login {
         return Err(ApiError::LoginBlocked);
     }
     let turn = state.refresh_gate.admit()?;
-    let status = match state.syncer.trigger_with(retry_login).await {
+    let status = match state.syncer.trigger_with(ask).await {
         Trigger::Started => {
             turn.used();
             "triggered"

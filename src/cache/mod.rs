@@ -12,7 +12,9 @@
 //!   sets between versions and the log of the last ones.
 //! - [`snapshot`] — the ready-to-send bodies the API serves, with the typed view.
 //! - [`framing`] — the bytes of compressed answers: the variants' gzip and zstd framing, and the
-//!   encoding of streamed answers that splice them.
+//!   encoding of streamed answers that splice them; [`pieces`] — variants built of pieces, on
+//!   every core, each version taking the unchanged pieces of the one before.
+//! - [`merge`] — a new version made of the one held and the rows an incremental sync exported.
 //!
 //! [`Cache`] is what a process serves: readers never wait, since the current snapshot sits
 //! behind an [`ArcSwapOption`], so a request takes a reference-counted handle and a new version
@@ -27,6 +29,8 @@ pub mod file_store;
 pub mod files;
 pub mod format;
 pub mod framing;
+pub mod merge;
+pub mod pieces;
 pub mod record;
 pub mod redis_store;
 pub mod rows;
@@ -46,7 +50,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use convert::{csv_to_cache_json, json_capacity_for_csv, ConvertError, Converted};
-pub use delta::{bare_etag, CatchUp, ChangeSet, DeltaLog, DeltaSettings};
+pub use delta::{bare_etag, CatchUp, ChangeSet, DeltaLog, DeltaSettings, KnownChanges};
 pub use framing::Encoding;
 pub use record::VersionRecord;
 pub use redis_store::RedisStore;
@@ -91,8 +95,9 @@ pub struct CacheSettings {
     pub table: String,
     pub key: Option<Vec<String>>,
     pub deltas: DeltaSettings,
-    /// The process serves nothing: it keeps the last version it published only to compute the
-    /// change set to the next one and share it through Redis (a `worker`).
+    /// The process serves nothing: it keeps the last version it published only for its next
+    /// sync to merge into and to compute the change set to the next one, shared through Redis
+    /// (a `worker`).
     pub keep_only: bool,
 }
 
@@ -139,6 +144,7 @@ impl Cache {
         &self,
         mut snapshot: Snapshot,
         schema: Option<TableSchema>,
+        known: Option<KnownChanges>,
     ) -> anyhow::Result<Prepared> {
         let (table, key, previous) = (self.table.clone(), self.key.clone(), self.current());
         tokio::task::spawn_blocking(move || {
@@ -147,7 +153,21 @@ impl Cache {
                 if previous.same_data_as(&snapshot) {
                     return None;
                 }
-                match delta::compute(&previous, &snapshot) {
+                // What an incremental sync merged is the change set; else every row is compared.
+                let from_known = known
+                    .as_ref()
+                    .map(|known| delta::from_known(&previous, &snapshot, known));
+                let set = match from_known {
+                    Some(Ok(set)) => Ok(set),
+                    Some(Err(e)) => {
+                        tracing::debug!(
+                            "the merged keys give no change set ({e}); comparing every row"
+                        );
+                        delta::compute(&previous, &snapshot)
+                    }
+                    None => delta::compute(&previous, &snapshot),
+                };
+                match set {
                     Ok(set) => {
                         tracing::info!(
                             upserted = set.upserted(),
@@ -229,9 +249,11 @@ impl Cache {
         converted: Converted,
         record: VersionRecord,
         zstd_frame: Option<Bytes>,
+        known: Option<KnownChanges>,
     ) -> anyhow::Result<()> {
         let snapshot = Snapshot::from_converted(converted);
-        let Prepared { snapshot, change } = self.prepare(snapshot, record.schema.clone()).await?;
+        let Prepared { snapshot, change } =
+            self.prepare(snapshot, record.schema.clone(), known).await?;
         if self.keep_only {
             self.keep(snapshot, record, change);
             return Ok(());
@@ -309,7 +331,7 @@ impl Cache {
             return false;
         };
         let schema = record.as_ref().and_then(|r| r.schema.clone());
-        let (snapshot, change) = match self.prepare(snapshot, schema).await {
+        let (snapshot, change) = match self.prepare(snapshot, schema, None).await {
             Ok(Prepared { snapshot, change }) => (snapshot, change),
             Err(e) => {
                 tracing::error!("{e:#}; still serving the version held");
@@ -334,8 +356,14 @@ impl Cache {
         record: Option<Arc<VersionRecord>>,
         change: Option<ChangeSet>,
     ) -> Arc<Snapshot> {
+        let mut before = [None, None];
         if let Some(previous) = self.current() {
             snapshot.keep_data_date_of(&previous);
+            // Only the previous variants' pieces are kept for the build, not its body.
+            before = [
+                previous.pieces(Encoding::Zstd),
+                previous.pieces(Encoding::Gzip),
+            ];
         }
         let snapshot = Arc::new(snapshot);
         let made_here = self.swap_in(&snapshot, record, change);
@@ -354,7 +382,7 @@ impl Cache {
             .unwrap_or_else(|| (TaskTracker::new(), CancellationToken::new()));
         self.share(&snapshot, made_here);
         // Finishes on its own within seconds, or within moments of shutdown.
-        tasks.spawn_blocking(move || build_variants(&building, &stop));
+        tasks.spawn_blocking(move || build_variants(&building, before, &stop));
         snapshot
     }
 
@@ -406,9 +434,21 @@ impl Destination<'_> {
     /// Publishes a freshly converted table as the current version, with its record, and
     /// serves it when this process serves the cache.
     pub async fn publish(&self, converted: Converted, record: VersionRecord) -> anyhow::Result<()> {
+        self.publish_with(converted, record, None).await
+    }
+
+    /// [`Destination::publish`], with the keys an incremental sync changed (its change set).
+    pub async fn publish_with(
+        &self,
+        converted: Converted,
+        record: VersionRecord,
+        known: Option<KnownChanges>,
+    ) -> anyhow::Result<()> {
         let (converted, frame) = self.store.publish(converted, &record).await?;
         if let Some(cache) = self.serving {
-            cache.serve_published(converted, record, frame).await?;
+            cache
+                .serve_published(converted, record, frame, known)
+                .await?;
         }
         Ok(())
     }
@@ -527,42 +567,94 @@ fn attach_typed_view(
     }
 }
 
-/// Builds the compressed variants `snapshot` lacks: the quick ones first, side by side, so that
-/// a compressed client of the new version waits a moment at most and is never sent the identity
-/// body; then each at its chosen level, which replaces the quick one. Blocking.
-fn build_variants(snapshot: &Snapshot, stop: &CancellationToken) {
-    let needed: Vec<Encoding> = [Encoding::Zstd, Encoding::Gzip]
+/// A new version with at most this many bytes in pieces the version before lacks gets its
+/// variants at the chosen levels at once (about a second on two cores), without quick ones.
+const DIRECT_FINAL_BYTES: usize = 16 << 20;
+
+/// Builds the compressed variants `snapshot` lacks, of pieces (see [`pieces`]) on every core:
+/// when the version before left its variants' pieces (`before`: zstd, gzip) and most of them
+/// hold unchanged rows, straight at the chosen levels, compressing only the new pieces; else
+/// the quick ones first, so that a compressed client of the new version waits a moment at most
+/// and is never sent the identity body, then each at its chosen level. Blocking.
+fn build_variants(
+    snapshot: &Snapshot,
+    before: [Option<Arc<pieces::Pieced>>; 2],
+    stop: &CancellationToken,
+) {
+    let started = std::time::Instant::now();
+    let needed: Vec<(Encoding, Option<Arc<pieces::Pieced>>)> = [Encoding::Zstd, Encoding::Gzip]
         .into_iter()
-        .filter(|e| !snapshot.is_final(*e))
+        .zip(before)
+        .filter(|(e, _)| !snapshot.is_final(*e))
         .collect();
+    if needed.is_empty() {
+        return;
+    }
     let keep_going = || !stop.is_cancelled();
-    let build = |encoding: Encoding, level: i32| match snapshot.compress_until(
-        encoding,
-        level,
-        &keep_going,
-    ) {
-        Ok(took) => tracing::debug!(
-            encoding = encoding.token(),
-            compression_level = level,
-            seconds = took.as_secs_f64(),
-            bytes = snapshot.encoded(encoding).map_or(0, |b| b.len()),
-            "compressed variant ready"
-        ),
-        Err(e) => tracing::warn!(
-            encoding = encoding.token(),
-            compression_level = level,
-            "compression failed: {e:#}"
-        ),
+    let cuts = match snapshot.row_index() {
+        Ok(rows) => pieces::cuts(&snapshot.body, rows),
+        // A body whose rows cannot be found is one piece.
+        Err(_) => std::iter::once(0..snapshot.body.len()).collect(),
     };
-    std::thread::scope(|scope| {
-        for &encoding in &needed {
-            scope.spawn(move || build(encoding, framing::QUICK_LEVEL));
-        }
+    let workers = pieces::workers();
+    let build =
+        |encoding: Encoding, level: i32, before: Option<&pieces::Pieced>| match pieces::build(
+            &snapshot.body,
+            &cuts,
+            encoding,
+            level,
+            before,
+            workers,
+            &keep_going,
+        ) {
+            Ok((pieced, built)) => {
+                tracing::debug!(
+                    encoding = encoding.token(),
+                    compression_level = level,
+                    pieces_compressed = built.compressed,
+                    pieces_reused = built.reused,
+                    bytes_compressed = built.compressed_bytes,
+                    bytes = pieced.len(),
+                    seconds = started.elapsed().as_secs_f64(),
+                    "compressed variant ready"
+                );
+                snapshot.set_pieced(pieced);
+                true
+            }
+            Err(e) => {
+                tracing::warn!(
+                    encoding = encoding.token(),
+                    compression_level = level,
+                    "compression failed: {e:#}"
+                );
+                false
+            }
+        };
+    // Little to compress at the chosen levels (the version before holds the other pieces):
+    // straight there; else the quick variants first.
+    let quick_first = needed.iter().any(|(encoding, before)| {
+        let level = Snapshot::final_level(*encoding);
+        pieces::to_compress(&snapshot.body, &cuts, *encoding, level, before.as_deref())
+            > DIRECT_FINAL_BYTES
     });
-    for encoding in needed {
+    if quick_first {
+        for (encoding, _) in &needed {
+            if !build(*encoding, framing::QUICK_LEVEL, None) {
+                snapshot.give_up_variant(*encoding);
+            }
+        }
+    }
+    for (encoding, before) in &needed {
         if stop.is_cancelled() {
             return;
         }
-        build(encoding, Snapshot::final_level(encoding));
+        if !build(
+            *encoding,
+            Snapshot::final_level(*encoding),
+            before.as_deref(),
+        ) && !quick_first
+        {
+            snapshot.give_up_variant(*encoding);
+        }
     }
 }

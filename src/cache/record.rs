@@ -29,6 +29,10 @@ pub struct VersionRecord {
     /// without it every column is text in the typed view.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub schema: Option<TableSchema>,
+    /// How the sync that made it read the table: `full`, `row_hash` or `cursor` (none for an
+    /// import or a version from before incremental syncs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sync_kind: Option<String>,
 }
 
 impl VersionRecord {
@@ -51,6 +55,7 @@ impl VersionRecord {
             finished_at: now,
             duration_seconds: started.elapsed().as_secs_f64(),
             schema,
+            sync_kind: None,
         }
     }
 
@@ -104,6 +109,7 @@ mod tests {
             finished_at: time::macros::datetime!(2026-01-01 00:00:01.5 UTC),
             duration_seconds: 1.5,
             schema: None,
+            sync_kind: Some("full".into()),
         };
         record.write(&cache).unwrap();
         assert_eq!(VersionRecord::read_matching(&cache, "T", 3), Some(record));

@@ -645,10 +645,11 @@ impl RedisStore {
         &self,
         wait: Duration,
         retry_login: bool,
+        full: bool,
     ) -> anyhow::Result<Option<String>> {
         use rand::distributions::{Alphanumeric, DistString};
         let id = Alphanumeric.sample_string(&mut rand::thread_rng(), 16);
-        let request = match retry_login {
+        let mut request = match retry_login {
             false => id.clone(),
             true => format!(
                 "{id} retry_login {}",
@@ -660,6 +661,9 @@ impl RedisStore {
                 )
             ),
         };
+        if full {
+            request.push_str(" full");
+        }
         let reply_channel = format!("{}:{id}", self.refresh_channel);
         // Subscribed before asking, so that the answer cannot come before we listen.
         let subscribed = async {
@@ -688,14 +692,22 @@ impl RedisStore {
     }
 
     /// A forwarded refresh request's id, and whether it asks, signed, to log in again.
-    pub fn read_refresh_request(&self, request: &str) -> (String, bool) {
-        let mut parts = request.splitn(3, ' ');
+    pub fn read_refresh_request(&self, request: &str) -> (String, bool, bool) {
+        let mut parts = request.split(' ');
         let id = parts.next().unwrap_or_default().to_owned();
-        let retry_login = parts.next() == Some("retry_login")
-            && parts
-                .next()
-                .is_some_and(|tag| self.signed(RETRY_LOGIN_MAC, &[id.as_bytes()], tag.as_bytes()));
-        (id, retry_login)
+        let (mut retry_login, mut full) = (false, false);
+        while let Some(part) = parts.next() {
+            match part {
+                "retry_login" => {
+                    retry_login = parts.next().is_some_and(|tag| {
+                        self.signed(RETRY_LOGIN_MAC, &[id.as_bytes()], tag.as_bytes())
+                    })
+                }
+                "full" => full = true,
+                _ => {}
+            }
+        }
+        (id, retry_login, full)
     }
 
     /// Sends `answer` to the replica that forwarded refresh request `id`.

@@ -4,7 +4,8 @@
 //! The body is compact JSON whatever the file's layout (a pretty-printed file is compacted on
 //! load), so it fits on one SSE `data:` line. The gzip variant ends its deflate data with a sync
 //! flush, so event streams can splice those same bytes into their own gzip stream; the zstd
-//! variant is one frame, and zstd streams may concatenate frames. Validators follow the data:
+//! variant is a sequence of frames, which zstd streams may concatenate. Both are built of
+//! pieces that the next version reuses (see [`super::pieces`]). Validators follow the data:
 //! the ETag is a weak tag over columns and rows, and `Last-Modified` stays put while a sync finds
 //! the same rows.
 
@@ -21,6 +22,7 @@ use super::format::{check_document, DocumentFacts, BODY_PREFIX, BODY_ROOM};
 use super::framing::{self, compress_body_until, Encoding, GZIP_LEVEL, ZSTD_LEVEL};
 #[cfg(test)]
 use super::framing::{zstd_body_of, QUICK_LEVEL};
+use super::pieces::Pieced;
 use super::rows::RowIndex;
 use super::typed::TypedTable;
 
@@ -63,6 +65,10 @@ pub struct Snapshot {
     zstd_final: OnceLock<()>,
     /// Woken when a variant is set.
     variant_ready: Notify,
+    /// Each variant at its chosen level, built of pieces: what the next version takes its
+    /// unchanged pieces from (see [`super::pieces`]).
+    gzip_pieces: OnceLock<Arc<Pieced>>,
+    zstd_pieces: OnceLock<Arc<Pieced>>,
     /// Weak validator of the data (columns and rows), quoted (`W/"…"`).
     pub etag: String,
     /// The ETag of each encoded representation: the identity tag marked with the encoding.
@@ -185,6 +191,8 @@ impl Snapshot {
             gzip_final: OnceLock::new(),
             zstd_final: OnceLock::new(),
             variant_ready: Notify::new(),
+            gzip_pieces: OnceLock::new(),
+            zstd_pieces: OnceLock::new(),
             last_updated,
             last_modified,
             count,
@@ -358,6 +366,44 @@ impl Snapshot {
         }
         self.variant_ready.notify_waiters();
         result
+    }
+
+    /// Serves `pieced` (this body in its encoding) from now on; at the encoding's chosen level it
+    /// is final, and kept for the next version to take its pieces from.
+    pub fn set_pieced(&self, pieced: Pieced) {
+        let Some(variant) = self.cell(pieced.encoding) else {
+            return;
+        };
+        if pieced.encoding == Encoding::Gzip {
+            let _ = self.rest_crc.get_or_init(|| pieced.rest_crc);
+        }
+        variant.set(Some(pieced.bytes.clone()));
+        if pieced.level == Self::final_level(pieced.encoding) {
+            let (done, kept) = match pieced.encoding {
+                Encoding::Gzip => (&self.gzip_final, &self.gzip_pieces),
+                _ => (&self.zstd_final, &self.zstd_pieces),
+            };
+            let _ = kept.set(Arc::new(pieced));
+            let _ = done.set(());
+        }
+        self.variant_ready.notify_waiters();
+    }
+
+    /// Marks the variant in `encoding` as unavailable if nothing was ever built for it.
+    pub fn give_up_variant(&self, encoding: Encoding) {
+        if let Some(variant) = self.cell(encoding) {
+            variant.set(None);
+            self.variant_ready.notify_waiters();
+        }
+    }
+
+    /// The variant in `encoding` at its chosen level as pieces, once built so.
+    pub fn pieces(&self, encoding: Encoding) -> Option<Arc<Pieced>> {
+        match encoding {
+            Encoding::Gzip => self.gzip_pieces.get().cloned(),
+            Encoding::Zstd => self.zstd_pieces.get().cloned(),
+            Encoding::Identity => None,
+        }
     }
 
     /// The level each encoding's variant ends at.

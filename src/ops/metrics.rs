@@ -25,6 +25,12 @@ pub struct ResultLabels {
     pub result: &'static str,
 }
 
+/// How a successful sync read the table.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabels {
+    pub kind: &'static str,
+}
+
 /// A request: its route template (never the query) and status.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct HttpLabels {
@@ -49,6 +55,8 @@ struct BuildLabels {
 pub struct Metrics {
     registry: Registry,
     pub syncs: Family<ResultLabels, Counter>,
+    pub sync_kinds: Family<KindLabels, Counter>,
+    pub export_bytes: Counter,
     pub sync_duration: Histogram,
     pub rows: Gauge,
     pub age_seconds: Gauge<f64, AtomicU64>,
@@ -79,6 +87,21 @@ impl Metrics {
             "syncs",
             "Finished syncs by result, each counted once after its retries",
             syncs.clone(),
+        );
+        let sync_kinds = Family::<KindLabels, Counter>::default();
+        for kind in ["full", "row_hash", "cursor"] {
+            sync_kinds.get_or_create(&KindLabels { kind }).inc_by(0);
+        }
+        registry.register(
+            "sync_kinds",
+            "Successful syncs by how they read the table: a full export, or the changes by row digest or by cursor",
+            sync_kinds.clone(),
+        );
+        let export_bytes = Counter::default();
+        registry.register(
+            "export_bytes",
+            "CSV bytes phpMyAdmin produced for successful syncs",
+            export_bytes.clone(),
         );
         let sync_duration = Histogram::new(SYNC_DURATION_BUCKETS);
         registry.register(
@@ -146,6 +169,8 @@ impl Metrics {
         Self {
             registry,
             syncs,
+            sync_kinds,
+            export_bytes,
             sync_duration,
             rows,
             age_seconds,
@@ -167,6 +192,10 @@ impl Metrics {
             "failure"
         };
         self.syncs.get_or_create(&ResultLabels { result }).inc();
+        if let Some(kind) = outcome.kind {
+            self.sync_kinds.get_or_create(&KindLabels { kind }).inc();
+            self.export_bytes.inc_by(outcome.export_bytes as u64);
+        }
         self.sync_duration.observe(outcome.duration.as_secs_f64());
     }
 

@@ -37,6 +37,8 @@ pub struct SyncRecord {
     /// `success` or `failure`.
     pub result: &'static str,
     pub rows: Option<usize>,
+    /// How a successful sync read the table: `full`, `row_hash` or `cursor`.
+    pub kind: Option<&'static str>,
     pub error: Option<String>,
 }
 
@@ -119,6 +121,7 @@ impl Monitor {
                 "failure"
             },
             rows: outcome.result.as_ref().ok().copied(),
+            kind: outcome.kind,
             error: outcome.result.as_ref().err().cloned(),
         };
         let failures_before = {

@@ -204,7 +204,7 @@ pub fn check_is_csv(file: &Path) -> Result<(), ExportError> {
 
 /// The text of the first error box in a phpMyAdmin page, tags stripped, shortened; the MySQL
 /// error itself when the box quotes one.
-fn html_error_text(html: &str) -> Option<String> {
+pub fn html_error_text(html: &str) -> Option<String> {
     let start = ["alert-danger", "class=\"error\""]
         .iter()
         .filter_map(|marker| html.find(marker))

@@ -4,6 +4,7 @@
 //!   call. It puts in order:
 //!   - [`retries`]: the export, tried again after a transient failure;
 //!   - [`shrink_guard`]: the check that an export does not wipe good data;
+//!   - [`incremental`]: the syncs that export only what changed, between full exports;
 //!   - [`phpmyadmin`]: the export flow, which puts in order the rooms below it:
 //!     - [`chromedriver`]: the ChromeDriver process; [`session`]: the WebDriver session and its
 //!       time-limited steps; [`page`]: reading what a page shows;
@@ -11,6 +12,7 @@
 //!     - [`follow`]: the conversion that reads the download while Chromium writes it;
 //!     - [`leftovers`]: the folders and processes of killed runs, ended at the next start;
 //!     - [`evidence`]: the screenshot and page source of a failed sync;
+//!     - [`query_export`]: a query's result exported as CSV from the export page;
 //!     - [`error`]: why an export failed, apart so that nothing imports in a circle.
 //! - [`scheduler`]: the [`Syncer`], which runs syncs in the background, one at a time, on
 //!   request or on a schedule, and forwards requests to the worker from a replica;
@@ -25,6 +27,7 @@ pub mod evidence;
 pub mod export_page;
 pub mod fault;
 pub mod follow;
+pub mod incremental;
 pub mod kept_browser;
 pub mod leftovers;
 pub mod login;
@@ -32,6 +35,7 @@ pub mod once;
 pub mod outcome;
 pub mod page;
 pub mod phpmyadmin;
+pub mod query_export;
 pub mod retries;
 pub mod scheduler;
 pub mod session;
@@ -41,7 +45,7 @@ pub mod structure;
 
 pub use once::{sync_once, SyncReport};
 pub use outcome::SyncOutcome;
-pub use scheduler::{retry_delay, Syncer, Trigger, FORWARD_WAIT};
+pub use scheduler::{retry_delay, Ask, Syncer, Trigger, FORWARD_WAIT};
 
 impl std::fmt::Debug for session::Browser {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

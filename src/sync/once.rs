@@ -8,6 +8,7 @@ use anyhow::{bail, Context};
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 
+use super::incremental::{self, Incremental, SyncKind, SyncMemory};
 use super::leftovers;
 use super::retries::{export_with_retries, Exported};
 use super::session::Browser;
@@ -15,8 +16,8 @@ use super::shrink_guard::check_row_count;
 use super::status::{Phase, Progress};
 use crate::cache::format::rfc3339;
 use crate::cache::{
-    csv_to_cache_json, json_capacity_for_csv, Converted, Destination, SyncLockGuard, TableSchema,
-    VersionRecord,
+    csv_to_cache_json, json_capacity_for_csv, Cache, Converted, Destination, SyncLockGuard,
+    TableSchema, VersionRecord,
 };
 use crate::config::SyncSettings;
 
@@ -26,14 +27,39 @@ pub struct SyncReport {
     pub rows: usize,
     pub bytes: usize,
     pub duration: Duration,
+    /// How the table was read, and why a full export when it was one.
+    pub kind: SyncKind,
+    pub full_reason: Option<String>,
+    /// The CSV bytes phpMyAdmin produced for this sync.
+    pub export_bytes: usize,
+}
+
+/// What a sync keeps from the one before for the next: the browser in `browser` (none: one is
+/// started), kept there after the sync with `keep` (else closed while the CSV converts), and
+/// what an incremental sync compares with (see [`super::incremental`]).
+#[derive(Debug)]
+pub struct Between<'a> {
+    pub browser: &'a mut Option<Browser>,
+    pub keep: bool,
+    pub memory: &'a mut SyncMemory,
+}
+
+/// What the steps of a sync report.
+struct Done {
+    rows: usize,
+    bytes: usize,
+    kind: SyncKind,
+    full_reason: Option<String>,
+    export_bytes: usize,
 }
 
 /// Runs one sync: export the table through phpMyAdmin, convert it, check it, and replace the
 /// cache. On any error the cache is left as it was. The caller holds the cache's sync lock
 /// (`_held`) for the whole sync.
 ///
-/// The export uses the browser in `browser` (starting one if there is none); with `keep` the
-/// browser stays there, logged in, for the next sync, else it is closed while the CSV converts.
+/// The export uses the browser `between` holds (starting one if there is none), kept there,
+/// logged in, for the next sync when it says so. A failed sync forgets what an incremental sync
+/// compares with, so the next one is a full export.
 /// The sync ends early when `cancel` fires or `settings.timeout` passes: the export stops at its
 /// next step and the browser is closed before this returns.
 pub async fn sync_once(
@@ -41,21 +67,32 @@ pub async fn sync_once(
     destination: Destination<'_>,
     progress: &Progress,
     _held: &SyncLockGuard,
-    browser: &mut Option<Browser>,
-    keep: bool,
+    between: Between<'_>,
     cancel: &CancellationToken,
 ) -> anyhow::Result<SyncReport> {
+    let Between {
+        browser,
+        keep,
+        memory,
+    } = between;
     let started = Instant::now();
     let stop = cancel.child_token();
-    let steps = sync_steps(settings, destination, progress, browser, keep, &stop);
-    tokio::pin!(steps);
+    let mut steps = Box::pin(sync_steps(
+        settings,
+        destination,
+        progress,
+        browser,
+        keep,
+        &stop,
+        memory,
+    ));
     let mut timed_out = false;
     let result = tokio::select! {
         r = &mut steps => r,
         () = tokio::time::sleep(settings.timeout) => {
             timed_out = true;
             stop.cancel();
-            steps.await
+            (&mut steps).await
         }
     };
     let result = match result {
@@ -69,12 +106,22 @@ pub async fn sync_once(
         Err(_) if cancel.is_cancelled() => Err(anyhow::anyhow!("the service is shutting down")),
         other => other,
     };
+    drop(steps);
     progress.finish_current();
-    let (rows, bytes) = result?;
+    let done = match result {
+        Ok(done) => done,
+        Err(e) => {
+            memory.forget();
+            return Err(e);
+        }
+    };
     Ok(SyncReport {
-        rows,
-        bytes,
+        rows: done.rows,
+        bytes: done.bytes,
         duration: started.elapsed(),
+        kind: done.kind,
+        full_reason: done.full_reason,
+        export_bytes: done.export_bytes,
     })
 }
 
@@ -85,10 +132,93 @@ async fn sync_steps(
     browser: &mut Option<Browser>,
     keep: bool,
     stop: &CancellationToken,
-) -> anyhow::Result<(usize, usize)> {
+    memory: &mut SyncMemory,
+) -> anyhow::Result<Done> {
     let started = Instant::now();
     let started_at = OffsetDateTime::now_utc();
     super::fault::hit().await;
+    let current = destination.serving.and_then(Cache::current);
+    let null_token = null_token();
+    let mut full_reason = memory.full_reason(settings, current.as_deref());
+    if let (None, Some(held)) = (&full_reason, &current) {
+        let changes =
+            incremental::sync_changes(settings, memory, browser, held, &null_token, progress)
+                .await
+                .context("the incremental sync failed; the next sync exports the whole table")?;
+        match changes {
+            Incremental::Merged(changes) => {
+                let incremental::Changes {
+                    converted,
+                    schema,
+                    kind,
+                    counts,
+                    known,
+                    export_bytes,
+                    next,
+                } = *changes;
+                tracing::info!(
+                    kind = kind.as_str(),
+                    inserted = counts.inserted,
+                    updated = counts.updated,
+                    deleted = counts.deleted,
+                    unchanged = counts.unchanged,
+                    export_bytes,
+                    "merged the changed rows"
+                );
+                if !keep {
+                    if let Some(b) = browser.take() {
+                        b.close().await;
+                    }
+                }
+                check_row_count(settings, Ok(Some(held.count)), converted.count)?;
+                if stop.is_cancelled() {
+                    bail!("the sync was stopped before writing");
+                }
+                let (rows, bytes) = (converted.count, converted.cache_bytes().len());
+                progress.enter(Phase::Writing);
+                let mut record = VersionRecord::made_now(
+                    converted.last_updated.clone(),
+                    rows,
+                    started_at,
+                    started,
+                    Some(schema.clone()),
+                );
+                record.sync_kind = Some(kind.as_str().to_owned());
+                let path = destination.store.path();
+                destination
+                    .publish_with(converted, record, Some(known))
+                    .await
+                    .with_context(|| format!("cannot write the cache file {}", path.display()))?;
+                if let Some(served) = destination.serving.and_then(Cache::current) {
+                    memory.remember(served.etag.clone(), Some(schema), next, false);
+                }
+                return Ok(Done {
+                    rows,
+                    bytes,
+                    kind,
+                    full_reason: None,
+                    export_bytes,
+                });
+            }
+            Incremental::NeedsFull(why) => full_reason = Some(why),
+        }
+    }
+    let full_reason = full_reason.unwrap_or_default();
+    tracing::info!(reason = %full_reason, "exporting the whole table");
+    // Only a process that keeps the version it makes can merge into it next time.
+    let next = match destination.serving {
+        Some(_) => {
+            incremental::read_before_full(
+                settings,
+                browser,
+                current.as_deref(),
+                &null_token,
+                progress,
+            )
+            .await?
+        }
+        None => incremental::Next::none(),
+    };
     // Room for the new version's JSON, reserved before the download starts so that the buffer
     // never grows (and is copied) while the CSV arrives: the previous version's size and 1/8.
     let json_capacity = destination
@@ -101,7 +231,6 @@ async fn sync_steps(
     // The shrink guard's row count, read while the export runs: the file is read as a stream, so
     // the old table is never held beside the new one.
     let counting = destination.row_count();
-    let null_token = null_token();
     let exporting = export_with_retries(
         settings,
         browser,
@@ -132,6 +261,7 @@ async fn sync_steps(
         }
     }
     let converted = converted?;
+    let export_bytes = csv_path.metadata().map_or(0, |m| m.len() as usize);
     progress.note("rows", converted.count);
     progress.note("json bytes", converted.cache_bytes().len());
 
@@ -143,13 +273,14 @@ async fn sync_steps(
     progress.enter(Phase::Writing);
     let (rows, bytes) = (converted.count, converted.cache_bytes().len());
     let schema = schema.filter(|s| matches_columns(s, &converted.columns));
-    let record = VersionRecord::made_now(
+    let mut record = VersionRecord::made_now(
         converted.last_updated.clone(),
         rows,
         started_at,
         started,
-        schema,
+        schema.clone(),
     );
+    record.sync_kind = Some(SyncKind::Full.as_str().to_owned());
     let path = destination.store.path();
     destination
         .publish(converted, record)
@@ -163,7 +294,16 @@ async fn sync_steps(
             "from the download's last byte to the durable cache file"
         );
     }
-    Ok((rows, bytes))
+    if let Some(served) = destination.serving.and_then(Cache::current) {
+        memory.remember(served.etag.clone(), schema, next, true);
+    }
+    Ok(Done {
+        rows,
+        bytes,
+        kind: SyncKind::Full,
+        full_reason: Some(full_reason),
+        export_bytes,
+    })
 }
 
 /// Moves the CSV to `csv_path` (so that the browser can close or take the next download) and

@@ -15,6 +15,10 @@ pub struct SyncOutcome {
     pub result: Result<usize, String>,
     /// The failure was phpMyAdmin refusing the login.
     pub login_rejected: bool,
+    /// How a successful sync read the table (`full`, `row_hash`, `cursor`).
+    pub kind: Option<&'static str>,
+    /// The CSV bytes phpMyAdmin produced for a successful sync.
+    pub export_bytes: usize,
 }
 
 impl SyncOutcome {

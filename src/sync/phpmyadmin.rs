@@ -51,16 +51,56 @@ pub async fn export_table_csv(
     };
     match outcome {
         Ok(csv) => Ok(csv),
-        Err(e) => {
-            if let Some(browser) = kept.take() {
-                if !matches!(e, ExportError::Cancelled) {
-                    save_failure(browser.client(), &settings.failures_dir).await;
-                }
-                browser.close().await;
-            }
-            Err(e.redact(&settings.password))
+        Err(e) => Err(give_up_browser(settings, kept, e).await),
+    }
+}
+
+/// After a failed export: keeps the evidence of the page (unless cancelled), closes the
+/// browser, and returns the error with the password redacted.
+pub async fn give_up_browser(
+    settings: &SyncSettings,
+    kept: &mut Option<Browser>,
+    e: ExportError,
+) -> ExportError {
+    if let Some(browser) = kept.take() {
+        if !matches!(e, ExportError::Cancelled) {
+            save_failure(browser.client(), &settings.failures_dir).await;
+        }
+        browser.close().await;
+    }
+    e.redact(&settings.password)
+}
+
+/// Brings the browser in `kept` (starting one if there is none or it no longer answers) to
+/// the table's export form, logged in; a kept browser that still shows the last export's form
+/// stays there. Returns whether it was already there.
+pub async fn open_export_form(
+    settings: &SyncSettings,
+    kept: &mut Option<Browser>,
+    progress: &Progress,
+) -> Result<bool, ExportError> {
+    if let Some(mut browser) = kept.take() {
+        if browser.is_alive().await {
+            *kept = Some(browser);
+        } else {
+            tracing::warn!("the kept browser does not answer; starting a new one");
+            browser.close().await;
         }
     }
+    let warm = kept.is_some();
+    if warm {
+        progress.enter(Phase::Exporting);
+    } else {
+        progress.enter(Phase::StartingBrowser);
+        *kept = Some(Browser::start(&settings.browser).await?);
+        progress.enter(Phase::LoggingIn);
+    }
+    let browser = kept.as_mut().expect("a browser was kept or started");
+    if warm && shows_last_export_form(browser).await? {
+        return Ok(true);
+    }
+    reach_export_form(browser, settings, progress).await?;
+    Ok(false)
 }
 
 async fn export(

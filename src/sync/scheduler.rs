@@ -17,8 +17,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::error::LoginRejected;
+use super::incremental::SyncMemory;
 use super::kept_browser::KeptBrowser;
-use super::once::{sync_once, SyncReport};
+use super::once::{sync_once, Between, SyncReport};
 use super::outcome::{SyncOutcome, OUTCOMES_KEPT};
 use super::status::{self, Progress, StatusBoard};
 use crate::cache::{Cache, Destination, VersionStore};
@@ -76,6 +77,15 @@ impl Trigger {
     }
 }
 
+/// What a refresh asks for beyond a sync.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Ask {
+    /// Log in again after phpMyAdmin rejected the login (an admin fixed the account).
+    pub retry_login: bool,
+    /// Export the whole table: this sync if it starts, else the next one.
+    pub full: bool,
+}
+
 /// How long a replica waits for a worker to answer a refresh forwarded through Redis.
 pub const FORWARD_WAIT: Duration = Duration::from_secs(3);
 
@@ -93,6 +103,10 @@ pub struct Syncer {
     tasks: TaskTracker,
     shutdown: CancellationToken,
     browser: KeptBrowser,
+    /// What the next incremental sync compares with; taken by the sync running.
+    memory: tokio::sync::Mutex<SyncMemory>,
+    /// The next sync exports the whole table (`POST /refresh?full=true`).
+    full_requested: AtomicBool,
     /// phpMyAdmin rejected the last login: no further login until the settings change (a
     /// restart with new ones) or an admin asks ([`Syncer::trigger_with`]).
     login_blocked: AtomicBool,
@@ -129,6 +143,8 @@ impl Syncer {
             tasks,
             shutdown,
             browser: KeptBrowser::default(),
+            memory: tokio::sync::Mutex::new(SyncMemory::default()),
+            full_requested: AtomicBool::new(false),
             login_blocked: AtomicBool::new(false),
         })
     }
@@ -162,20 +178,24 @@ impl Syncer {
     /// shares the cache. Without phpMyAdmin settings but with Redis (a replica), the request is
     /// forwarded to the worker, whose answer this returns.
     pub async fn trigger(self: &Arc<Self>) -> Trigger {
-        self.trigger_with(false).await
+        self.trigger_with(Ask::default()).await
     }
 
     /// [`Syncer::trigger`]; after phpMyAdmin rejected the login, only with `retry_login` (an
     /// admin who fixed the account says so), which a replica forwards to the worker signed.
-    pub async fn trigger_with(self: &Arc<Self>, retry_login: bool) -> Trigger {
+    /// With `full`, this sync (or the next, if one is running) exports the whole table.
+    pub async fn trigger_with(self: &Arc<Self>, ask: Ask) -> Trigger {
         let Some(settings) = self.settings.clone() else {
-            return self.forward(retry_login).await;
+            return self.forward(ask).await;
         };
         if self.shutdown.is_cancelled() {
             return Trigger::ShuttingDown;
         }
-        if self.login_blocked.load(Ordering::Acquire) && !retry_login {
+        if self.login_blocked.load(Ordering::Acquire) && !ask.retry_login {
             return Trigger::LoginBlocked;
+        }
+        if ask.full {
+            self.full_requested.store(true, Ordering::Release);
         }
         if self
             .running
@@ -210,13 +230,20 @@ impl Syncer {
                 store: &this.store,
                 serving: this.serving.as_deref(),
             };
+            let mut memory = this.memory.lock().await;
+            if this.full_requested.swap(false, Ordering::AcqRel) {
+                memory.request_full();
+            }
             let sync = AssertUnwindSafe(sync_once(
                 &settings,
                 destination,
                 &progress,
                 &held,
-                &mut browser,
-                keep,
+                Between {
+                    browser: &mut browser,
+                    keep,
+                    memory: &mut memory,
+                },
                 &this.shutdown,
             ));
             let result = sync.catch_unwind().await.unwrap_or_else(|panic| {
@@ -225,6 +252,7 @@ impl Syncer {
                     panic_message(panic.as_ref())
                 ))
             });
+            drop(memory);
             let returned = this.browser.put_back(browser);
             this.finish(started_at, started.elapsed(), result);
             held.release().await;
@@ -241,11 +269,14 @@ impl Syncer {
     }
 
     /// Forwards a refresh request through Redis to the worker, if versions are shared there.
-    async fn forward(&self, retry_login: bool) -> Trigger {
+    async fn forward(&self, ask: Ask) -> Trigger {
         let Some(store) = self.store.redis() else {
             return Trigger::NotConfigured;
         };
-        match store.forward_refresh(FORWARD_WAIT, retry_login).await {
+        match store
+            .forward_refresh(FORWARD_WAIT, ask.retry_login, ask.full)
+            .await
+        {
             Ok(Some(answer)) => {
                 tracing::info!(answer, "refresh forwarded to the worker through Redis");
                 Trigger::from_answer(&answer)
@@ -289,11 +320,12 @@ impl Syncer {
                         None => break,
                     },
                 };
-                let (id, retry_login) = store.read_refresh_request(&id);
-                let trigger = self.trigger_with(retry_login).await;
+                let (id, retry_login, full) = store.read_refresh_request(&id);
+                let trigger = self.trigger_with(Ask { retry_login, full }).await;
                 tracing::info!(
                     answer = trigger.as_answer(),
                     retry_login,
+                    full,
                     "refresh request from a replica"
                 );
                 if let Err(e) = store.answer_refresh(&id, trigger.as_answer()).await {
@@ -329,12 +361,17 @@ impl Syncer {
                 .map(|r| r.rows)
                 .map_err(|e| format!("{e:#}")),
             login_rejected,
+            kind: result.as_ref().ok().map(|r| r.kind.as_str()),
+            export_bytes: result.as_ref().map_or(0, |r| r.export_bytes),
         };
         match result {
             Ok(report) => {
                 tracing::info!(
                     rows = report.rows,
                     bytes = report.bytes,
+                    kind = report.kind.as_str(),
+                    full_reason = report.full_reason.as_deref().unwrap_or("-"),
+                    export_bytes = report.export_bytes,
                     seconds = format_args!("{:.3}", report.duration.as_secs_f64()),
                     "sync succeeded"
                 );
@@ -344,6 +381,9 @@ impl Syncer {
                     s.last_success = Some(now);
                     s.last_duration_seconds = Some(report.duration.as_secs_f64());
                     s.last_rows = Some(report.rows);
+                    s.last_kind = Some(report.kind.as_str());
+                    s.last_full_reason = report.full_reason.clone();
+                    s.last_export_bytes = Some(report.export_bytes);
                 });
             }
             Err(e) => {

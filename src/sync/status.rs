@@ -47,6 +47,12 @@ pub struct SyncStatus {
     pub last_error: Option<String>,
     pub last_duration_seconds: Option<f64>,
     pub last_rows: Option<usize>,
+    /// How the last successful sync here read the table: `full`, `row_hash` or `cursor`.
+    pub last_kind: Option<&'static str>,
+    /// Why it was a full export, when it was one.
+    pub last_full_reason: Option<String>,
+    /// The CSV bytes phpMyAdmin produced for it.
+    pub last_export_bytes: Option<usize>,
     /// Which process wrote the version being served (command, process id, host).
     pub last_written_by: Option<String>,
     #[serde(with = "time::serde::rfc3339::option")]

@@ -39,6 +39,9 @@ fn settings(
         force: false,
         failures_dir: failures.to_owned(),
         browser_idle_timeout: Duration::ZERO,
+        full_every: Duration::from_secs(24 * 3600),
+        cursor: None,
+        cursor_overlap: Duration::from_secs(300),
     }
 }
 

@@ -65,7 +65,7 @@ function drawHistory(recent) {
   const rows = recent.map((s) => {
     const tr = document.createElement("tr");
     tr.append(cell(when(s.started_at)), cell(s.duration_seconds.toFixed(1) + " s"),
-      cell(s.rows == null ? "–" : s.rows.toLocaleString()), cell(s.result, s.result));
+      cell(s.rows == null ? "–" : s.rows.toLocaleString()), cell(s.kind || "–"), cell(s.result, s.result));
     if (s.error) tr.title = s.error;
     return tr;
   });

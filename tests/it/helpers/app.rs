@@ -381,6 +381,16 @@ impl TestApp {
             .unwrap()
     }
 
+    /// `POST /refresh?query` with the admin key.
+    pub async fn post_refresh_with(&self, query: &str) -> reqwest::Response {
+        self.client
+            .post(self.url(&format!("/refresh?{query}")))
+            .header("X-API-Key", KEY)
+            .send()
+            .await
+            .unwrap()
+    }
+
     pub async fn get_status(&self) -> serde_json::Value {
         self.client
             .get(self.url("/status"))

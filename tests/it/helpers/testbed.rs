@@ -124,7 +124,9 @@ impl Testbed {
         all
     }
 
-    /// The settings that point a `pma-cache` process at this bed's phpMyAdmin table.
+    /// The settings that point a `pma-cache` process at this bed's phpMyAdmin table. Every sync
+    /// is a full export (`SYNC_FULL_EVERY=0`), one export each, as the tests that count exports
+    /// expect; the tests of incremental syncs set their own.
     pub fn pma_env(&self) -> Vec<(&'static str, String)> {
         vec![
             ("PMA_URL", self.pma_url.clone()),
@@ -133,6 +135,7 @@ impl Testbed {
             ("PMA_DATABASE", self.database.clone()),
             ("PMA_TABLE", self.table.clone()),
             ("SYNC_TIMEOUT", "3m".into()),
+            ("SYNC_FULL_EVERY", "0".into()),
         ]
     }
 

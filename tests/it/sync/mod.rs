@@ -4,6 +4,7 @@
 //! exports in phpMyAdmin's log).
 
 mod browser_streams;
+mod incremental;
 
 use std::path::Path;
 use std::process::{Command, Output};
@@ -375,12 +376,15 @@ async fn a_failed_refresh_is_reported_to_subscribers_and_in_status() {
     let tmp = tempfile::tempdir().unwrap();
     let mut env = pma_env_in(bed, tmp.path());
     set_env(&mut env, "PMA_PASSWORD", "wrong-password-9931");
+    // Incremental syncs on: the state read before the first full export logs in first.
+    set_env(&mut env, "SYNC_FULL_EVERY", "24h");
     let app = spawn_app_with(Options {
         seed: Some(SMALL_CSV),
         env,
         ..Options::default()
     })
     .await;
+    let logins = bed.logins_served();
     let before = app.get_fetch_data("").await.bytes().await.unwrap();
     let r = app.get_fetch_data("?stream=true&refresh=true").await;
     let events = read_events(r, Duration::from_secs(180)).await;
@@ -397,6 +401,7 @@ async fn a_failed_refresh_is_reported_to_subscribers_and_in_status() {
     let status = wait_for_sync_end(&app).await;
     let error = status["sync"]["last_error"].as_str().unwrap();
     assert!(error.contains("rejected the login"), "{status}");
+    assert_eq!(bed.logins_served() - logins, 1, "one login, never retried");
     // No login is tried again until an admin asks: not on request, not by a stream.
     let r = app.post_refresh().await;
     assert_eq!(r.status(), 409);

@@ -1,0 +1,295 @@
+//! The queries of incremental syncs, run by MySQL through phpMyAdmin's export, and the reading
+//! of their small answers.
+//!
+//! Rows are grouped in buckets by their key: `CRC32(key text) % buckets`, where a composite
+//! key's text is its parts joined by the unit separator (the text the typed view indexes
+//! rows by), so this process puts a held row in the same bucket as MySQL. Each bucket is summed
+//! up by its row count and the XOR of its rows' 128-bit digests; a row's digest is the MD5 of
+//! every column as `length:text`, or `~` for SQL NULL, so NULL and the text `NULL`, and values
+//! holding any separator, never digest alike. A bucket whose sum changed is exported again.
+
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context};
+
+use crate::cache::schema::ValueKind;
+
+/// A bucket's sum: its rows, and the XOR of their digests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct BucketSum {
+    pub rows: u64,
+    pub digest: u128,
+}
+
+/// `name` as a MySQL identifier.
+pub fn ident(name: &str) -> String {
+    format!("`{}`", name.replace('`', "``"))
+}
+
+/// `text` as a MySQL string literal (quotes doubled, backslashes escaped).
+pub fn literal(text: &str) -> String {
+    format!("'{}'", text.replace('\\', "\\\\").replace('\'', "''"))
+}
+
+fn table(database: &str, table: &str) -> String {
+    format!("{}.{}", ident(database), ident(table))
+}
+
+/// The key's text: the column, or the parts joined by the unit separator (CHAR(31)).
+fn key_text(key: &[String]) -> String {
+    match key {
+        [one] => ident(one),
+        parts => format!(
+            "CONCAT_WS(CHAR(31), {})",
+            parts
+                .iter()
+                .map(|p| ident(p))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
+}
+
+/// The bucket of a key's text, as MySQL computes it in these queries.
+pub fn bucket_of(key_text: &str, buckets: u32) -> u32 {
+    crc32fast::hash(key_text.as_bytes()) % buckets
+}
+
+/// Each bucket's row count and digest sum, one row per bucket that holds rows:
+/// `b`, `n`, `x` and `y` (the two 64-bit halves of the sum, in hex).
+pub fn bucket_sums(
+    database: &str,
+    table_name: &str,
+    key: &[String],
+    columns: &[String],
+    buckets: u32,
+) -> String {
+    let fields: Vec<String> = columns
+        .iter()
+        .map(|c| {
+            let c = ident(c);
+            format!("IFNULL(CONCAT(LENGTH({c}), ':', {c}), '~')")
+        })
+        .collect();
+    format!(
+        "SELECT b, COUNT(*) AS n, \
+         HEX(BIT_XOR(CAST(CONV(LEFT(h, 16), 16, 10) AS UNSIGNED))) AS x, \
+         HEX(BIT_XOR(CAST(CONV(RIGHT(h, 16), 16, 10) AS UNSIGNED))) AS y \
+         FROM (SELECT CRC32({}) % {buckets} AS b, MD5(CONCAT({})) AS h FROM {}) AS r \
+         GROUP BY b",
+        key_text(key),
+        fields.join(", "),
+        table(database, table_name)
+    )
+}
+
+/// Every row of the buckets `which` (of `buckets`).
+pub fn rows_in_buckets(
+    database: &str,
+    table_name: &str,
+    key: &[String],
+    buckets: u32,
+    which: &[u32],
+) -> String {
+    let list: Vec<String> = which.iter().map(u32::to_string).collect();
+    format!(
+        "SELECT * FROM {} WHERE CRC32({}) % {buckets} IN ({})",
+        table(database, table_name),
+        key_text(key),
+        list.join(",")
+    )
+}
+
+/// The key of every row.
+pub fn keys(database: &str, table_name: &str, key: &[String]) -> String {
+    let parts: Vec<String> = key.iter().map(|k| ident(k)).collect();
+    format!(
+        "SELECT {} FROM {}",
+        parts.join(", "),
+        table(database, table_name)
+    )
+}
+
+/// The cursor's highest value (`mark`) and the table's rows (`n`).
+pub fn cursor_mark(database: &str, table_name: &str, cursor: &str) -> String {
+    format!(
+        "SELECT MAX({}) AS mark, COUNT(*) AS n FROM {}",
+        ident(cursor),
+        table(database, table_name)
+    )
+}
+
+/// Every row whose cursor is at or after `mark` less `overlap`, or has no cursor value.
+pub fn rows_since(
+    database: &str,
+    table_name: &str,
+    cursor: &str,
+    kind: ValueKind,
+    mark: &str,
+    overlap: Duration,
+) -> anyhow::Result<String> {
+    let c = ident(cursor);
+    let from = match kind {
+        ValueKind::Date | ValueKind::DateTime => {
+            format!("{} - INTERVAL {} SECOND", literal(mark), overlap.as_secs())
+        }
+        ValueKind::Integer | ValueKind::Unsigned | ValueKind::Decimal { .. } => {
+            let value: i128 = mark
+                .trim()
+                .parse()
+                .with_context(|| format!("the cursor's last value {mark:?} is not an integer"))?;
+            (value - i128::from(u32::try_from(overlap.as_secs()).unwrap_or(u32::MAX))).to_string()
+        }
+        ValueKind::Double => {
+            let value: f64 = mark
+                .trim()
+                .parse()
+                .with_context(|| format!("the cursor's last value {mark:?} is not a number"))?;
+            format!("{:?}", value - overlap.as_secs_f64())
+        }
+        ValueKind::Text => bail!(
+            "SYNC_CURSOR names `{cursor}`, a text column: a cursor must be a date, time or number"
+        ),
+    };
+    Ok(format!(
+        "SELECT * FROM {} WHERE {c} >= {from} OR {c} IS NULL",
+        table(database, table_name)
+    ))
+}
+
+/// A small export as read: its header's names, then its rows.
+pub type Table = (Vec<String>, Vec<Vec<Option<String>>>);
+
+/// Reads CSV with a header row: the header's names, then the rows (SQL NULL as `None`).
+pub fn read_csv(text: &str, null_token: &str) -> anyhow::Result<Table> {
+    let mut reader = csv::ReaderBuilder::new()
+        .has_headers(false)
+        .flexible(false)
+        .from_reader(text.as_bytes());
+    let mut records = reader.records();
+    let header: Vec<String> = match records.next() {
+        Some(r) => r
+            .context("reading the export's header")?
+            .iter()
+            .map(str::to_owned)
+            .collect(),
+        None => bail!("the export is empty: no header row"),
+    };
+    let mut rows = Vec::new();
+    for record in records {
+        let record = record.context("reading the export")?;
+        rows.push(
+            record
+                .iter()
+                .map(|f| (f != null_token).then(|| f.to_owned()))
+                .collect(),
+        );
+    }
+    Ok((header, rows))
+}
+
+/// The bucket sums of a [`bucket_sums`] export, by bucket.
+pub fn read_bucket_sums(
+    text: &str,
+    null_token: &str,
+    buckets: u32,
+) -> anyhow::Result<Vec<BucketSum>> {
+    let (header, rows) = read_csv(text, null_token)?;
+    anyhow::ensure!(
+        header == ["b", "n", "x", "y"],
+        "the bucket sums came with the columns {header:?}"
+    );
+    let mut sums = vec![BucketSum::default(); buckets as usize];
+    for row in rows {
+        let field = |i: usize| -> anyhow::Result<&str> {
+            row.get(i)
+                .and_then(|v| v.as_deref())
+                .ok_or_else(|| anyhow!("a bucket sum lacks a value"))
+        };
+        let bucket: u32 = field(0)?.parse().context("a bucket number")?;
+        let sum = sums
+            .get_mut(bucket as usize)
+            .ok_or_else(|| anyhow!("bucket {bucket} is out of range"))?;
+        let half = |i| u64::from_str_radix(field(i)?, 16).context("a digest sum");
+        *sum = BucketSum {
+            rows: field(1)?.parse().context("a bucket's row count")?,
+            digest: (u128::from(half(2)?) << 64) | u128::from(half(3)?),
+        };
+    }
+    Ok(sums)
+}
+
+/// How many buckets a table of about `rows` rows is summed in: about 16 rows each (a changed
+/// row costs its bucket's rows in the next export), at least 64, at most 2^18.
+pub fn buckets_for(rows: usize) -> u32 {
+    ((rows / 16).max(64).next_power_of_two()).min(1 << 18) as u32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_and_texts_are_quoted() {
+        assert_eq!(ident("a`b"), "`a``b`");
+        assert_eq!(literal(r"it's \ok"), r"'it''s \\ok'");
+        assert_eq!(
+            keys("shop", "orders", &["a".into(), "b".into()]),
+            "SELECT `a`, `b` FROM `shop`.`orders`"
+        );
+        assert_eq!(
+            rows_in_buckets("shop", "orders", &["a".into(), "b".into()], 64, &[1, 7]),
+            "SELECT * FROM `shop`.`orders` WHERE CRC32(CONCAT_WS(CHAR(31), `a`, `b`)) % 64 IN (1,7)"
+        );
+    }
+
+    #[test]
+    fn cursor_queries_follow_the_column_type() {
+        let five = Duration::from_secs(300);
+        let q = rows_since(
+            "s",
+            "t",
+            "u",
+            ValueKind::DateTime,
+            "2026-01-01 00:00:00",
+            five,
+        )
+        .unwrap();
+        assert!(
+            q.ends_with("WHERE `u` >= '2026-01-01 00:00:00' - INTERVAL 300 SECOND OR `u` IS NULL"),
+            "{q}"
+        );
+        let q = rows_since("s", "t", "u", ValueKind::Integer, "1000", five).unwrap();
+        assert!(q.contains("`u` >= 700 OR"), "{q}");
+        assert!(rows_since("s", "t", "u", ValueKind::Integer, "1; DROP", five).is_err());
+        assert!(rows_since("s", "t", "u", ValueKind::Text, "x", five).is_err());
+    }
+
+    #[test]
+    fn bucket_sums_are_read_by_bucket() {
+        let csv = "\"b\",\"n\",\"x\",\"y\"\n\"3\",\"2\",\"FF\",\"1\"\n";
+        let sums = read_bucket_sums(csv, "NULL~t", 4).unwrap();
+        assert_eq!(
+            sums[3],
+            BucketSum {
+                rows: 2,
+                digest: (0xFF << 64) | 1
+            }
+        );
+        assert_eq!(sums[0], BucketSum::default());
+        assert!(
+            read_bucket_sums("\"b\",\"n\",\"x\",\"y\"\n\"9\",\"1\",\"0\",\"0\"\n", "N", 4).is_err()
+        );
+        assert!(read_bucket_sums("\"id\"\n", "N", 4).is_err());
+    }
+
+    #[test]
+    fn buckets_grow_with_the_table() {
+        assert_eq!(buckets_for(0), 64);
+        assert_eq!(buckets_for(102_052), 8192);
+        assert_eq!(buckets_for(1_020_520), 65_536);
+        assert_eq!(buckets_for(usize::MAX / 2), 1 << 18);
+        // MySQL's CRC32 is the IEEE CRC-32 of the text's bytes.
+        assert_eq!(crc32fast::hash(b"123"), 0x884863D2);
+    }
+}
