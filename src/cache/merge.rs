@@ -162,7 +162,11 @@ pub fn merge(
         }
         if let Some((_, fresh_row)) = last_fresh.filter(|(k, _)| k == key) {
             matched[fresh_row] = true;
-            if held_rows.hash(row) == fresh_rows.hash(fresh_row) {
+            let same = match (held_rows.span(row), fresh_rows.span(fresh_row)) {
+                (Some(a), Some(b)) => held.body[a] == fresh_body[b],
+                _ => false,
+            };
+            if same {
                 counts.unchanged += 1;
             } else {
                 counts.updated += 1;

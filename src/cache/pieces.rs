@@ -79,7 +79,7 @@ pub struct Pieced {
     pub bytes: Bytes,
     /// CRC-32 of the body after its `{` (gzip).
     pub rest_crc: u32,
-    pieces: HashMap<u64, Piece>,
+    pieces: HashMap<u128, Piece>,
 }
 
 impl Pieced {
@@ -126,9 +126,9 @@ pub fn build(
         })
         .filter(|r| !r.is_empty())
         .collect();
-    let hashes: Vec<u64> = ranges
+    let hashes: Vec<u128> = ranges
         .iter()
-        .map(|r| xxhash_rust::xxh3::xxh3_64(&body[r.clone()]))
+        .map(|r| xxhash_rust::xxh3::xxh3_128(&body[r.clone()]))
         .collect();
     let before = before.filter(|b| b.encoding == encoding && b.level == level);
     let reused: Vec<Option<&Piece>> = hashes
@@ -222,10 +222,15 @@ pub fn to_compress(
         return body.len();
     };
     cuts.iter()
+        .enumerate()
+        .map(|(i, r)| match (i, encoding) {
+            (0, Encoding::Gzip) => r.start.max(1)..r.end,
+            _ => r.clone(),
+        })
         .filter(|r| {
             let held = before
                 .pieces
-                .get(&xxhash_rust::xxh3::xxh3_64(&body[(*r).clone()]));
+                .get(&xxhash_rust::xxh3::xxh3_128(&body[r.clone()]));
             held.is_none_or(|p| p.len != r.len())
         })
         .map(|r| r.len())

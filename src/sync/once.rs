@@ -141,10 +141,17 @@ async fn sync_steps(
     let null_token = null_token();
     let mut full_reason = memory.full_reason(settings, current.as_deref());
     if let (None, Some(held)) = (&full_reason, &current) {
-        let changes =
-            incremental::sync_changes(settings, memory, browser, held, &null_token, progress)
-                .await
-                .context("the incremental sync failed; the next sync exports the whole table")?;
+        let changes = tokio::select! {
+            changes = incremental::sync_changes(settings, memory, browser, held, &null_token, progress) => changes,
+            () = stop.cancelled() => {
+                if let Some(b) = browser.take() {
+                    b.close().await;
+                }
+                Err(anyhow::anyhow!("the incremental export was stopped"))
+            }
+        };
+        let changes = changes
+            .context("the incremental sync failed; the next sync exports the whole table")?;
         match changes {
             Incremental::Merged(changes) => {
                 let incremental::Changes {
@@ -184,13 +191,18 @@ async fn sync_steps(
                     Some(schema.clone()),
                 );
                 record.sync_kind = Some(kind.as_str().to_owned());
+                let stamp = converted.last_updated.clone();
                 let path = destination.store.path();
                 destination
                     .publish_with(converted, record, Some(known))
                     .await
                     .with_context(|| format!("cannot write the cache file {}", path.display()))?;
-                if let Some(served) = destination.serving.and_then(Cache::current) {
-                    memory.remember(served.etag.clone(), Some(schema), next, false);
+                match destination.serving.and_then(Cache::current) {
+                    // The version this sync made (not one another process wrote since).
+                    Some(served) if served.last_updated == stamp => {
+                        memory.remember(served.etag.clone(), Some(schema), next, false);
+                    }
+                    _ => memory.forget(),
                 }
                 return Ok(Done {
                     rows,
@@ -207,16 +219,7 @@ async fn sync_steps(
     tracing::info!(reason = %full_reason, "exporting the whole table");
     // Only a process that keeps the version it makes can merge into it next time.
     let next = match destination.serving {
-        Some(_) => {
-            incremental::read_before_full(
-                settings,
-                browser,
-                current.as_deref(),
-                &null_token,
-                progress,
-            )
-            .await?
-        }
+        Some(_) => incremental::read_before_full(settings, browser, &null_token, progress).await?,
         None => incremental::Next::none(),
     };
     // Room for the new version's JSON, reserved before the download starts so that the buffer
@@ -281,6 +284,7 @@ async fn sync_steps(
         schema.clone(),
     );
     record.sync_kind = Some(SyncKind::Full.as_str().to_owned());
+    let stamp = converted.last_updated.clone();
     let path = destination.store.path();
     destination
         .publish(converted, record)
@@ -294,8 +298,12 @@ async fn sync_steps(
             "from the download's last byte to the durable cache file"
         );
     }
-    if let Some(served) = destination.serving.and_then(Cache::current) {
-        memory.remember(served.etag.clone(), schema, next, true);
+    match destination.serving.and_then(Cache::current) {
+        Some(served) if served.last_updated == stamp => {
+            let next = incremental::after_full(settings, next, &served, schema.as_ref()).await;
+            memory.remember(served.etag.clone(), schema, next, true);
+        }
+        _ => memory.forget(),
     }
     Ok(Done {
         rows,

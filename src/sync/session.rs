@@ -205,6 +205,9 @@ impl Browser {
         let mut caps = Capabilities::new();
         caps.insert("browserName".into(), json!("chrome"));
         caps.insert("pageLoadStrategy".into(), json!("normal"));
+        // Scripts that export a query's result may run for minutes on a large table; every step
+        // has its own time limit (see `step`), so WebDriver's 30 s default is lifted.
+        caps.insert("timeouts".into(), json!({"script": 3_600_000}));
         caps.insert("goog:chromeOptions".into(), options);
         caps
     }

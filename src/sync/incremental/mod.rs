@@ -1,20 +1,25 @@
 //! Syncs that export what changed, not the whole table, between full exports.
 //!
 //! - **By row digest** (tables with a key): MySQL sums the table up in buckets of rows (see
-//!   [`sql`]); the buckets whose sums changed since the last sync are exported again, and their
-//!   rows replace the held ones of the same buckets (a held row missing from them was deleted).
+//!   [`sql`]); this process sums up the rows it holds the same way ([`digest`]). The buckets
+//!   whose sums differ are exported again, and their rows replace the held ones of the same
+//!   buckets (a held row missing from them was deleted). Since the held sums describe the rows
+//!   held, a row that changed while it was exported differs at the next sync, whatever it
+//!   changed to.
 //! - **By cursor** (`SYNC_CURSOR`): the rows whose cursor is at or after the highest value seen
 //!   at the last sync (less `SYNC_CURSOR_OVERLAP`) are exported, and the key column alone, to
-//!   find deletions.
+//!   find deletions. The highest value is read *before* the rows, so a row written in between is
+//!   exported again next time rather than missed.
 //!
-//! Both read their next starting point (the sums, the cursor's highest value) *before* the rows,
-//! so a row written in between is exported again next time rather than missed. The merge
-//! ([`crate::cache::merge`]) gives the document a full export would give; a merged row count
-//! unequal to the table's, a change of columns, types or key, and a change too large to be worth
-//! it make the sync a full export instead. [`SyncMemory`] holds what the next sync compares with,
-//! in this process only: its first sync is full, and so is any sync after a failed one or after
-//! another process wrote the version served.
+//! The merge ([`crate::cache::merge`]) gives the document a full export would give: rows keep
+//! the primary key's order, so the key must be the table's primary key, of integers or dates
+//! (whose order is their text's). A merged row count unequal to the table's, a change of
+//! columns, types or key, and a change too large to be worth it make the sync a full export
+//! instead. [`SyncMemory`] holds what the next sync compares with, in this process only: its
+//! first sync is full, and so is any sync after a failed one or after another process wrote the
+//! version served.
 
+pub mod digest;
 pub mod sql;
 
 use std::collections::HashSet;
@@ -27,7 +32,7 @@ use time::OffsetDateTime;
 use self::sql::BucketSum;
 use crate::cache::delta::KnownChanges;
 use crate::cache::format::rfc3339;
-use crate::cache::merge::{merge, MergeCounts, Merged};
+use crate::cache::merge::{keys_by_row, merge, MergeCounts, Merged};
 use crate::cache::schema::ValueKind;
 use crate::cache::typed::KEY_SEPARATOR;
 use crate::cache::{csv_to_cache_json, Converted, Snapshot, TableSchema, TypedTable};
@@ -183,29 +188,26 @@ impl SyncMemory {
     }
 }
 
-/// Before a full export: opens the export form, reads the table's structure and takes the
-/// state the next sync compares with (the bucket sums, or the cursor's mark). Fails the sync
-/// only when phpMyAdmin rejects the login (never tried twice); any other failure leaves the next
-/// sync a full export too, and the log says why.
+/// Before a full export with a cursor: opens the export form and reads the cursor's highest
+/// value, which the next sync starts from. Fails the sync only when phpMyAdmin rejects the
+/// login (never tried twice); any other failure leaves the next sync a full export too, and the
+/// log says why. Without a cursor there is nothing to read: the rows' sums are taken from the
+/// version made ([`after_full`]).
 pub async fn read_before_full(
     settings: &SyncSettings,
     browser: &mut Option<Browser>,
-    current: Option<&Snapshot>,
     null_token: &str,
     progress: &Progress,
 ) -> anyhow::Result<Next> {
-    if settings.full_every.is_zero() {
+    let Some(cursor) = settings
+        .cursor
+        .as_deref()
+        .filter(|_| !settings.full_every.is_zero())
+    else {
         return Ok(Next(None));
-    }
-    let started = Instant::now();
-    match state_now(settings, browser, current, null_token, progress).await {
-        Ok((state, _)) => {
-            tracing::debug!(
-                seconds = started.elapsed().as_secs_f64(),
-                "read the table's state for the next incremental sync"
-            );
-            Ok(Next(Some(state)))
-        }
+    };
+    match cursor_state(settings, cursor, browser, null_token, progress).await {
+        Ok(state) => Ok(Next(Some(state))),
         Err(e) => {
             if let Some(ExportError::LoginRejected(message)) = e.downcast_ref::<ExportError>() {
                 let message = settings.password.scrub(message);
@@ -218,47 +220,118 @@ pub async fn read_before_full(
                 }
                 .into());
             }
+            let e = settings.password.scrub(&format!("{e:#}"));
             if let Some(b) = browser.take() {
-                let failed = ExportError::Transient(anyhow!("{e:#}"));
+                let failed = ExportError::Transient(anyhow!("{e}"));
                 let _ = give_up_browser(settings, &mut Some(b), failed).await;
             }
-            tracing::warn!("the next sync will be a full export too: {e:#}");
+            tracing::warn!("the next sync will be a full export too: {e}");
             Ok(Next(None))
         }
     }
 }
 
-async fn state_now(
+async fn cursor_state(
     settings: &SyncSettings,
+    cursor: &str,
     browser: &mut Option<Browser>,
-    current: Option<&Snapshot>,
     null_token: &str,
     progress: &Progress,
-) -> anyhow::Result<(State, usize)> {
+) -> anyhow::Result<State> {
     let schema = at_form_with_structure(settings, browser, progress).await?;
     let key = key_of(settings, &schema)?;
-    let columns: Vec<String> = schema.columns.iter().map(|c| c.name.clone()).collect();
+    let kind = cursor_kind(&schema, cursor)?;
     let b = browser.as_mut().expect("the browser is at the form");
-    match &settings.cursor {
-        Some(cursor) => {
-            let kind = cursor_kind(&schema, cursor)?;
-            let (mark, _rows, bytes) = read_mark(b, settings, cursor, null_token, progress).await?;
-            Ok((State::Cursor { key, kind, mark }, bytes))
+    let (mark, _rows, _bytes) = read_mark(b, settings, cursor, null_token, progress).await?;
+    Ok(State::Cursor { key, kind, mark })
+}
+
+/// After a full export made `served` (read with `schema`): what the next sync compares with.
+/// By row digest, the sums of the rows served, computed off the runtime (a second or two for a
+/// million rows); with a cursor, the mark read before the export (`next`).
+pub async fn after_full(
+    settings: &SyncSettings,
+    next: Next,
+    served: &Arc<Snapshot>,
+    schema: Option<&TableSchema>,
+) -> Next {
+    if settings.full_every.is_zero() {
+        return Next(None);
+    }
+    let checked = schema
+        .ok_or_else(|| anyhow!("the table's structure could not be read"))
+        .and_then(|schema| {
+            let key = key_of(settings, schema)?;
+            mergeable(schema, &key)?;
+            Ok(key)
+        });
+    let key = match checked {
+        Ok(key) => key,
+        Err(e) => {
+            tracing::warn!("every sync exports the whole table: {e:#}");
+            return Next(None);
         }
-        None => {
-            // Sized by the version held, else by the row count phpMyAdmin's export page shows.
-            let rows = match current {
-                Some(current) => current.count,
-                None => page_row_count(b).await,
-            };
-            let buckets = sql::buckets_for(rows);
-            let query =
-                sql::bucket_sums(&settings.database, &settings.table, &key, &columns, buckets);
-            let text = csv_of(b, settings, &query, null_token, progress).await?;
-            let sums = sql::read_bucket_sums(&text, null_token, buckets)?;
-            Ok((State::RowHash { key, buckets, sums }, text.len()))
+    };
+    if settings.cursor.is_some() {
+        return next;
+    }
+    let (snapshot, started) = (Arc::clone(served), Instant::now());
+    let buckets = sql::buckets_for(snapshot.count);
+    let summed = tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<BucketSum>> {
+        let view = snapshot
+            .typed()
+            .ok_or_else(|| anyhow!("the version has no typed view"))?;
+        let rows = snapshot.row_index().map_err(|e| anyhow!(e))?;
+        let keys = keys_by_row(view)?;
+        digest::sums_of(&snapshot.body, rows, &keys, buckets, &|_| true, workers())
+    })
+    .await;
+    match summed {
+        Ok(Ok(sums)) => {
+            tracing::debug!(
+                buckets,
+                seconds = started.elapsed().as_secs_f64(),
+                "summed up the rows for the next incremental sync"
+            );
+            Next(Some(State::RowHash { key, buckets, sums }))
+        }
+        Ok(Err(e)) => {
+            tracing::warn!("the next sync will be a full export too: {e:#}");
+            Next(None)
+        }
+        Err(e) => {
+            tracing::warn!("the digest threads stopped: {e}");
+            Next(None)
         }
     }
+}
+
+/// The threads a digest of every row uses.
+fn workers() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// Whether rows keyed by `key` can be placed as a full export places them: the key is the
+/// table's primary key (the export's order) and every part sorts as its text (integers, by
+/// value; dates). A text key's order follows its collation, which this process does not know.
+fn mergeable(schema: &TableSchema, key: &[String]) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        schema.key == key,
+        "PMA_KEY ({}) is not the table's primary key ({}), whose order a full export follows",
+        key.join(","),
+        schema.key.join(",")
+    );
+    for part in key {
+        anyhow::ensure!(
+            matches!(
+                schema.kind_of(part),
+                ValueKind::Integer | ValueKind::Unsigned | ValueKind::Date | ValueKind::DateTime
+            ),
+            "the key column `{part}` is not an integer or a date, so merged rows could not be \
+             placed in the order a full export gives"
+        );
+    }
+    Ok(())
 }
 
 /// Exports what changed since the held version `current` and merges it in (see the module's
@@ -299,7 +372,7 @@ pub async fn sync_changes(
             .await;
         }
     }
-    result
+    result.map_err(|e| anyhow!(settings.password.scrub(&format!("{e:#}"))))
 }
 
 async fn changes(
@@ -319,14 +392,22 @@ async fn changes(
     super::fault::hit_named("incremental").await?;
     let b = browser.as_mut().expect("the browser is at the form");
     let mut export_bytes = 0;
-    let (fresh_csv, keep, expected, next, kind) = match &held.state {
+    let too_large = || {
+        Ok(Incremental::NeedsFull(
+            "an incremental export's answer is too large: a full export instead".into(),
+        ))
+    };
+    let (fresh_csv, keep, expected, kind) = match &held.state {
         State::RowHash { key, buckets, sums } => {
             let columns: Vec<String> = schema.columns.iter().map(|c| c.name.clone()).collect();
             let query =
                 sql::bucket_sums(&settings.database, &settings.table, key, &columns, *buckets);
-            let text = csv_of(b, settings, &query, null_token, progress).await?;
+            let Some(text) = csv_of(b, settings, &query, null_token, progress).await? else {
+                return too_large();
+            };
             export_bytes += text.len();
-            let now = sql::read_bucket_sums(&text, null_token, *buckets)?;
+            let (token, count) = (null_token.to_owned(), *buckets);
+            let now = off_runtime(move || sql::read_bucket_sums(&text, &token, count)).await?;
             let changed: Vec<u32> = (0..*buckets)
                 .filter(|&i| now[i as usize] != sums[i as usize])
                 .collect();
@@ -350,24 +431,23 @@ async fn changes(
                 );
                 match export_query_csv(b, settings, &query, null_token, progress).await? {
                     QueryAnswer::Csv(text) => Some(text),
-                    QueryAnswer::TooLarge => {
-                        return Ok(Incremental::NeedsFull(
-                            "the changed rows are too large for an incremental export".into(),
-                        ))
-                    }
+                    QueryAnswer::TooLarge => return too_large(),
                 }
             };
-            let changed: HashSet<u32> = changed.into_iter().collect();
-            let buckets = *buckets;
-            let keep = Keep::OutsideBuckets { buckets, changed };
-            let next = State::RowHash {
+            let keep = Keep::OutsideBuckets {
                 key: key.clone(),
-                buckets,
-                sums: now,
+                buckets: *buckets,
+                changed: changed.into_iter().collect(),
+                sums: sums.clone(),
+                now,
             };
-            (fresh, keep, rows as usize, next, SyncKind::RowHash)
+            (fresh, keep, rows as usize, SyncKind::RowHash)
         }
-        State::Cursor { key, kind, mark } => {
+        State::Cursor {
+            key,
+            kind: cursor_kind,
+            mark,
+        } => {
             let cursor = settings
                 .cursor
                 .as_deref()
@@ -380,16 +460,13 @@ async fn changes(
             let (new_mark, rows, bytes) =
                 read_mark(b, settings, cursor, null_token, progress).await?;
             export_bytes += bytes;
-            let text = csv_of(
-                b,
-                settings,
-                &sql::keys(&settings.database, &settings.table, key),
-                null_token,
-                progress,
-            )
-            .await?;
+            let query = sql::keys(&settings.database, &settings.table, key);
+            let Some(text) = csv_of(b, settings, &query, null_token, progress).await? else {
+                return too_large();
+            };
             export_bytes += text.len();
-            let keys = read_keys(&text, null_token, key.len())?;
+            let (token, parts) = (null_token.to_owned(), key.len());
+            let keys = off_runtime(move || read_keys(&text, &token, parts)).await?;
             if keys.len() != rows {
                 return Ok(Incremental::NeedsFull(format!(
                     "the table had {rows} rows, then {} keys: it changed during the sync",
@@ -400,24 +477,21 @@ async fn changes(
                 &settings.database,
                 &settings.table,
                 cursor,
-                *kind,
+                *cursor_kind,
                 mark,
                 settings.cursor_overlap,
             )?;
             let fresh = match export_query_csv(b, settings, &query, null_token, progress).await? {
                 QueryAnswer::Csv(text) => text,
-                QueryAnswer::TooLarge => {
-                    return Ok(Incremental::NeedsFull(
-                        "the changed rows are too large for an incremental export".into(),
-                    ))
-                }
+                QueryAnswer::TooLarge => return too_large(),
             };
-            let next = State::Cursor {
+            let keep = Keep::Keys {
                 key: key.clone(),
-                kind: *kind,
+                kind: *cursor_kind,
                 mark: new_mark,
+                keys,
             };
-            (Some(fresh), Keep::Keys(keys), rows, next, SyncKind::Cursor)
+            (Some(fresh), keep, rows, SyncKind::Cursor)
         }
     };
     export_bytes += fresh_csv.as_ref().map_or(0, String::len);
@@ -426,7 +500,7 @@ async fn changes(
     let (current, token) = (Arc::clone(current), null_token.to_owned());
     let (table, key_override, schema_for_view) =
         (settings.table.clone(), settings.key.clone(), schema.clone());
-    let merged = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+    let merged = off_runtime(move || -> anyhow::Result<_> {
         let fresh_csv = fresh_csv.unwrap_or_else(|| header_csv(&columns));
         let now = rfc3339(OffsetDateTime::now_utc().replace_nanosecond(0)?);
         let fresh = csv_to_cache_json(
@@ -436,6 +510,7 @@ async fn changes(
             fresh_csv.len() * 3,
         )
         .context("the exported rows could not be converted")?;
+        drop(fresh_csv);
         anyhow::ensure!(
             fresh.columns == columns,
             "the exported columns {:?} differ from the table's",
@@ -447,21 +522,12 @@ async fn changes(
             &table,
             key_override.as_deref(),
         )?;
-        if let Keep::OutsideBuckets { buckets, changed } = &keep {
-            if let Some((key, _)) = view
-                .keys()
-                .find(|(key, _)| !changed.contains(&sql::bucket_of(key, *buckets)))
-            {
-                anyhow::bail!(
-                    "the row with key {key:?} came from a bucket this process puts it out of"
-                );
-            }
-        }
+        let next = keep.next_state(&fresh, &view)?;
         let drop_held = |_: usize, key: &str| keep.drops(key);
-        merge(&current, &drop_held, &fresh, &view, &now)
+        Ok((merge(&current, &drop_held, &fresh, &view, &now), next))
     })
-    .await
-    .context("the merge stopped")?;
+    .await?;
+    let (merged, next) = merged;
     let Merged {
         converted,
         counts,
@@ -487,21 +553,94 @@ async fn changes(
     })))
 }
 
-/// Which held rows an incremental sync keeps.
+/// Runs `work` on a blocking thread.
+async fn off_runtime<T: Send + 'static>(
+    work: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
+) -> anyhow::Result<T> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| anyhow!("a sync thread stopped: {e}"))?
+}
+
+/// Which held rows an incremental sync keeps, and what the next sync will compare with.
 enum Keep {
-    /// Those outside the changed buckets.
-    OutsideBuckets { buckets: u32, changed: HashSet<u32> },
-    /// Those whose key is still in the table.
-    Keys(HashSet<String>),
+    /// Those outside the changed buckets; the sums held and MySQL's now.
+    OutsideBuckets {
+        key: Vec<String>,
+        buckets: u32,
+        changed: HashSet<u32>,
+        sums: Vec<BucketSum>,
+        now: Vec<BucketSum>,
+    },
+    /// Those whose key is still in the table; the cursor's mark read now.
+    Keys {
+        key: Vec<String>,
+        kind: ValueKind,
+        mark: Option<String>,
+        keys: HashSet<String>,
+    },
 }
 
 impl Keep {
     fn drops(&self, key: &str) -> bool {
         match self {
-            Keep::OutsideBuckets { buckets, changed } => {
-                changed.contains(&sql::bucket_of(key, *buckets))
+            Keep::OutsideBuckets {
+                buckets, changed, ..
+            } => changed.contains(&sql::bucket_of(key, *buckets)),
+            Keep::Keys { keys, .. } => !keys.contains(key),
+        }
+    }
+
+    /// What the next sync compares with once `fresh` (with its `view`) is merged. By row
+    /// digest: the held sums, with the changed buckets' replaced by the sums of the rows
+    /// exported for them (checked to all belong to those buckets). Blocking.
+    fn next_state(&self, fresh: &Converted, view: &TypedTable) -> anyhow::Result<State> {
+        match self {
+            Keep::OutsideBuckets {
+                key,
+                buckets,
+                changed,
+                sums,
+                now,
+            } => {
+                let keys = keys_by_row(view)?;
+                if let Some(key) = keys
+                    .iter()
+                    .find(|key| !changed.contains(&sql::bucket_of(key, *buckets)))
+                {
+                    anyhow::bail!(
+                        "the row with key {key:?} came from a bucket this process puts it out of"
+                    );
+                }
+                let body = &fresh.buf[crate::cache::format::BODY_ROOM..];
+                let rows = crate::cache::rows::RowIndex::build(body)?;
+                let fresh_sums = digest::sums_of(body, &rows, &keys, *buckets, &|_| true, 1)?;
+                let mut next = sums.clone();
+                let mut moved = 0;
+                for &b in changed {
+                    next[b as usize] = fresh_sums[b as usize];
+                    moved += usize::from(fresh_sums[b as usize] != now[b as usize]);
+                }
+                if moved > 0 {
+                    tracing::info!(
+                        buckets = moved,
+                        "buckets changed while they were exported (or digest apart): they are \
+                         exported again next time"
+                    );
+                }
+                Ok(State::RowHash {
+                    key: key.clone(),
+                    buckets: *buckets,
+                    sums: next,
+                })
             }
-            Keep::Keys(keys) => !keys.contains(key),
+            Keep::Keys {
+                key, kind, mark, ..
+            } => Ok(State::Cursor {
+                key: key.clone(),
+                kind: *kind,
+                mark: mark.clone(),
+            }),
         }
     }
 }
@@ -517,21 +656,6 @@ async fn at_form_with_structure(
     read_structure(b.client(), settings)
         .await
         .ok_or_else(|| anyhow!("the table's structure could not be read"))
-}
-
-/// The table's row count as the export page shows it (0 when it shows none).
-async fn page_row_count(browser: &Browser) -> usize {
-    let shown = crate::sync::page::run_js(
-        browser.client(),
-        "reading the table's row count",
-        "const l = document.getElementById('limit_to'); return l ? l.value : null;",
-        vec![],
-    )
-    .await;
-    shown
-        .ok()
-        .and_then(|v| v.as_str().and_then(|s| s.trim().parse().ok()))
-        .unwrap_or(0)
 }
 
 /// The key the versions are indexed by: PMA_KEY, else the declared primary key.
@@ -557,16 +681,17 @@ fn cursor_kind(schema: &TableSchema, cursor: &str) -> anyhow::Result<ValueKind> 
     }
 }
 
+/// A small query's result as CSV; `None` when it is too large to take through the page.
 async fn csv_of(
     browser: &mut Browser,
     settings: &SyncSettings,
     query: &str,
     null_token: &str,
     progress: &Progress,
-) -> anyhow::Result<String> {
+) -> anyhow::Result<Option<String>> {
     match export_query_csv(browser, settings, query, null_token, progress).await? {
-        QueryAnswer::Csv(text) => Ok(text),
-        QueryAnswer::TooLarge => anyhow::bail!("the query's result is too large"),
+        QueryAnswer::Csv(text) => Ok(Some(text)),
+        QueryAnswer::TooLarge => Ok(None),
     }
 }
 
@@ -579,7 +704,9 @@ async fn read_mark(
     progress: &Progress,
 ) -> anyhow::Result<(Option<String>, usize, usize)> {
     let query = sql::cursor_mark(&settings.database, &settings.table, cursor);
-    let text = csv_of(browser, settings, &query, null_token, progress).await?;
+    let text = csv_of(browser, settings, &query, null_token, progress)
+        .await?
+        .ok_or_else(|| anyhow!("the cursor's mark is too large"))?;
     let (header, rows) = sql::read_csv(&text, null_token)?;
     anyhow::ensure!(
         header == ["mark", "n"] && rows.len() == 1,

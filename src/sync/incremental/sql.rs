@@ -3,10 +3,12 @@
 //!
 //! Rows are grouped in buckets by their key: `CRC32(key text) % buckets`, where a composite
 //! key's text is its parts joined by the unit separator (the text the typed view indexes
-//! rows by), so this process puts a held row in the same bucket as MySQL. Each bucket is summed
-//! up by its row count and the XOR of its rows' 128-bit digests; a row's digest is the MD5 of
-//! every column as `length:text`, or `~` for SQL NULL, so NULL and the text `NULL`, and values
-//! holding any separator, never digest alike. A bucket whose sum changed is exported again.
+//! rows by), in UTF-8, so this process puts a held row in the same bucket as MySQL. Each bucket
+//! is summed up by its row count and the XOR of its rows' 128-bit digests. A row's digest is the
+//! first half of the SHA-256 of every column's text (UTF-8, as the export writes it) as
+//! `length:text`, or `~` for SQL NULL, so NULL and the text `NULL`, and values holding any
+//! separator, never digest alike; this process computes the same digest from the rows it holds
+//! ([`super::digest`]), so the sums it compares with are those of what it serves.
 
 use std::time::Duration;
 
@@ -38,16 +40,21 @@ fn table(database: &str, table: &str) -> String {
 /// The key's text: the column, or the parts joined by the unit separator (CHAR(31)).
 fn key_text(key: &[String]) -> String {
     match key {
-        [one] => ident(one),
+        [one] => utf8(&ident(one)),
         parts => format!(
-            "CONCAT_WS(CHAR(31), {})",
+            "CONCAT_WS(CHAR(31 USING utf8mb4), {})",
             parts
                 .iter()
-                .map(|p| ident(p))
+                .map(|p| utf8(&ident(p)))
                 .collect::<Vec<_>>()
                 .join(", ")
         ),
     }
+}
+
+/// An expression's text in UTF-8, as the export writes it.
+fn utf8(expression: &str) -> String {
+    format!("CONVERT({expression} USING utf8mb4)")
 }
 
 /// The bucket of a key's text, as MySQL computes it in these queries.
@@ -67,15 +74,15 @@ pub fn bucket_sums(
     let fields: Vec<String> = columns
         .iter()
         .map(|c| {
-            let c = ident(c);
-            format!("IFNULL(CONCAT(LENGTH({c}), ':', {c}), '~')")
+            let c = utf8(&ident(c));
+            format!("IFNULL(CONCAT(OCTET_LENGTH({c}), ':', {c}), '~')")
         })
         .collect();
     format!(
         "SELECT b, COUNT(*) AS n, \
-         HEX(BIT_XOR(CAST(CONV(LEFT(h, 16), 16, 10) AS UNSIGNED))) AS x, \
-         HEX(BIT_XOR(CAST(CONV(RIGHT(h, 16), 16, 10) AS UNSIGNED))) AS y \
-         FROM (SELECT CRC32({}) % {buckets} AS b, MD5(CONCAT({})) AS h FROM {}) AS r \
+         HEX(BIT_XOR(CAST(CONV(SUBSTRING(h, 1, 16), 16, 10) AS UNSIGNED))) AS x, \
+         HEX(BIT_XOR(CAST(CONV(SUBSTRING(h, 17, 16), 16, 10) AS UNSIGNED))) AS y \
+         FROM (SELECT CRC32({}) % {buckets} AS b, SHA2(CONCAT({}), 256) AS h FROM {}) AS r \
          GROUP BY b",
         key_text(key),
         fields.join(", "),
@@ -133,12 +140,21 @@ pub fn rows_since(
         ValueKind::Date | ValueKind::DateTime => {
             format!("{} - INTERVAL {} SECOND", literal(mark), overlap.as_secs())
         }
-        ValueKind::Integer | ValueKind::Unsigned | ValueKind::Decimal { .. } => {
+        ValueKind::Integer | ValueKind::Unsigned => {
             let value: i128 = mark
                 .trim()
                 .parse()
                 .with_context(|| format!("the cursor's last value {mark:?} is not an integer"))?;
             (value - i128::from(u32::try_from(overlap.as_secs()).unwrap_or(u32::MAX))).to_string()
+        }
+        ValueKind::Decimal { .. } => {
+            let mark = mark.trim();
+            let digits = mark.strip_prefix('-').unwrap_or(mark);
+            let number = !digits.is_empty()
+                && digits.chars().all(|c| c.is_ascii_digit() || c == '.')
+                && mark.parse::<f64>().is_ok();
+            anyhow::ensure!(number, "the cursor's last value {mark:?} is not a number");
+            format!("{mark} - {}", overlap.as_secs())
         }
         ValueKind::Double => {
             let value: f64 = mark
@@ -239,7 +255,8 @@ mod tests {
         );
         assert_eq!(
             rows_in_buckets("shop", "orders", &["a".into(), "b".into()], 64, &[1, 7]),
-            "SELECT * FROM `shop`.`orders` WHERE CRC32(CONCAT_WS(CHAR(31), `a`, `b`)) % 64 IN (1,7)"
+            "SELECT * FROM `shop`.`orders` WHERE CRC32(CONCAT_WS(CHAR(31 USING utf8mb4), \
+             CONVERT(`a` USING utf8mb4), CONVERT(`b` USING utf8mb4))) % 64 IN (1,7)"
         );
     }
 
@@ -261,6 +278,13 @@ mod tests {
         );
         let q = rows_since("s", "t", "u", ValueKind::Integer, "1000", five).unwrap();
         assert!(q.contains("`u` >= 700 OR"), "{q}");
+        let decimal = ValueKind::Decimal {
+            precision: 10,
+            scale: 2,
+        };
+        let q = rows_since("s", "t", "u", decimal, "12.50", five).unwrap();
+        assert!(q.contains("`u` >= 12.50 - 300 OR"), "{q}");
+        assert!(rows_since("s", "t", "u", decimal, "1)--", five).is_err());
         assert!(rows_since("s", "t", "u", ValueKind::Integer, "1; DROP", five).is_err());
         assert!(rows_since("s", "t", "u", ValueKind::Text, "x", five).is_err());
     }

@@ -148,10 +148,25 @@ async fn an_incremental_sync_by_row_digest_equals_a_full_export_on_every_phpmyad
         let incremental = served_rows(&app).await;
         let export_bytes = second["sync"]["last_export_bytes"].as_u64().unwrap();
 
-        // Nothing changed: nothing but the sums is exported.
+        // Nothing changed: the sums MySQL computes equal those of the rows held, so nothing
+        // but the sums is exported.
         let third = sync_now(&app, "").await;
         assert_kind(&third, "row_hash");
         assert_eq!(served_rows(&app).await, incremental, "{version}");
+        let logs = app.logs();
+        let merged = logs
+            .lines()
+            .filter(|l| l.contains("merged the changed rows"))
+            .last()
+            .unwrap();
+        assert!(
+            merged.contains("inserted=0 updated=0 deleted=0 unchanged=0"),
+            "{version}: {merged}"
+        );
+        assert!(
+            third["sync"]["last_export_bytes"].as_u64().unwrap() < export_bytes,
+            "{third:#}"
+        );
 
         let full = sync_now(&app, "full=true").await;
         assert_kind(&full, "full");
