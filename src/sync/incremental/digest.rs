@@ -35,6 +35,27 @@ pub fn row_digest(values: &[Option<Cow<'_, str>>]) -> u128 {
     u128::from_be_bytes(digest[..16].try_into().expect("SHA-256 has 32 bytes"))
 }
 
+/// The digest of a key's columns alone, from its text (parts joined by the unit separator):
+/// what MySQL's sums over the key columns hold for its row.
+pub fn key_digest(key: &str) -> u128 {
+    let parts: Vec<Option<Cow<'_, str>>> = key
+        .split(crate::cache::typed::KEY_SEPARATOR)
+        .map(|p| Some(Cow::Borrowed(p)))
+        .collect();
+    row_digest(&parts)
+}
+
+/// The sums of `keys` (key texts) in `buckets` buckets, by their key columns alone.
+pub fn key_sums(keys: &[&str], buckets: u32) -> Vec<BucketSum> {
+    let mut sums = vec![BucketSum::default(); buckets as usize];
+    for key in keys {
+        let sum = &mut sums[bucket_of(key, buckets) as usize];
+        sum.rows += 1;
+        sum.digest ^= key_digest(key);
+    }
+    sums
+}
+
 /// The values of one row object of a body, in order.
 fn row_values(row: &[u8]) -> anyhow::Result<Vec<Option<Cow<'_, str>>>> {
     let mut de = serde_json::Deserializer::from_slice(row);

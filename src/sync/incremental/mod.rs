@@ -97,6 +97,11 @@ enum State {
         kind: ValueKind,
         /// The cursor's highest value when the rows were read; `None` for an empty table.
         mark: Option<String>,
+        /// The held keys summed up in buckets (digests of the key columns alone): deletions
+        /// are looked for only in the buckets whose sums changed. Empty until the version is
+        /// made ([`after_full`]).
+        key_buckets: u32,
+        key_sums: Vec<BucketSum>,
     },
 }
 
@@ -243,7 +248,13 @@ async fn cursor_state(
     let kind = cursor_kind(&schema, cursor)?;
     let b = browser.as_mut().expect("the browser is at the form");
     let (mark, _rows, _bytes) = read_mark(b, settings, cursor, null_token, progress).await?;
-    Ok(State::Cursor { key, kind, mark })
+    Ok(State::Cursor {
+        key,
+        kind,
+        mark,
+        key_buckets: 0,
+        key_sums: Vec::new(),
+    })
 }
 
 /// After a full export made `served` (read with `schema`): what the next sync compares with.
@@ -273,7 +284,35 @@ pub async fn after_full(
         }
     };
     if settings.cursor.is_some() {
-        return next;
+        let Next(Some(State::Cursor {
+            key, kind, mark, ..
+        })) = next
+        else {
+            return Next(None);
+        };
+        let snapshot = Arc::clone(served);
+        let summed = off_runtime(move || {
+            let view = snapshot
+                .typed()
+                .ok_or_else(|| anyhow!("the version has no typed view"))?;
+            let keys = keys_by_row(view)?;
+            let key_buckets = key_buckets_for(keys.len());
+            Ok((key_buckets, digest::key_sums(&keys, key_buckets)))
+        })
+        .await;
+        return match summed {
+            Ok((key_buckets, key_sums)) => Next(Some(State::Cursor {
+                key,
+                kind,
+                mark,
+                key_buckets,
+                key_sums,
+            })),
+            Err(e) => {
+                tracing::warn!("the next sync will be a full export too: {e:#}");
+                Next(None)
+            }
+        };
     }
     let (snapshot, started) = (Arc::clone(served), Instant::now());
     let buckets = sql::buckets_for(snapshot.count);
@@ -304,6 +343,12 @@ pub async fn after_full(
             Next(None)
         }
     }
+}
+
+/// Key buckets for a table of `rows` rows: about 256 keys each (the keys of a bucket whose
+/// sum changed are exported to find the deleted ones).
+fn key_buckets_for(rows: usize) -> u32 {
+    (sql::buckets_for(rows) / 16).max(64)
 }
 
 /// The threads a digest of every row uses.
@@ -350,18 +395,16 @@ pub async fn sync_changes(
         .ok_or_else(|| anyhow!("no state held"))?;
     let result = changes(settings, held, browser, current, null_token, progress).await;
     if let Err(e) = &result {
-        if let Some(export) = e.downcast_ref::<ExportError>() {
-            if let ExportError::LoginRejected(message) = export {
-                let message = settings.password.scrub(message);
-                if let Some(b) = browser.take() {
-                    b.close().await;
-                }
-                return Err(crate::sync::error::LoginRejected {
-                    user: settings.username.clone(),
-                    message,
-                }
-                .into());
+        if let Some(ExportError::LoginRejected(message)) = e.downcast_ref::<ExportError>() {
+            let message = settings.password.scrub(message);
+            if let Some(b) = browser.take() {
+                b.close().await;
             }
+            return Err(crate::sync::error::LoginRejected {
+                user: settings.username.clone(),
+                message,
+            }
+            .into());
         }
         if let Some(b) = browser.take() {
             let _ = give_up_browser(
@@ -447,6 +490,8 @@ async fn changes(
             key,
             kind: cursor_kind,
             mark,
+            key_buckets,
+            key_sums,
         } => {
             let cursor = settings
                 .cursor
@@ -460,19 +505,39 @@ async fn changes(
             let (new_mark, rows, bytes) =
                 read_mark(b, settings, cursor, null_token, progress).await?;
             export_bytes += bytes;
-            let query = sql::keys(&settings.database, &settings.table, key);
+            // Deletions: the buckets of keys whose sums changed, and their keys.
+            let query =
+                sql::bucket_sums(&settings.database, &settings.table, key, key, *key_buckets);
             let Some(text) = csv_of(b, settings, &query, null_token, progress).await? else {
                 return too_large();
             };
             export_bytes += text.len();
-            let (token, parts) = (null_token.to_owned(), key.len());
-            let keys = off_runtime(move || read_keys(&text, &token, parts)).await?;
-            if keys.len() != rows {
-                return Ok(Incremental::NeedsFull(format!(
-                    "the table had {rows} rows, then {} keys: it changed during the sync",
-                    keys.len()
-                )));
-            }
+            let (token, count) = (null_token.to_owned(), *key_buckets);
+            let now = off_runtime(move || sql::read_bucket_sums(&text, &token, count)).await?;
+            let changed: Vec<u32> = (0..*key_buckets)
+                .filter(|&i| key_sums.get(i as usize) != now.get(i as usize))
+                .collect();
+            progress.note(
+                "key buckets changed",
+                format!("{} of {key_buckets}", changed.len()),
+            );
+            let present = if changed.is_empty() {
+                HashSet::new()
+            } else {
+                let query = sql::keys_in_buckets(
+                    &settings.database,
+                    &settings.table,
+                    key,
+                    *key_buckets,
+                    &changed,
+                );
+                let Some(text) = csv_of(b, settings, &query, null_token, progress).await? else {
+                    return too_large();
+                };
+                export_bytes += text.len();
+                let (token, parts) = (null_token.to_owned(), key.len());
+                off_runtime(move || read_keys(&text, &token, parts)).await?
+            };
             let query = sql::rows_since(
                 &settings.database,
                 &settings.table,
@@ -485,11 +550,14 @@ async fn changes(
                 QueryAnswer::Csv(text) => text,
                 QueryAnswer::TooLarge => return too_large(),
             };
-            let keep = Keep::Keys {
+            let keep = Keep::KeyBuckets {
                 key: key.clone(),
                 kind: *cursor_kind,
                 mark: new_mark,
-                keys,
+                key_buckets: *key_buckets,
+                changed: changed.into_iter().collect(),
+                present,
+                key_sums: key_sums.clone(),
             };
             (Some(fresh), keep, rows, SyncKind::Cursor)
         }
@@ -522,12 +590,16 @@ async fn changes(
             &table,
             key_override.as_deref(),
         )?;
-        let next = keep.next_state(&fresh, &view)?;
+        let next = keep.next_state(&fresh, &view);
         let drop_held = |_: usize, key: &str| keep.drops(key);
         Ok((merge(&current, &drop_held, &fresh, &view, &now), next))
     })
     .await?;
     let (merged, next) = merged;
+    let next = match next {
+        Ok(next) => next,
+        Err(e) => return Ok(Incremental::NeedsFull(format!("{e:#}"))),
+    };
     let Merged {
         converted,
         counts,
@@ -536,6 +608,7 @@ async fn changes(
         Ok(merged) => merged,
         Err(e) => return Ok(Incremental::NeedsFull(format!("the merge failed: {e:#}"))),
     };
+    let next = with_changes(next, &known);
     if converted.count != expected {
         return Ok(Incremental::NeedsFull(format!(
             "the merged table has {} rows but the table has {expected}",
@@ -551,6 +624,40 @@ async fn changes(
         export_bytes,
         next: Next(Some(next)),
     })))
+}
+
+/// The key sums of a cursor state, moved by the keys a merge inserted and deleted: the sums of
+/// the merged version's keys.
+fn with_changes(state: State, known: &KnownChanges) -> State {
+    match state {
+        State::Cursor {
+            key,
+            kind,
+            mark,
+            key_buckets,
+            mut key_sums,
+        } => {
+            for (keys, added) in [(&known.inserted, true), (&known.deleted, false)] {
+                for k in keys {
+                    if let Some(sum) = key_sums.get_mut(sql::bucket_of(k, key_buckets) as usize) {
+                        sum.digest ^= digest::key_digest(k);
+                        sum.rows = match added {
+                            true => sum.rows + 1,
+                            false => sum.rows.saturating_sub(1),
+                        };
+                    }
+                }
+            }
+            State::Cursor {
+                key,
+                kind,
+                mark,
+                key_buckets,
+                key_sums,
+            }
+        }
+        other => other,
+    }
 }
 
 /// Runs `work` on a blocking thread.
@@ -572,12 +679,16 @@ enum Keep {
         sums: Vec<BucketSum>,
         now: Vec<BucketSum>,
     },
-    /// Those whose key is still in the table; the cursor's mark read now.
-    Keys {
+    /// Those outside the key buckets whose sums changed, and those whose key is still in the
+    /// table; the cursor's mark read now, and the key sums held.
+    KeyBuckets {
         key: Vec<String>,
         kind: ValueKind,
         mark: Option<String>,
-        keys: HashSet<String>,
+        key_buckets: u32,
+        changed: HashSet<u32>,
+        present: HashSet<String>,
+        key_sums: Vec<BucketSum>,
     },
 }
 
@@ -587,7 +698,12 @@ impl Keep {
             Keep::OutsideBuckets {
                 buckets, changed, ..
             } => changed.contains(&sql::bucket_of(key, *buckets)),
-            Keep::Keys { keys, .. } => !keys.contains(key),
+            Keep::KeyBuckets {
+                key_buckets,
+                changed,
+                present,
+                ..
+            } => changed.contains(&sql::bucket_of(key, *key_buckets)) && !present.contains(key),
         }
     }
 
@@ -634,12 +750,20 @@ impl Keep {
                     sums: next,
                 })
             }
-            Keep::Keys {
-                key, kind, mark, ..
+            Keep::KeyBuckets {
+                key,
+                kind,
+                mark,
+                key_buckets,
+                key_sums,
+                ..
             } => Ok(State::Cursor {
                 key: key.clone(),
                 kind: *kind,
                 mark: mark.clone(),
+                key_buckets: *key_buckets,
+                // Adjusted by the merge's inserts and deletions (see `with_changes`).
+                key_sums: key_sums.clone(),
             }),
         }
     }
