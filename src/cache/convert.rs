@@ -44,6 +44,9 @@ pub struct Converted {
     pub last_updated: String,
     /// The hash of the columns and records (see [`DataHasher`]).
     pub data_hash: u64,
+    /// How a merged table was made (see [`super::merge`]), so that its rows' index and typed
+    /// view come from the merge instead of a read of the whole body.
+    pub merged: Option<Box<super::merge::MergedParts>>,
 }
 
 impl Converted {
@@ -159,6 +162,7 @@ pub fn csv_to_cache_json(
         columns,
         last_updated: last_updated.to_owned(),
         data_hash: hash.finish(count),
+        merged: None,
     })
 }
 

@@ -15,6 +15,7 @@ use anyhow::{anyhow, bail, Context};
 use super::convert::{push_json_string, Converted};
 use super::delta::KnownChanges;
 use super::format::{DataHasher, BODY_ROOM};
+use super::rows::RowIndex;
 use super::schema::ValueKind;
 use super::snapshot::Snapshot;
 use super::typed::{TypedTable, KEY_SEPARATOR};
@@ -73,6 +74,17 @@ pub struct MergeCounts {
     pub unchanged: usize,
 }
 
+/// What a merged version is made of, for its index and typed view: the version merged into
+/// (its ETag), the merged rows as (from that version?, row), where each sits in the new body,
+/// and the exported rows' typed view.
+#[derive(Debug)]
+pub struct MergedParts {
+    pub from: String,
+    pub order: Vec<(bool, u32)>,
+    pub rows: RowIndex,
+    pub fresh_view: Option<TypedTable>,
+}
+
 /// How a merge went: its counts, and the keys it changed (the change set's, for free).
 #[derive(Debug)]
 pub struct Merged {
@@ -125,7 +137,7 @@ pub fn merge(
         );
     }
     let fresh_body = fresh.cache_bytes();
-    let fresh_rows = super::rows::RowIndex::build(fresh_body).context("the exported rows")?;
+    let fresh_rows = RowIndex::build(fresh_body).context("the exported rows")?;
     let mut fresh_keys: Vec<(&str, usize)> = fresh_view.keys().collect();
     fresh_keys.sort_by(|a, b| order.compare(a.0, b.0));
     if let Some(w) = fresh_keys
@@ -222,24 +234,46 @@ pub fn merge(
     }
     buf.extend_from_slice(b"],\"data\":[");
     let mut hash = DataHasher::new(columns);
+    let (mut starts, mut lengths, mut hashes) = (
+        Vec::with_capacity(merged.len()),
+        Vec::with_capacity(merged.len()),
+        Vec::with_capacity(merged.len()),
+    );
     for (i, &(from_held, row)) in merged.iter().enumerate() {
-        let text = if from_held {
-            &held.body[held_rows
+        let (text, row_hash) = if from_held {
+            let span = held_rows
                 .span(row)
-                .ok_or_else(|| anyhow!("held row {row}"))?]
+                .ok_or_else(|| anyhow!("held row {row}"))?;
+            (&held.body[span], held_rows.hash(row))
         } else {
-            &fresh_body[fresh_rows
+            let span = fresh_rows
                 .span(row)
-                .ok_or_else(|| anyhow!("exported row {row}"))?]
+                .ok_or_else(|| anyhow!("exported row {row}"))?;
+            (&fresh_body[span], fresh_rows.hash(row))
         };
         if i > 0 {
             buf.push(b',');
         }
+        // The body a snapshot makes of this buffer starts at its first byte.
+        starts.push(buf.len() as u64);
+        lengths.push(u32::try_from(text.len()).map_err(|_| anyhow!("a row of more than 4 GiB"))?);
+        hashes.push(row_hash.ok_or_else(|| anyhow!("row {row} has no hash"))?);
         buf.extend_from_slice(text);
         hash.record(text);
     }
     buf.extend_from_slice(b"]}");
     let count = merged.len();
+    let order = merged
+        .iter()
+        .map(|&(from_held, row)| u32::try_from(row).map(|row| (from_held, row)))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|_| anyhow!("more than 4 billion rows"))?;
+    let parts = MergedParts {
+        from: held.etag.clone(),
+        order,
+        rows: RowIndex::from_parts(starts, lengths, hashes),
+        fresh_view: None,
+    };
     Ok(Merged {
         converted: Converted {
             buf,
@@ -247,6 +281,7 @@ pub fn merge(
             columns: columns.clone(),
             last_updated: last_updated.to_owned(),
             data_hash: hash.finish(count),
+            merged: Some(Box::new(parts)),
         },
         counts,
         changes,
@@ -310,6 +345,22 @@ mod tests {
             }
         );
         let new = version(new_csv);
+        // The merge's index and typed view are those of the new version read from its body.
+        let parts = merged.converted.merged.as_ref().unwrap();
+        let index = new.row_index().unwrap();
+        assert_eq!(parts.rows.len(), index.len());
+        for row in 0..index.len() {
+            assert_eq!(parts.rows.span(row), index.span(row), "row {row}");
+            assert_eq!(parts.rows.hash(row), index.hash(row), "row {row}");
+        }
+        let typed = TypedTable::merged(old.typed().unwrap(), &view, &parts.order).unwrap();
+        let built = new.typed().unwrap();
+        assert_eq!(typed.batch, built.batch);
+        let mut keys: Vec<(&str, usize)> = typed.keys().collect();
+        let mut want: Vec<(&str, usize)> = built.keys().collect();
+        keys.sort_unstable();
+        want.sort_unstable();
+        assert_eq!(keys, want);
         let known = delta::from_known(&old, &new, &merged.changes).unwrap();
         let compared = delta::compute(&old, &new).unwrap();
         assert_eq!(known.encode().unwrap(), compared.encode().unwrap());

@@ -145,10 +145,29 @@ impl Cache {
         mut snapshot: Snapshot,
         schema: Option<TableSchema>,
         known: Option<KnownChanges>,
+        merged: Option<Box<merge::MergedParts>>,
     ) -> anyhow::Result<Prepared> {
         let (table, key, previous) = (self.table.clone(), self.key.clone(), self.current());
         tokio::task::spawn_blocking(move || {
-            attach_typed_view(&mut snapshot, schema.as_ref(), &table, key.as_deref());
+            // A merged version's view is the held one's and the exported rows', interleaved.
+            let from_merge = merged.and_then(|parts| {
+                let previous = previous.as_ref()?;
+                if bare_etag(&previous.etag) != bare_etag(&parts.from) {
+                    return None;
+                }
+                TypedTable::merged(previous.typed()?, parts.fresh_view.as_ref()?, &parts.order)
+            });
+            match from_merge {
+                Some(view) => {
+                    tracing::info!(
+                        rows = view.rows(),
+                        seconds = view.build_time.as_secs_f64(),
+                        "typed view merged"
+                    );
+                    snapshot.attach_typed(Some(view), schema.as_ref().map(TableSchema::digest));
+                }
+                None => attach_typed_view(&mut snapshot, schema.as_ref(), &table, key.as_deref()),
+            }
             let change = previous.and_then(|previous| {
                 if previous.same_data_as(&snapshot) {
                     return None;
@@ -246,14 +265,23 @@ impl Cache {
     /// Redis, the zstd frame published, which it need not compress again).
     pub async fn serve_published(
         &self,
-        converted: Converted,
+        mut converted: Converted,
         record: VersionRecord,
         zstd_frame: Option<Bytes>,
         known: Option<KnownChanges>,
     ) -> anyhow::Result<()> {
-        let snapshot = Snapshot::from_converted(converted);
-        let Prepared { snapshot, change } =
-            self.prepare(snapshot, record.schema.clone(), known).await?;
+        let mut merged = converted.merged.take();
+        let mut snapshot = Snapshot::from_converted(converted);
+        if let Some(parts) = merged.as_mut() {
+            let rows = std::mem::replace(
+                &mut parts.rows,
+                rows::RowIndex::from_parts(Vec::new(), Vec::new(), Vec::new()),
+            );
+            snapshot.set_row_index(rows);
+        }
+        let Prepared { snapshot, change } = self
+            .prepare(snapshot, record.schema.clone(), known, merged)
+            .await?;
         if self.keep_only {
             self.keep(snapshot, record, change);
             return Ok(());
@@ -331,7 +359,7 @@ impl Cache {
             return false;
         };
         let schema = record.as_ref().and_then(|r| r.schema.clone());
-        let (snapshot, change) = match self.prepare(snapshot, schema, None).await {
+        let (snapshot, change) = match self.prepare(snapshot, schema, None, None).await {
             Ok(Prepared { snapshot, change }) => (snapshot, change),
             Err(e) => {
                 tracing::error!("{e:#}; still serving the version held");

@@ -53,6 +53,16 @@ impl RowIndex {
         Ok(index)
     }
 
+    /// An index whose rows are known already: where each starts in the body, its length and
+    /// its hash (a merged version's, see [`super::merge`]).
+    pub fn from_parts(starts: Vec<u64>, lengths: Vec<u32>, hashes: Vec<u64>) -> Self {
+        Self {
+            starts,
+            lengths,
+            hashes,
+        }
+    }
+
     /// Rows in the version.
     pub fn len(&self) -> usize {
         self.hashes.len()

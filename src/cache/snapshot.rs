@@ -224,6 +224,11 @@ impl Snapshot {
             .map_err(Clone::clone)
     }
 
+    /// Takes `index` as the rows' index (a merged version's, known from the merge).
+    pub fn set_row_index(&mut self, index: RowIndex) {
+        let _ = self.rows.set(Ok(Arc::new(index)));
+    }
+
     pub fn typed(&self) -> Option<&Arc<TypedTable>> {
         self.typed.as_ref()
     }

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context};
 use datafusion::arrow::array::{Array, ArrayRef, StringArray, StringBuilder};
-use datafusion::arrow::compute::{cast_with_options, CastOptions};
+use datafusion::arrow::compute::{cast_with_options, interleave, CastOptions};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use datafusion::arrow::record_batch::RecordBatch;
 use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
@@ -157,6 +157,75 @@ impl TypedTable {
             unrepresentable,
             key_index,
             key_exact,
+            build_time: started.elapsed(),
+        })
+    }
+
+    /// The view of a version merged from the rows of two others (see [`super::merge`]):
+    /// `order` lists its rows as (from `held`?, row in that view), and each column is taken
+    /// from the two views' columns, without reading any text again. `None` when the views do
+    /// not match (types, key), or `held` has values its types could not hold (which rows held
+    /// them is not known, so their count would not be): the view is then built from the body.
+    /// Blocking.
+    pub fn merged(held: &Self, fresh: &Self, order: &[(bool, u32)]) -> Option<Self> {
+        let started = Instant::now();
+        let matching = held.schema == fresh.schema
+            && held.kinds == fresh.kinds
+            && held.key_index.is_some()
+            && fresh.key_index.is_some()
+            && held.batch.num_columns() == fresh.batch.num_columns()
+            && held.unrepresentable.iter().all(|&n| n == 0);
+        if !matching {
+            return None;
+        }
+        let indices: Vec<(usize, usize)> = order
+            .iter()
+            .map(|&(from_held, row)| (usize::from(!from_held), row as usize))
+            .collect();
+        let mut fields = Vec::with_capacity(held.batch.num_columns());
+        let mut arrays = Vec::with_capacity(held.batch.num_columns());
+        for (i, field) in held.batch.schema().fields().iter().enumerate() {
+            let (a, b) = (held.batch.column(i), fresh.batch.column(i));
+            if a.data_type() != b.data_type() {
+                return None;
+            }
+            let column = interleave(&[a.as_ref(), b.as_ref()], &indices).ok()?;
+            let nullable = field.is_nullable() || fresh.batch.schema().field(i).is_nullable();
+            fields.push(Field::new(
+                field.name(),
+                column.data_type().clone(),
+                nullable,
+            ));
+            arrays.push(column);
+        }
+        let batch = RecordBatch::try_new(Arc::new(Schema::new(fields)), arrays).ok()?;
+        let keys_of = |view: &Self| -> Vec<Option<Box<str>>> {
+            let mut keys = vec![None; view.rows()];
+            for (key, row) in view.keys() {
+                if let Some(slot) = keys.get_mut(row) {
+                    *slot = Some(key.into());
+                }
+            }
+            keys
+        };
+        let (mut held_keys, mut fresh_keys) = (keys_of(held), keys_of(fresh));
+        let mut index = HashMap::with_capacity(order.len());
+        for (at, &(from_held, row)) in order.iter().enumerate() {
+            let keys = if from_held {
+                &mut held_keys
+            } else {
+                &mut fresh_keys
+            };
+            let key = keys.get_mut(row as usize)?.take()?;
+            index.insert(key, u32::try_from(at).ok()?);
+        }
+        Some(Self {
+            schema: Arc::clone(&held.schema),
+            kinds: held.kinds.clone(),
+            batch,
+            unrepresentable: fresh.unrepresentable.clone(),
+            key_index: Some(index),
+            key_exact: held.key_exact && fresh.key_exact,
             build_time: started.elapsed(),
         })
     }

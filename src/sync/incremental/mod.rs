@@ -592,7 +592,16 @@ async fn changes(
         )?;
         let next = keep.next_state(&fresh, &view);
         let drop_held = |_: usize, key: &str| keep.drops(key);
-        Ok((merge(&current, &drop_held, &fresh, &view, &now), next))
+        let mut merged = merge(&current, &drop_held, &fresh, &view, &now);
+        // The exported rows' view, for the merged version's view (see `TypedTable::merged`).
+        if let Some(parts) = merged
+            .as_mut()
+            .ok()
+            .and_then(|m| m.converted.merged.as_mut())
+        {
+            parts.fresh_view = Some(view);
+        }
+        Ok((merged, next))
     })
     .await?;
     let (merged, next) = merged;
