@@ -433,7 +433,7 @@ async fn unknown_query_parameters_are_a_400_naming_them_on_every_route() {
     assert_eq!(r.status(), 400);
     let cases = [
         (app.client.get(app.url("/status?verbose=1")), "verbose"),
-        (app.client.post(app.url("/refresh?full=true")), "full"),
+        (app.client.post(app.url("/refresh?fast=true")), "fast"),
         (app.client.get(app.url("/metrics?name=x")), "name"),
         (app.client.get(app.url("/health?deep=1")), "deep"),
         (app.client.get(app.url("/?lang=en")), "lang"),
