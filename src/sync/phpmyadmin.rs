@@ -110,24 +110,9 @@ async fn export(
     progress: &Progress,
     on_download: OnDownload<'_>,
 ) -> Result<Export, ExportError> {
-    if let Some(mut browser) = kept.take() {
-        if browser.is_alive().await {
-            *kept = Some(browser);
-        } else {
-            tracing::warn!("the kept browser does not answer; starting a new one");
-            browser.close().await;
-        }
-    }
-    let warm = kept.is_some();
-    if warm {
-        progress.enter(Phase::Exporting);
-    } else {
-        progress.enter(Phase::StartingBrowser);
-        *kept = Some(Browser::start(&settings.browser).await?);
-        progress.enter(Phase::LoggingIn);
-    }
+    let at_last_form = open_export_form(settings, kept, progress).await?;
     let browser = kept.as_mut().expect("a browser was kept or started");
-    if warm && shows_last_export_form(browser).await? {
+    if at_last_form {
         // The last export's page, with its session's token, is still there: submit it again
         // instead of loading it again. An ended session answers with the login page.
         let schema = read_structure(browser.client(), settings).await;
@@ -137,8 +122,8 @@ async fn export(
                 tracing::info!("phpMyAdmin answered the export with its login page")
             }
         }
+        reach_export_form(browser, settings, progress).await?;
     }
-    reach_export_form(browser, settings, progress).await?;
     let schema = read_structure(browser.client(), settings).await;
     match submit(browser, settings, null_token, progress, on_download).await? {
         Answer::File(file) => Ok((checked(file, progress)?, schema)),

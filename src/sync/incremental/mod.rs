@@ -214,16 +214,8 @@ pub async fn read_before_full(
     match cursor_state(settings, cursor, browser, null_token, progress).await {
         Ok(state) => Ok(Next(Some(state))),
         Err(e) => {
-            if let Some(ExportError::LoginRejected(message)) = e.downcast_ref::<ExportError>() {
-                let message = settings.password.scrub(message);
-                if let Some(b) = browser.take() {
-                    b.close().await;
-                }
-                return Err(crate::sync::error::LoginRejected {
-                    user: settings.username.clone(),
-                    message,
-                }
-                .into());
+            if let Some(rejected) = login_rejected(settings, browser, &e).await {
+                return Err(rejected);
             }
             let e = settings.password.scrub(&format!("{e:#}"));
             if let Some(b) = browser.take() {
@@ -395,16 +387,8 @@ pub async fn sync_changes(
         .ok_or_else(|| anyhow!("no state held"))?;
     let result = changes(settings, held, browser, current, null_token, progress).await;
     if let Err(e) = &result {
-        if let Some(ExportError::LoginRejected(message)) = e.downcast_ref::<ExportError>() {
-            let message = settings.password.scrub(message);
-            if let Some(b) = browser.take() {
-                b.close().await;
-            }
-            return Err(crate::sync::error::LoginRejected {
-                user: settings.username.clone(),
-                message,
-            }
-            .into());
+        if let Some(rejected) = login_rejected(settings, browser, e).await {
+            return Err(rejected);
         }
         if let Some(b) = browser.take() {
             let _ = give_up_browser(
@@ -776,6 +760,28 @@ impl Keep {
             }),
         }
     }
+}
+
+/// When `e` is phpMyAdmin rejecting the login: the browser closed, and the error the syncer
+/// knows a rejected login by (so that no login is tried again), the password scrubbed.
+async fn login_rejected(
+    settings: &SyncSettings,
+    browser: &mut Option<Browser>,
+    e: &anyhow::Error,
+) -> Option<anyhow::Error> {
+    let Some(ExportError::LoginRejected(message)) = e.downcast_ref::<ExportError>() else {
+        return None;
+    };
+    if let Some(b) = browser.take() {
+        b.close().await;
+    }
+    Some(
+        crate::sync::error::LoginRejected {
+            user: settings.username.clone(),
+            message: settings.password.scrub(message),
+        }
+        .into(),
+    )
 }
 
 /// Opens the export form and reads the table's structure there.
