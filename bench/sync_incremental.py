@@ -2,15 +2,17 @@
 """Incremental syncs for bench/sync:
 sync_incremental.py BIN ENV_FILE WORK RUNS CHANGED OUT.json
 
-For each mode (row digests, then SYNC_CURSOR=updated_at) a release `pma-cache serve` on the bed in
+For each mode (row digests, SYNC_CURSOR=updated_at, then the same cursor with an index on it,
+added for that run and dropped after) a release `pma-cache serve` on the bed in
 ENV_FILE (its own cache file in WORK, SYNC_FULL_EVERY=24h, a kept browser) makes a first, full
 sync; then RUNS times, alternately: CHANGED random rows are changed with SQL (a new `note` and
 `updated_at = NOW()`), an ordinary refresh (incremental) is timed, then `POST /refresh?full=true`
 (a full export of the same table) is timed. Each refresh is timed from the
 POST until /status shows the new success; /status gives its kind and the CSV bytes phpMyAdmin
 produced. Before each refresh the server is left to finish its background work (its CPU time
-still for 1 s). The server's peak RSS (VmHWM, its own process, not the browser's) is read at the
-end. Standard library only."""
+still for 1 s). The server's memory is read around each refresh: its resident size settled
+before it (VmRSS) and its peak from the POST until it is settled again (VmHWM, its own process, not
+the browser's, reset through /proc/PID/clear_refs before the POST). Standard library only."""
 import json, os, random, signal, socket, subprocess, sys, time, urllib.request
 
 binary, env_file, work, runs, changed, out = sys.argv[1:7]
@@ -64,12 +66,18 @@ def settle(pid):
     raise SystemExit("sync_incremental: the server never went idle")
 
 
-def peak_kb(pid):
+def status_kb(pid, field):
     with open("/proc/%d/status" % pid) as f:
         for line in f:
-            if line.startswith("VmHWM:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1])
     return 0
+
+
+def reset_peak(pid):
+    """Sets VmHWM back to the current VmRSS (Linux 4.0 and later; the process's owner or root)."""
+    with open("/proc/%d/clear_refs" % pid, "w") as f:
+        f.write("5")
 
 
 def run_mode(mode):
@@ -84,8 +92,10 @@ def run_mode(mode):
     })
     env.pop("WEBDRIVER_URL", None)
     env.pop("SYNC_CURSOR", None)
-    if mode == "cursor":
+    if mode.startswith("cursor"):
         env["SYNC_CURSOR"] = "updated_at"
+    if mode == "cursor_indexed":
+        sql("ALTER TABLE `%s` ADD INDEX bench_updated_at (updated_at)" % bed["PMA_TABLE"])
     try:
         os.unlink(env["CACHE_FILE"])
     except FileNotFoundError:
@@ -102,6 +112,8 @@ def run_mode(mode):
     def refresh(query=""):
         settle(proc.pid)
         before = call("GET", "/status")["sync"]
+        settled_kb = status_kb(proc.pid, "VmRSS")
+        reset_peak(proc.pid)
         started = time.perf_counter()
         call("POST", "/refresh" + query)
         while True:
@@ -109,9 +121,14 @@ def run_mode(mode):
             if s.get("last_failure") != before.get("last_failure"):
                 raise SystemExit("sync_incremental: a refresh failed: %s" % s.get("last_error"))
             if s.get("last_success") != before.get("last_success") and s.get("state") == "idle":
-                return {"wall": time.perf_counter() - started, "server": s["last_duration_seconds"],
+                wall = time.perf_counter() - started
+                # The peak runs until the new version's variants are built and the old one is
+                # let go.
+                settle(proc.pid)
+                return {"wall": wall, "server": s["last_duration_seconds"],
                         "kind": s.get("last_kind"), "export_bytes": s.get("last_export_bytes"),
-                        "rows": s.get("last_rows")}
+                        "rows": s.get("last_rows"), "settled_before_kb": settled_kb,
+                        "peak_kb": status_kb(proc.pid, "VmHWM")}
             time.sleep(0.02)
 
     try:
@@ -133,13 +150,14 @@ def run_mode(mode):
             print(json.dumps({"mode": mode, "incremental": result["incremental"][-1],
                               "full": result["full"][-1]}), file=sys.stderr)
         settle(proc.pid)
-        result["peak_rss_kb"] = peak_kb(proc.pid)
         result["json_bytes"] = os.path.getsize(env["CACHE_FILE"])
         return result
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=60)
         log.close()
+        if mode == "cursor_indexed":
+            sql("ALTER TABLE `%s` DROP INDEX bench_updated_at" % bed["PMA_TABLE"])
 
 
 def median(xs):
@@ -173,15 +191,21 @@ def report(results):
     if floor:
         lines.append("| floor: full export over plain HTTP, no browser | – | %.2f s | – | – | – |"
                      % median(floor))
-    lines += ["", "| server | peak RSS (VmHWM) | JSON | × JSON |", "|---|---:|---:|---:|"]
+    lines += ["", "| server, sync | RSS settled before (median) | peak RSS through the sync (VmHWM, median / max) | × JSON (max) |",
+              "|---|---:|---:|---:|"]
     for r in results:
-        lines.append("| %s | %.0f MB | %.0f MB | %.2f |" % (
-            r["mode"], r["peak_rss_kb"] * 1024 / 1e6, r["json_bytes"] / 1e6,
-            r["peak_rss_kb"] * 1024 / r["json_bytes"]))
+        for kind in ("incremental", "full"):
+            xs = r[kind]
+            mb = lambda kb: kb * 1024 / 1e6
+            peaks = [x["peak_kb"] for x in xs]
+            lines.append("| %s, %s | %.0f MB | %.0f / %.0f MB | %.2f |" % (
+                r["mode"], kind, mb(median([x["settled_before_kb"] for x in xs])), mb(median(peaks)),
+                mb(max(peaks)), max(peaks) * 1024 / r["json_bytes"]))
+        lines.append("| %s: the JSON | %.0f MB | | |" % (r["mode"], r["json_bytes"] / 1e6))
     return "\n".join(lines) + "\n"
 
 
-results = [run_mode("row_hash"), run_mode("cursor")]
+results = [run_mode(m) for m in ("row_hash", "cursor", "cursor_indexed")]
 with open(out, "w") as f:
     json.dump(results, f)
 print(report(results))

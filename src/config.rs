@@ -666,7 +666,7 @@ pub struct PmaArgs {
     /// A column that every insert and update sets to the current time (e.g. updated_at): syncs
     /// between full exports then export the rows at or after the last one seen (less
     /// SYNC_CURSOR_OVERLAP) and the key column alone to find deletions, instead of hashing
-    /// every row.
+    /// every row. Give the column an index, or each sync scans the table for it.
     #[arg(long, env = "SYNC_CURSOR")]
     pub sync_cursor: Option<String>,
     /// How far before the last cursor value seen a cursor sync looks again, for rows written

@@ -2,6 +2,7 @@
 //! check it against the shrink guard, and replace the cache.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{bail, Context};
@@ -16,8 +17,8 @@ use super::shrink_guard::check_row_count;
 use super::status::{Phase, Progress};
 use crate::cache::format::rfc3339;
 use crate::cache::{
-    csv_to_cache_json, json_capacity_for_csv, Cache, Converted, Destination, SyncLockGuard,
-    TableSchema, VersionRecord,
+    csv_to_cache_json, json_capacity_for_csv, Cache, Converted, Destination, KnownChanges,
+    Snapshot, SyncLockGuard, TableSchema, VersionRecord,
 };
 use crate::config::SyncSettings;
 
@@ -182,27 +183,16 @@ async fn sync_steps(
                     bail!("the sync was stopped before writing");
                 }
                 let (rows, bytes) = (converted.count, converted.cache_bytes().len());
-                progress.enter(Phase::Writing);
-                let mut record = VersionRecord::made_now(
-                    converted.last_updated.clone(),
-                    rows,
+                let written = Written {
+                    kind,
+                    schema: Some(schema.clone()),
                     started_at,
                     started,
-                    Some(schema.clone()),
-                );
-                record.sync_kind = Some(kind.as_str().to_owned());
-                let stamp = converted.last_updated.clone();
-                let path = destination.store.path();
-                destination
-                    .publish_with(converted, record, Some(known))
-                    .await
-                    .with_context(|| format!("cannot write the cache file {}", path.display()))?;
-                match destination.serving.and_then(Cache::current) {
-                    // The version this sync made (not one another process wrote since).
-                    Some(served) if served.last_updated == stamp => {
-                        memory.remember(served.etag.clone(), Some(schema), next, false);
-                    }
-                    _ => memory.forget(),
+                    known: Some(known),
+                };
+                match publish(&destination, progress, converted, written).await? {
+                    Some(served) => memory.remember(served.etag.clone(), Some(schema), next, false),
+                    None => memory.forget(),
                 }
                 return Ok(Done {
                     rows,
@@ -273,23 +263,16 @@ async fn sync_steps(
         bail!("the sync was stopped before writing");
     }
 
-    progress.enter(Phase::Writing);
     let (rows, bytes) = (converted.count, converted.cache_bytes().len());
     let schema = schema.filter(|s| matches_columns(s, &converted.columns));
-    let mut record = VersionRecord::made_now(
-        converted.last_updated.clone(),
-        rows,
+    let written = Written {
+        kind: SyncKind::Full,
+        schema: schema.clone(),
         started_at,
         started,
-        schema.clone(),
-    );
-    record.sync_kind = Some(SyncKind::Full.as_str().to_owned());
-    let stamp = converted.last_updated.clone();
-    let path = destination.store.path();
-    destination
-        .publish(converted, record)
-        .await
-        .with_context(|| format!("cannot write the cache file {}", path.display()))?;
+        known: None,
+    };
+    let served = publish(&destination, progress, converted, written).await?;
     // The download's file was last modified by its last byte: from there to here is what a
     // refresh waits for beyond the export itself.
     if let Some(tail) = last_byte.and_then(|t| SystemTime::now().duration_since(t).ok()) {
@@ -298,12 +281,12 @@ async fn sync_steps(
             "from the download's last byte to the durable cache file"
         );
     }
-    match destination.serving.and_then(Cache::current) {
-        Some(served) if served.last_updated == stamp => {
+    match served {
+        Some(served) => {
             let next = incremental::after_full(settings, next, &served, schema.as_ref()).await;
             memory.remember(served.etag.clone(), schema, next, true);
         }
-        _ => memory.forget(),
+        None => memory.forget(),
     }
     Ok(Done {
         rows,
@@ -312,6 +295,46 @@ async fn sync_steps(
         full_reason: Some(full_reason),
         export_bytes,
     })
+}
+
+/// How a new version was made, for its record.
+struct Written {
+    kind: SyncKind,
+    schema: Option<TableSchema>,
+    started_at: OffsetDateTime,
+    started: Instant,
+    /// The keys an incremental sync changed (its change set).
+    known: Option<KnownChanges>,
+}
+
+/// Writes `converted` as the new version, with its record, and serves it when this process
+/// serves the cache. Gives the version served afterwards when it is this one (not one another
+/// process wrote since): what the next incremental sync merges into.
+async fn publish(
+    destination: &Destination<'_>,
+    progress: &Progress,
+    converted: Converted,
+    written: Written,
+) -> anyhow::Result<Option<Arc<Snapshot>>> {
+    progress.enter(Phase::Writing);
+    let mut record = VersionRecord::made_now(
+        converted.last_updated.clone(),
+        converted.count,
+        written.started_at,
+        written.started,
+        written.schema,
+    );
+    record.sync_kind = Some(written.kind.as_str().to_owned());
+    let stamp = converted.last_updated.clone();
+    let path = destination.store.path();
+    destination
+        .publish_with(converted, record, written.known)
+        .await
+        .with_context(|| format!("cannot write the cache file {}", path.display()))?;
+    Ok(destination
+        .serving
+        .and_then(Cache::current)
+        .filter(|served| served.last_updated == stamp))
 }
 
 /// Moves the CSV to `csv_path` (so that the browser can close or take the next download) and

@@ -239,7 +239,7 @@ async fn cursor_state(
     let key = key_of(settings, &schema)?;
     let kind = cursor_kind(&schema, cursor)?;
     let b = browser.as_mut().expect("the browser is at the form");
-    let (mark, _rows, _bytes) = read_mark(b, settings, cursor, null_token, progress).await?;
+    let (mark, _bytes) = read_mark(b, settings, cursor, null_token, progress).await?;
     Ok(State::Cursor {
         key,
         kind,
@@ -486,8 +486,7 @@ async fn changes(
                     "the cursor had no value at the last sync".into(),
                 ));
             };
-            let (new_mark, rows, bytes) =
-                read_mark(b, settings, cursor, null_token, progress).await?;
+            let (new_mark, bytes) = read_mark(b, settings, cursor, null_token, progress).await?;
             export_bytes += bytes;
             // Deletions: the buckets of keys whose sums changed, and their keys.
             let query =
@@ -498,6 +497,7 @@ async fn changes(
             export_bytes += text.len();
             let (token, count) = (null_token.to_owned(), *key_buckets);
             let now = off_runtime(move || sql::read_bucket_sums(&text, &token, count)).await?;
+            let rows: u64 = now.iter().map(|s| s.rows).sum();
             let changed: Vec<u32> = (0..*key_buckets)
                 .filter(|&i| key_sums.get(i as usize) != now.get(i as usize))
                 .collect();
@@ -543,7 +543,7 @@ async fn changes(
                 present,
                 key_sums: key_sums.clone(),
             };
-            (Some(fresh), keep, rows, SyncKind::Cursor)
+            (Some(fresh), keep, rows as usize, SyncKind::Cursor)
         }
     };
     export_bytes += fresh_csv.as_ref().map_or(0, String::len);
@@ -834,30 +834,25 @@ async fn csv_of(
     }
 }
 
-/// The cursor's highest value and the table's row count, and the bytes exported.
+/// The cursor's highest value, and the bytes exported.
 async fn read_mark(
     browser: &mut Browser,
     settings: &SyncSettings,
     cursor: &str,
     null_token: &str,
     progress: &Progress,
-) -> anyhow::Result<(Option<String>, usize, usize)> {
+) -> anyhow::Result<(Option<String>, usize)> {
     let query = sql::cursor_mark(&settings.database, &settings.table, cursor);
     let text = csv_of(browser, settings, &query, null_token, progress)
         .await?
         .ok_or_else(|| anyhow!("the cursor's mark is too large"))?;
     let (header, rows) = sql::read_csv(&text, null_token)?;
     anyhow::ensure!(
-        header == ["mark", "n"] && rows.len() == 1,
+        header == ["mark"] && rows.len() == 1,
         "the cursor's mark came as {header:?} with {} rows",
         rows.len()
     );
-    let rows_now: usize = rows[0][1]
-        .as_deref()
-        .ok_or_else(|| anyhow!("no row count"))?
-        .parse()
-        .context("the row count")?;
-    Ok((rows[0][0].clone(), rows_now, text.len()))
+    Ok((rows[0][0].clone(), text.len()))
 }
 
 /// The keys of a key-list export, joined as the typed view joins them.
