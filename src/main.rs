@@ -18,8 +18,10 @@ const DIRTY_DECAY_MS: isize = 1000;
 /// it does so only when the process next allocates, and an idle server would keep the versions
 /// it freed. With the default 10 s, a version freed by a sync (a body the table's size and its
 /// typed view) still counts in the process's memory while the next is built: `serve` with
-/// 102,052 rows settled at 3.2× the JSON between syncs and peaked at 4.2 to 5.2× through them;
-/// the pages given back at once, 2.1× and 3.7× (README, "Incremental syncs").
+/// 102,052 rows settled at 3.0 to 3.9× the JSON between syncs and peaked at 4.0 to 5.2× through
+/// them; after a second, 2.1× and 4.1×. Given back at once, the peak was 3.7×, but every page
+/// freed on the request path would then be returned and faulted in again (README, "Incremental
+/// syncs").
 fn tune_allocator() -> Result<(), tikv_jemalloc_ctl::Error> {
     use tikv_jemalloc_ctl::{arenas, background_thread, Access, AsName};
     background_thread::write(true)?;
